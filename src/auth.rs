@@ -1,0 +1,280 @@
+//! Credentials -> user. HTTP Basic is checked against argon2id hashes, Bearer tokens
+//! against their SHA-256. A successful Basic verification is remembered for a few
+//! minutes so steady traffic does not pay argon2 on every request.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use actix_web::http::header::{AUTHORIZATION, HeaderMap};
+use actix_web::web;
+use argon2::Argon2;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use base64::Engine;
+use hmac::digest::KeyInit;
+use hmac::{Hmac, Mac};
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::config::{Access, User};
+use crate::error::ApiError;
+
+/// How long a successful Basic verification is trusted without argon2.
+pub const VERIFIED_TTL: Duration = Duration::from_secs(300);
+/// Bounds the cache's memory whatever the traffic.
+const VERIFIED_MAX_ENTRIES: usize = 10_000;
+
+const NO_CREDENTIALS: &str = "this route needs credentials: HTTP Basic (curl -u user:password) \
+                              or an Authorization: Bearer token";
+const BAD_CREDENTIALS: &str = "wrong user name, password or token";
+const MALFORMED: &str = "the Authorization header is malformed; use Basic base64(user:password) \
+                         or Bearer TOKEN";
+
+/// What the client presented. Debug never shows the secret.
+pub enum Credentials {
+    Basic { user: String, password: Vec<u8> },
+    Bearer(Vec<u8>),
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Credentials::Basic { user, .. } => write!(f, "Basic({user}, <redacted>)"),
+            Credentials::Bearer(_) => f.write_str("Bearer(<redacted>)"),
+        }
+    }
+}
+
+impl Credentials {
+    pub fn from_headers(headers: &HeaderMap) -> Result<Credentials, ApiError> {
+        let value = headers
+            .get(AUTHORIZATION)
+            .ok_or(ApiError::Unauthorized(NO_CREDENTIALS))?;
+        Credentials::parse(value.as_bytes())
+    }
+
+    /// Parses an Authorization header value.
+    pub fn parse(value: &[u8]) -> Result<Credentials, ApiError> {
+        let malformed = ApiError::Unauthorized(MALFORMED);
+        let text = std::str::from_utf8(value).map_err(|_| ApiError::Unauthorized(MALFORMED))?;
+        let (scheme, rest) = text.trim().split_once(' ').ok_or(malformed)?;
+        let rest = rest.trim();
+        if scheme.eq_ignore_ascii_case("basic") {
+            let decoded = base64::engine::general_purpose::STANDARD
+                .decode(rest)
+                .map_err(|_| ApiError::Unauthorized(MALFORMED))?;
+            let colon = decoded
+                .iter()
+                .position(|&b| b == b':')
+                .ok_or(ApiError::Unauthorized(MALFORMED))?;
+            let user = std::str::from_utf8(&decoded[..colon])
+                .map_err(|_| ApiError::Unauthorized(MALFORMED))?
+                .to_owned();
+            Ok(Credentials::Basic {
+                user,
+                password: decoded[colon + 1..].to_vec(),
+            })
+        } else if scheme.eq_ignore_ascii_case("bearer") && !rest.is_empty() {
+            Ok(Credentials::Bearer(rest.as_bytes().to_vec()))
+        } else {
+            Err(ApiError::Unauthorized(MALFORMED))
+        }
+    }
+}
+
+/// Hashes a password the way config expects it (argon2id, default parameters).
+pub fn hash_password(password: &[u8]) -> Result<String, argon2::password_hash::Error> {
+    let mut salt = [0u8; 16];
+    rand::rng().fill_bytes(&mut salt);
+    let salt = SaltString::encode_b64(&salt)?;
+    Ok(Argon2::default()
+        .hash_password(password, &salt)?
+        .to_string())
+}
+
+/// Whether `password` matches the PHC string `hash`. Slow by design: call it off the
+/// request workers.
+pub fn verify_password(password: &[u8], hash: &str) -> bool {
+    PasswordHash::new(hash)
+        .map(|parsed| Argon2::default().verify_password(password, &parsed).is_ok())
+        .unwrap_or(false)
+}
+
+pub fn sha256(bytes: &[u8]) -> [u8; 32] {
+    Sha256::digest(bytes).into()
+}
+
+/// The access table in force and the cache of verified passwords.
+pub struct Authenticator {
+    access: RwLock<Arc<Access>>,
+    verified: Mutex<HashMap<[u8; 32], Instant>>,
+    /// Per-process key of the cache, so its keys say nothing outside this process.
+    cache_key: [u8; 64],
+    /// Verified for unknown users, so they cost the same as a wrong password.
+    decoy_hash: String,
+}
+
+impl Authenticator {
+    pub fn new(access: Access) -> Authenticator {
+        let mut cache_key = [0u8; 64];
+        rand::rng().fill_bytes(&mut cache_key);
+        let mut decoy = [0u8; 32];
+        rand::rng().fill_bytes(&mut decoy);
+        Authenticator {
+            access: RwLock::new(Arc::new(access)),
+            verified: Mutex::new(HashMap::new()),
+            cache_key,
+            decoy_hash: hash_password(&decoy).unwrap_or_default(),
+        }
+    }
+
+    pub fn access(&self) -> Arc<Access> {
+        match self.access.read() {
+            Ok(guard) => guard.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Switches to a new access table at once and forgets every cached verification.
+    pub fn replace(&self, access: Access) {
+        let mut guard = self.access.write().unwrap_or_else(|p| p.into_inner());
+        *guard = Arc::new(access);
+        drop(guard);
+        self.verified
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+
+    pub async fn authenticate(&self, credentials: Credentials) -> Result<Arc<User>, ApiError> {
+        let access = self.access();
+        match credentials {
+            Credentials::Bearer(token) => {
+                let digest = sha256(&token);
+                // Compare against every token, without stopping early, in constant time.
+                let mut found = None;
+                for user in access.users() {
+                    if let Some(expected) = &user.token_sha256
+                        && bool::from(expected.ct_eq(&digest))
+                    {
+                        found = Some(user.clone());
+                    }
+                }
+                found.ok_or(ApiError::Unauthorized(BAD_CREDENTIALS))
+            }
+            Credentials::Basic { user, password } => {
+                let found = access
+                    .user(&user)
+                    .and_then(|u| u.password_hash.as_ref().map(|h| (u.clone(), h.clone())));
+                let Some((user, hash)) = found else {
+                    let decoy = self.decoy_hash.clone();
+                    let _ = web::block(move || verify_password(&password, &decoy)).await;
+                    return Err(ApiError::Unauthorized(BAD_CREDENTIALS));
+                };
+                let key = self.cache_entry(&user.name, &password, &hash);
+                if self.recently_verified(&key) {
+                    return Ok(user);
+                }
+                let ok = web::block(move || verify_password(&password, &hash))
+                    .await
+                    .unwrap_or(false);
+                if !ok {
+                    return Err(ApiError::Unauthorized(BAD_CREDENTIALS));
+                }
+                self.remember(key);
+                Ok(user)
+            }
+        }
+    }
+
+    fn cache_entry(&self, user: &str, password: &[u8], hash: &str) -> [u8; 32] {
+        let mut mac = <Hmac<Sha256> as KeyInit>::new(&self.cache_key.into());
+        // Length prefixes keep ("ab", "c") and ("a", "bc") apart.
+        for part in [user.as_bytes(), password, hash.as_bytes()] {
+            mac.update(&(part.len() as u64).to_le_bytes());
+            mac.update(part);
+        }
+        mac.finalize().into_bytes().into()
+    }
+
+    fn recently_verified(&self, key: &[u8; 32]) -> bool {
+        let verified = self.verified.lock().unwrap_or_else(|p| p.into_inner());
+        verified
+            .get(key)
+            .is_some_and(|at| at.elapsed() < VERIFIED_TTL)
+    }
+
+    fn remember(&self, key: [u8; 32]) {
+        let mut verified = self.verified.lock().unwrap_or_else(|p| p.into_inner());
+        if verified.len() >= VERIFIED_MAX_ENTRIES {
+            verified.retain(|_, at| at.elapsed() < VERIFIED_TTL);
+            if verified.len() >= VERIFIED_MAX_ENTRIES {
+                verified.clear();
+            }
+        }
+        verified.insert(key, Instant::now());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn basic(s: &str) -> Vec<u8> {
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(s)
+        )
+        .into_bytes()
+    }
+
+    #[test]
+    fn parses_basic_with_colon_in_password() {
+        match Credentials::parse(&basic("admin:pa:ss")).unwrap() {
+            Credentials::Basic { user, password } => {
+                assert_eq!(user, "admin");
+                assert_eq!(password, b"pa:ss");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn parses_bearer_case_insensitively() {
+        assert!(matches!(
+            Credentials::parse(b"bearer abc").unwrap(),
+            Credentials::Bearer(t) if t == b"abc"
+        ));
+    }
+
+    #[test]
+    fn refuses_malformed_headers() {
+        for bad in [
+            &b"Basic"[..],
+            b"Basic !!!",
+            b"Basic YWRtaW4=", // "admin", no colon
+            b"Bearer ",
+            b"Digest abc",
+            b"\xff\xfe",
+        ] {
+            assert!(Credentials::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn debug_hides_secrets() {
+        let shown = format!("{:?}", Credentials::parse(&basic("u:hunter2")).unwrap());
+        assert!(!shown.contains("hunter2"));
+        let shown = format!("{:?}", Credentials::parse(b"Bearer tok3n").unwrap());
+        assert!(!shown.contains("tok3n"));
+    }
+
+    #[test]
+    fn hash_then_verify() {
+        let hash = hash_password(b"s3cret").unwrap();
+        assert!(hash.starts_with("$argon2id$"));
+        assert!(verify_password(b"s3cret", &hash));
+        assert!(!verify_password(b"s3cret!", &hash));
+    }
+}

@@ -1,0 +1,195 @@
+//! The command line: `serve` and the commands that help write config.toml.
+
+use std::io::{IsTerminal, Read};
+use std::path::PathBuf;
+
+use base64::Engine;
+use clap::{Parser, Subcommand};
+use rand::RngCore;
+
+use crate::config::{Config, ConfigError};
+use crate::routes::TABLE;
+use crate::startup::{Application, StartError, warn_demo_passwords};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "image-catalog",
+    version,
+    about = "A catalog of machine images, served over the v3 Images API"
+)]
+pub struct Cli {
+    /// The config file; relative paths inside it are relative to its folder.
+    #[arg(
+        long,
+        global = true,
+        env = "IMAGE_CATALOG_CONFIG",
+        default_value = "config.toml"
+    )]
+    pub config: PathBuf,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server.
+    Serve {
+        /// Address to listen on, instead of [server] bind.
+        #[arg(long)]
+        bind: Option<String>,
+        /// Data folder, instead of [server] data_dir (relative to the working folder).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Read a password from stdin and print the password_hash line for config.toml.
+    HashPassword,
+    /// Print a new random Bearer token and the token_sha256 line for config.toml.
+    NewToken,
+    /// Validate config.toml and show what each user may do.
+    CheckConfig,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("{0}")]
+    Usage(String),
+    #[error("{0}")]
+    Runtime(String),
+}
+
+impl CliError {
+    /// SPEC §4: 2 for bad usage or bad config, 1 for a failure at run time.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CliError::Config(_) | CliError::Usage(_) => 2,
+            CliError::Runtime(_) => 1,
+        }
+    }
+}
+
+pub fn run(cli: Cli) -> Result<(), CliError> {
+    match cli.command {
+        Command::Serve { bind, data_dir } => serve(cli.config, bind, data_dir),
+        Command::HashPassword => hash_password(),
+        Command::NewToken => {
+            let (token, digest) = new_token();
+            println!("token = {token}");
+            println!("token_sha256 = \"{digest}\"");
+            Ok(())
+        }
+        Command::CheckConfig => check_config(&cli.config),
+    }
+}
+
+fn serve(
+    config_path: PathBuf,
+    bind: Option<String>,
+    data_dir: Option<PathBuf>,
+) -> Result<(), CliError> {
+    let mut config = Config::load(&config_path)?;
+    if let Some(bind) = bind {
+        config.server.bind = bind;
+    }
+    if let Some(dir) = data_dir {
+        config.server.data_dir = dir;
+    }
+    let demo_check = config.clone();
+    actix_web::rt::System::new().block_on(async move {
+        let app = Application::build(config, Some(config_path)).map_err(|e| match e {
+            StartError::Bind { .. } | StartError::Store(_) => CliError::Runtime(e.to_string()),
+        })?;
+        log::info!(
+            "image-catalog listening on http://{} (data in {})",
+            app.address(),
+            app.state().data_dir().display()
+        );
+        std::thread::spawn(move || warn_demo_passwords(&demo_check));
+        let state = app.state();
+        actix_web::rt::spawn(async move {
+            use tokio::signal::unix::{SignalKind, signal};
+            let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+                log::error!("cannot listen for SIGHUP; reload needs a restart");
+                return;
+            };
+            while hangups.recv().await.is_some() {
+                state.reload();
+            }
+        });
+        app.run_until_stopped()
+            .await
+            .map_err(|e| CliError::Runtime(e.to_string()))?;
+        log::info!("stopped cleanly");
+        Ok(())
+    })
+}
+
+fn hash_password() -> Result<(), CliError> {
+    let password = if std::io::stdin().is_terminal() {
+        let first = rpassword::prompt_password("Password: ")
+            .map_err(|e| CliError::Runtime(e.to_string()))?;
+        let again =
+            rpassword::prompt_password("Again: ").map_err(|e| CliError::Runtime(e.to_string()))?;
+        if first != again {
+            return Err(CliError::Usage("the two passwords differ".into()));
+        }
+        first
+    } else {
+        let mut input = String::new();
+        std::io::stdin()
+            .read_to_string(&mut input)
+            .map_err(|e| CliError::Runtime(format!("cannot read stdin: {e}")))?;
+        // One trailing newline is what `echo` adds, not part of the password.
+        let trimmed = input.strip_suffix('\n').unwrap_or(&input);
+        trimmed.strip_suffix('\r').unwrap_or(trimmed).to_owned()
+    };
+    if password.is_empty() {
+        return Err(CliError::Usage("the password is empty".into()));
+    }
+    let hash = crate::auth::hash_password(password.as_bytes())
+        .map_err(|e| CliError::Runtime(e.to_string()))?;
+    println!("password_hash = \"{hash}\"");
+    Ok(())
+}
+
+/// A fresh token (256 random bits, URL-safe base64) and its SHA-256 in hex.
+pub fn new_token() -> (String, String) {
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+    let digest = hex::encode(crate::auth::sha256(token.as_bytes()));
+    (token, digest)
+}
+
+fn check_config(path: &std::path::Path) -> Result<(), CliError> {
+    let config = Config::load(path)?;
+    println!("{}: valid", path.display());
+    println!("  bind      {}", config.server.bind);
+    println!("  data_dir  {}", config.server.data_dir.display());
+    println!("  providers {}", config.providers.join(", "));
+    for user in config.access.users() {
+        let mut credentials = Vec::new();
+        if user.password_hash.is_some() {
+            credentials.push("password");
+        }
+        if user.token_sha256.is_some() {
+            credentials.push("token");
+        }
+        println!();
+        println!("user {} ({})", user.name, credentials.join(" + "));
+        println!("  roles     {}", or_none(&user.roles.join(", ")));
+        let policies: Vec<&str> = user.policies.iter().copied().collect();
+        println!("  policies  {}", or_none(&policies.join(", ")));
+        for route in TABLE {
+            if route.policy.is_some_and(|p| user.holds(p)) {
+                println!("  route     {} {}", route.method, route.path);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn or_none(s: &str) -> &str {
+    if s.is_empty() { "(none)" } else { s }
+}

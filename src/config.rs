@@ -1,0 +1,403 @@
+//! `config.toml` -> a validated [`Config`]: the server settings, the providers, and the
+//! [`Access`] table (users, their credentials, the policies each one holds).
+//!
+//! A config that could let the wrong user in, or lock everyone out by a typo, is
+//! refused as a whole with a message naming the problem and, where known, its line.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use argon2::PasswordHash;
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::policy;
+
+/// The passwords the bundled config.toml documents; a user still on one is warned about.
+pub const DEMO_PASSWORDS: &[&str] = &["admin-demo-password", "reader-demo-password"];
+
+pub const DEFAULT_PROVIDERS: &[&str] = &["ec2", "openstack", "static"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Invalid { path: String, message: String },
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub providers: Vec<String>,
+    pub server: ServerConfig,
+    pub store: StoreConfig,
+    pub access: Access,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerConfig {
+    pub bind: String,
+    /// Already resolved against the config file's folder.
+    pub data_dir: PathBuf,
+    pub max_body_bytes: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreConfig {
+    pub cache_mb: u64,
+}
+
+/// Who may do what: the part of config that SIGHUP swaps.
+#[derive(Debug, Clone, Default)]
+pub struct Access {
+    users: Vec<Arc<User>>,
+    by_name: HashMap<String, usize>,
+}
+
+#[derive(Debug, Clone)]
+pub struct User {
+    pub name: String,
+    /// A PHC string already checked to be argon2id.
+    pub password_hash: Option<String>,
+    pub token_sha256: Option<[u8; 32]>,
+    pub roles: Vec<String>,
+    pub policies: BTreeSet<&'static str>,
+}
+
+impl User {
+    pub fn holds(&self, policy: &str) -> bool {
+        self.policies.contains(policy)
+    }
+}
+
+impl Access {
+    pub fn user(&self, name: &str) -> Option<&Arc<User>> {
+        self.by_name.get(name).map(|&i| &self.users[i])
+    }
+
+    pub fn users(&self) -> &[Arc<User>] {
+        &self.users
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default = "default_providers")]
+    providers: Vec<String>,
+    #[serde(default)]
+    server: RawServer,
+    #[serde(default)]
+    store: RawStore,
+    #[serde(default)]
+    policies: BTreeMap<String, Vec<String>>,
+    #[serde(default)]
+    users: Vec<Spanned<RawUser>>,
+}
+
+fn default_providers() -> Vec<String> {
+    DEFAULT_PROVIDERS.iter().map(|p| p.to_string()).collect()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawServer {
+    bind: String,
+    data_dir: PathBuf,
+    max_body_bytes: usize,
+}
+
+impl Default for RawServer {
+    fn default() -> Self {
+        RawServer {
+            bind: "127.0.0.1:8080".into(),
+            data_dir: "data".into(),
+            max_body_bytes: 65536,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawStore {
+    cache_mb: u64,
+}
+
+impl Default for RawStore {
+    fn default() -> Self {
+        RawStore { cache_mb: 64 }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUser {
+    name: String,
+    password_hash: Option<String>,
+    token_sha256: Option<String>,
+    #[serde(default)]
+    roles: Vec<String>,
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Config::parse(&text, base).map_err(|message| ConfigError::Invalid {
+            path: path.display().to_string(),
+            message,
+        })
+    }
+
+    /// Parses config text; relative paths in it are resolved against `base`.
+    pub fn parse(text: &str, base: &Path) -> Result<Config, String> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| e.to_string())?;
+        let providers = check_providers(raw.providers)?;
+        if raw.server.max_body_bytes == 0 {
+            return Err("[server] max_body_bytes must be at least 1".into());
+        }
+        if raw.store.cache_mb == 0 {
+            return Err("[store] cache_mb must be at least 1".into());
+        }
+        let access = build_access(text, raw.policies, raw.users)?;
+        Ok(Config {
+            providers,
+            server: ServerConfig {
+                bind: raw.server.bind,
+                data_dir: base.join(raw.server.data_dir),
+                max_body_bytes: raw.server.max_body_bytes,
+            },
+            store: StoreConfig {
+                cache_mb: raw.store.cache_mb,
+            },
+            access,
+        })
+    }
+}
+
+fn check_providers(providers: Vec<String>) -> Result<Vec<String>, String> {
+    if providers.is_empty() {
+        return Err("providers must list at least one provider".into());
+    }
+    let mut seen = BTreeSet::new();
+    for p in &providers {
+        if p.is_empty() || p.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(format!(
+                "providers: '{}' is not a usable provider name (empty, or has whitespace)",
+                p.escape_debug()
+            ));
+        }
+        if !seen.insert(p) {
+            return Err(format!("providers: '{p}' is listed twice"));
+        }
+    }
+    Ok(providers)
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text.as_bytes()[..offset.min(text.len())]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
+fn build_access(
+    text: &str,
+    policies: BTreeMap<String, Vec<String>>,
+    users: Vec<Spanned<RawUser>>,
+) -> Result<Access, String> {
+    for name in policies.keys() {
+        if !policy::ALL.contains(&name.as_str()) {
+            return Err(format!(
+                "[policies]: unknown policy '{name}'; the policies are: {}",
+                policy::ALL.join(", ")
+            ));
+        }
+    }
+    let known_roles: BTreeSet<&str> = policies.values().flatten().map(String::as_str).collect();
+
+    let mut access = Access::default();
+    let mut lines: HashMap<String, usize> = HashMap::new();
+    for spanned in users {
+        let line = line_of(text, spanned.span().start);
+        let raw = spanned.into_inner();
+        let at = format!("line {line}: user '{}'", raw.name.escape_debug());
+        if raw.name.is_empty() || raw.name.contains(':') || raw.name.chars().any(char::is_control) {
+            return Err(format!(
+                "{at}: a user name must be non-empty, without ':' or control characters"
+            ));
+        }
+        if let Some(first) = lines.get(&raw.name) {
+            return Err(format!(
+                "{at}: duplicated user (first defined on line {first})"
+            ));
+        }
+        if raw.password_hash.is_none() && raw.token_sha256.is_none() {
+            return Err(format!(
+                "{at}: no credentials; give it password_hash (from `image-catalog hash-password`) \
+                 and/or token_sha256 (from `image-catalog new-token`)"
+            ));
+        }
+        if let Some(hash) = &raw.password_hash {
+            check_password_hash(hash).map_err(|why| format!("{at}: password_hash {why}"))?;
+        }
+        let token_sha256 = match &raw.token_sha256 {
+            Some(hex_digest) => Some(parse_sha256(hex_digest).ok_or_else(|| {
+                format!("{at}: token_sha256 must be 64 hexadecimal digits (a SHA-256)")
+            })?),
+            None => None,
+        };
+        for role in &raw.roles {
+            if !known_roles.contains(role.as_str()) {
+                return Err(format!(
+                    "{at}: unknown role '{}'; no policy in [policies] names it",
+                    role.escape_debug()
+                ));
+            }
+        }
+        let held = policy::ALL
+            .iter()
+            .copied()
+            .filter(|p| {
+                policies
+                    .get(*p)
+                    .is_some_and(|roles| roles.iter().any(|r| raw.roles.contains(r)))
+            })
+            .collect();
+        lines.insert(raw.name.clone(), line);
+        access.by_name.insert(raw.name.clone(), access.users.len());
+        access.users.push(Arc::new(User {
+            name: raw.name,
+            password_hash: raw.password_hash,
+            token_sha256,
+            roles: raw.roles,
+            policies: held,
+        }));
+    }
+    Ok(access)
+}
+
+fn check_password_hash(hash: &str) -> Result<(), String> {
+    let parsed = PasswordHash::new(hash).map_err(|e| format!("is not a valid PHC string ({e})"))?;
+    if parsed.algorithm.as_str() != "argon2id" {
+        return Err(format!(
+            "uses '{}'; only argon2id is accepted",
+            parsed.algorithm.as_str()
+        ));
+    }
+    if parsed.hash.is_none() || parsed.salt.is_none() {
+        return Err("has no salt or no hash part".into());
+    }
+    argon2::Params::try_from(&parsed).map_err(|e| format!("has bad argon2 parameters ({e})"))?;
+    Ok(())
+}
+
+fn parse_sha256(hex_digest: &str) -> Option<[u8; 32]> {
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(hex_digest, &mut out).ok()?;
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HASH: &str =
+        "$argon2id$v=19$m=8,t=1,p=1$c2FsdHNhbHQ$0hTRbhkbrQ8M8cEVNJOHxGVCKdPNUqT9H3BqR6ejPc8";
+
+    fn parse(text: &str) -> Result<Config, String> {
+        Config::parse(text, Path::new("/etc/ic"))
+    }
+
+    #[test]
+    fn defaults_apply() {
+        let config = parse("").unwrap();
+        assert_eq!(config.providers, ["ec2", "openstack", "static"]);
+        assert_eq!(config.server.bind, "127.0.0.1:8080");
+        assert_eq!(config.server.data_dir, Path::new("/etc/ic/data"));
+        assert_eq!(config.server.max_body_bytes, 65536);
+        assert_eq!(config.store.cache_mb, 64);
+        assert!(config.access.users().is_empty());
+    }
+
+    #[test]
+    fn policies_follow_roles() {
+        let config = parse(&format!(
+            r#"
+[policies]
+read_images = ["reader", "admin"]
+create_image = ["admin"]
+
+[[users]]
+name = "r"
+password_hash = "{HASH}"
+roles = ["reader"]
+"#
+        ))
+        .unwrap();
+        let user = config.access.user("r").unwrap();
+        assert!(user.holds("read_images"));
+        assert!(!user.holds("create_image"));
+        assert!(!user.holds("delete_image"));
+    }
+
+    #[test]
+    fn refusals_name_the_problem() {
+        let user = |extra: &str| {
+            format!("[policies]\nread_images = [\"reader\"]\n[[users]]\nname = \"u\"\n{extra}")
+        };
+        let cases = [
+            (
+                "[policies]\nfly = [\"a\"]".to_string(),
+                "unknown policy 'fly'",
+            ),
+            (
+                user("roles = [\"reader\"]"),
+                "line 3: user 'u': no credentials",
+            ),
+            (
+                user(&format!("password_hash = \"{HASH}\"\nroles = [\"ops\"]")),
+                "unknown role 'ops'",
+            ),
+            (
+                user("password_hash = \"secret\""),
+                "password_hash is not a valid PHC",
+            ),
+            (
+                user("token_sha256 = \"abc\""),
+                "token_sha256 must be 64 hexadecimal",
+            ),
+            (
+                format!(
+                    "{}\n[[users]]\nname = \"u\"\ntoken_sha256 = \"{}\"",
+                    user(&format!("password_hash = \"{HASH}\"")),
+                    "0".repeat(64)
+                ),
+                "duplicated user (first defined on line 3)",
+            ),
+            ("providers = []".to_string(), "at least one provider"),
+            ("bogus = 1".to_string(), "unknown field"),
+        ];
+        for (text, expected) in cases {
+            let err = parse(&text).unwrap_err();
+            assert!(
+                err.contains(expected),
+                "{err:?} should contain {expected:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn bcrypt_style_hash_refused() {
+        let text = "[[users]]\nname = \"u\"\npassword_hash = \"$argon2i$v=19$m=8,t=1,p=1$c2FsdHNhbHQ$0hTRbhkbrQ8M8cEVNJOHxGVCKdPNUqT9H3BqR6ejPc8\"";
+        assert!(parse(text).unwrap_err().contains("only argon2id"));
+    }
+}

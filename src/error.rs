@@ -1,0 +1,116 @@
+//! The one error type of the HTTP API, and how each variant becomes a status and the
+//! `{"message": …}` body of SPEC §1. Every failure a client can see goes through here,
+//! actix's own extractor errors included (see `startup`).
+
+use actix_web::http::{StatusCode, header};
+use actix_web::{HttpResponse, ResponseError};
+
+use crate::image::ValidationError;
+use crate::store::StoreError;
+
+/// The realm sent with every 401, so `curl` and browsers know to offer Basic auth.
+pub const WWW_AUTHENTICATE: &str = "Basic realm=\"image-catalog\"";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    #[error("user '{user}' does not hold the policy '{policy}' that this route requires")]
+    Forbidden { user: String, policy: &'static str },
+    #[error("{0}")]
+    NotFound(String),
+    #[error("method {method} is not allowed on {path}; allowed: {allow}")]
+    MethodNotAllowed {
+        method: String,
+        path: String,
+        allow: &'static str,
+    },
+    #[error("this service only answers application/json, which the Accept header '{0}' rules out")]
+    NotAcceptable(String),
+    #[error("an image with id '{0}' already exists")]
+    Conflict(String),
+    #[error("If-Match does not match the current ETag of image '{0}'; fetch it again and retry")]
+    PreconditionFailed(String),
+    #[error("the request body is larger than the {limit} bytes this server accepts")]
+    PayloadTooLarge { limit: usize },
+    #[error("Content-Type must be application/json, got {0}")]
+    UnsupportedMediaType(String),
+    #[error("the store is unavailable, nothing was changed; retry later")]
+    StoreUnavailable,
+}
+
+impl ApiError {
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        ApiError::BadRequest(message.into())
+    }
+
+    pub fn unknown_image(id: &str) -> Self {
+        ApiError::NotFound(format!("no image with id '{id}'"))
+    }
+}
+
+impl From<ValidationError> for ApiError {
+    fn from(err: ValidationError) -> Self {
+        ApiError::BadRequest(err.to_string())
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::NotFound(id) => ApiError::unknown_image(&id),
+            StoreError::Conflict(id) => ApiError::Conflict(id),
+            StoreError::PreconditionFailed(id) => ApiError::PreconditionFailed(id),
+            StoreError::Invalid(err) => err.into(),
+            other => {
+                // The client cannot act on engine details; the operator can.
+                log::error!("store failure: {other}");
+                ApiError::StoreUnavailable
+            }
+        }
+    }
+}
+
+/// The body every error carries.
+pub fn message_body(message: &str) -> String {
+    serde_json::json!({ "message": message }).to_string()
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::NotAcceptable(_) => StatusCode::NOT_ACCEPTABLE,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
+            ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut response = HttpResponse::build(self.status_code());
+        response.content_type(mime_json());
+        match self {
+            ApiError::Unauthorized(_) => {
+                response.insert_header((header::WWW_AUTHENTICATE, WWW_AUTHENTICATE));
+            }
+            ApiError::MethodNotAllowed { allow, .. } => {
+                response.insert_header((header::ALLOW, *allow));
+            }
+            _ => {}
+        }
+        response.body(message_body(&self.to_string()))
+    }
+}
+
+pub fn mime_json() -> header::HeaderValue {
+    header::HeaderValue::from_static("application/json")
+}

@@ -1,0 +1,151 @@
+//! Parsing of the request headers the API reacts to: Accept, Content-Type,
+//! If-Match / If-None-Match and X-Request-Id. Pure functions, no I/O.
+
+use crate::store::Precondition;
+
+/// Whether an `Accept` header admits `application/json`. No header admits anything.
+pub fn accepts_json(accept: Option<&[u8]>) -> bool {
+    let Some(accept) = accept else { return true };
+    let Ok(accept) = std::str::from_utf8(accept) else {
+        return false;
+    };
+    if accept.trim().is_empty() {
+        return true;
+    }
+    accept.split(',').any(|range| {
+        let mut parts = range.split(';');
+        let media = parts.next().unwrap_or("").trim();
+        let json = ["application/json", "application/*", "*/*"]
+            .iter()
+            .any(|m| media.eq_ignore_ascii_case(m));
+        // q=0 means "not acceptable"; anything unparsable counts as the default 1.
+        let refused = parts.any(|param| {
+            let mut kv = param.splitn(2, '=');
+            let key = kv.next().unwrap_or("").trim();
+            let value = kv.next().unwrap_or("").trim();
+            key.eq_ignore_ascii_case("q") && value.parse::<f32>().is_ok_and(|q| q <= 0.0)
+        });
+        json && !refused
+    })
+}
+
+/// Whether a `Content-Type` header says JSON (`application/json`, any parameters).
+pub fn is_json_content_type(content_type: &[u8]) -> bool {
+    let Ok(value) = std::str::from_utf8(content_type) else {
+        return false;
+    };
+    let media = value.split(';').next().unwrap_or("").trim();
+    media.eq_ignore_ascii_case("application/json")
+}
+
+/// The entity tags of an `If-Match` or `If-None-Match` value, or `None` for `*`.
+/// Weak tags keep their `W/` prefix, so they never equal a strong tag.
+fn entity_tags(value: &str) -> Option<Vec<String>> {
+    if value.trim() == "*" {
+        return None;
+    }
+    Some(
+        value
+            .split(',')
+            .map(|t| t.trim().to_owned())
+            .filter(|t| !t.is_empty())
+            .collect(),
+    )
+}
+
+/// The compare-and-swap condition of an `If-Match` header.
+pub fn if_match(value: Option<&[u8]>) -> Option<Precondition> {
+    let value = String::from_utf8_lossy(value?);
+    Some(match entity_tags(&value) {
+        None => Precondition::Exists,
+        Some(tags) => Precondition::EtagIn(tags),
+    })
+}
+
+/// Whether `If-None-Match` matches `etag` (weak comparison, as RFC 9110 says for GET).
+pub fn if_none_match_matches(value: Option<&[u8]>, etag: &str) -> bool {
+    let Some(value) = value else { return false };
+    let value = String::from_utf8_lossy(value);
+    match entity_tags(&value) {
+        None => true,
+        Some(tags) => tags
+            .iter()
+            .any(|t| t.strip_prefix("W/").unwrap_or(t) == etag),
+    }
+}
+
+/// A client's `X-Request-Id`, if it is sane enough to echo and log.
+pub fn sane_request_id(value: &[u8]) -> Option<&str> {
+    let ok = !value.is_empty()
+        && value.len() <= 128
+        && value
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(b));
+    if ok {
+        std::str::from_utf8(value).ok()
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_admits_json() {
+        for ok in [
+            None,
+            Some(&b"application/json"[..]),
+            Some(b"Application/JSON"),
+            Some(b"application/*"),
+            Some(b"*/*"),
+            Some(b"text/html, application/json;q=0.9"),
+            Some(b"*/*;q=0.1"),
+            Some(b""),
+        ] {
+            assert!(accepts_json(ok), "{ok:?}");
+        }
+        for refused in [
+            &b"text/html"[..],
+            b"application/xml",
+            b"application/json;q=0",
+            b"text/*",
+            b"\xff",
+        ] {
+            assert!(!accepts_json(Some(refused)), "{refused:?}");
+        }
+    }
+
+    #[test]
+    fn content_type_is_json() {
+        assert!(is_json_content_type(b"application/json"));
+        assert!(is_json_content_type(b"application/json; charset=utf-8"));
+        assert!(is_json_content_type(b"APPLICATION/JSON"));
+        assert!(!is_json_content_type(b"text/plain"));
+        assert!(!is_json_content_type(b"application/jsonx"));
+        assert!(!is_json_content_type(b"application/x-www-form-urlencoded"));
+    }
+
+    #[test]
+    fn conditional_headers() {
+        assert_eq!(if_match(None), None);
+        assert_eq!(if_match(Some(b"*")), Some(Precondition::Exists));
+        assert_eq!(
+            if_match(Some(br#""a", W/"b""#)),
+            Some(Precondition::EtagIn(vec!["\"a\"".into(), "W/\"b\"".into()]))
+        );
+        assert!(if_none_match_matches(Some(b"*"), "\"a\""));
+        assert!(if_none_match_matches(Some(br#"W/"a""#), "\"a\""));
+        assert!(!if_none_match_matches(Some(br#""b""#), "\"a\""));
+        assert!(!if_none_match_matches(None, "\"a\""));
+    }
+
+    #[test]
+    fn request_ids() {
+        assert_eq!(sane_request_id(b"abc-123"), Some("abc-123"));
+        assert_eq!(sane_request_id(b""), None);
+        assert_eq!(sane_request_id(b"a b"), None);
+        assert_eq!(sane_request_id(&[b'a'; 129]), None);
+    }
+}

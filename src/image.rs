@@ -1,0 +1,478 @@
+//! An image and its fields. Each field type can only hold a value that obeys SPEC §1,
+//! so handlers and the store never check again. No I/O here.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// Why some input was refused, as a sentence naming the field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ValidationError(pub String);
+
+fn invalid(message: impl Into<String>) -> ValidationError {
+    ValidationError(message.into())
+}
+
+pub const ID_MAX_BYTES: usize = 255;
+pub const REMOTE_USER_MAX_CHARS: usize = 64;
+pub const NAME_MAX_CHARS: usize = 255;
+
+/// The provider's own image id, chosen by the client. It travels in URL paths, so the
+/// characters that would change a path's meaning are refused.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct ImageId(String);
+
+impl ImageId {
+    pub fn parse(value: impl Into<String>) -> Result<Self, ValidationError> {
+        let value = value.into();
+        if value.is_empty() || value.len() > ID_MAX_BYTES {
+            return Err(invalid(format!(
+                "id must be 1 to {ID_MAX_BYTES} bytes long, got {} bytes",
+                value.len()
+            )));
+        }
+        if value == "." || value == ".." {
+            return Err(invalid(format!("id must not be '{value}'")));
+        }
+        if let Some(c) = value
+            .chars()
+            .find(|c| c.is_whitespace() || c.is_control() || matches!(c, '/' | '?' | '#' | '%'))
+        {
+            return Err(invalid(format!(
+                "id must not contain whitespace, control characters or any of / ? # % (found {c:?})"
+            )));
+        }
+        Ok(ImageId(value))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for ImageId {
+    type Error = ValidationError;
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        ImageId::parse(value)
+    }
+}
+
+impl From<ImageId> for String {
+    fn from(id: ImageId) -> Self {
+        id.0
+    }
+}
+
+impl std::fmt::Display for ImageId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// One of the providers that config lists.
+///
+/// Deserializing does not consult the list: stored records were checked when they
+/// were written, and one whose provider was later dropped from config must still read.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Provider(String);
+
+impl Provider {
+    pub fn parse(value: &str, allowed: &[String]) -> Result<Self, ValidationError> {
+        if allowed.iter().any(|p| p == value) {
+            Ok(Provider(value.to_owned()))
+        } else {
+            Err(invalid(format!(
+                "provider '{}' is not one of the configured providers: {}",
+                value.escape_debug(),
+                allowed.join(", ")
+            )))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// The SSH user to log in as.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct RemoteUser(String);
+
+impl RemoteUser {
+    pub fn parse(value: impl Into<String>) -> Result<Self, ValidationError> {
+        let value = value.into();
+        let chars = value.chars().count();
+        if chars == 0 || chars > REMOTE_USER_MAX_CHARS {
+            return Err(invalid(format!(
+                "remote_user must be 1 to {REMOTE_USER_MAX_CHARS} characters long, got {chars}"
+            )));
+        }
+        if let Some(c) = value
+            .chars()
+            .find(|c| c.is_whitespace() || c.is_control() || *c == ':')
+        {
+            return Err(invalid(format!(
+                "remote_user must not contain whitespace, control characters or ':' (found {c:?})"
+            )));
+        }
+        Ok(RemoteUser(value))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for RemoteUser {
+    type Error = ValidationError;
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        RemoteUser::parse(value)
+    }
+}
+
+impl From<RemoteUser> for String {
+    fn from(user: RemoteUser) -> Self {
+        user.0
+    }
+}
+
+/// A human name for the image; may be empty.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct ImageName(String);
+
+impl ImageName {
+    pub fn parse(value: impl Into<String>) -> Result<Self, ValidationError> {
+        let value = value.into();
+        let chars = value.chars().count();
+        if chars > NAME_MAX_CHARS {
+            return Err(invalid(format!(
+                "name must be at most {NAME_MAX_CHARS} characters long, got {chars}"
+            )));
+        }
+        if let Some(c) = value.chars().find(|c| c.is_control()) {
+            return Err(invalid(format!(
+                "name must not contain control characters (found {c:?})"
+            )));
+        }
+        Ok(ImageName(value))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for ImageName {
+    type Error = ValidationError;
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        ImageName::parse(value)
+    }
+}
+
+impl From<ImageName> for String {
+    fn from(name: ImageName) -> Self {
+        name.0
+    }
+}
+
+/// An image exactly as the API shows it; the field order is the wire order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Image {
+    pub id: ImageId,
+    pub provider: Provider,
+    pub remote_user: RemoteUser,
+    pub name: ImageName,
+}
+
+const IMAGE_FIELDS: &[&str] = &["id", "provider", "remote_user", "name"];
+
+impl Image {
+    /// Parses a create body (or an import line): `id`, `provider` and `remote_user`
+    /// required, `name` optional.
+    pub fn from_json(body: &[u8], providers: &[String]) -> Result<Image, ValidationError> {
+        let mut fields = JsonFields::parse(body, IMAGE_FIELDS)?;
+        let id = ImageId::parse(fields.required("id")?)?;
+        let provider = Provider::parse(&fields.required("provider")?, providers)?;
+        let remote_user = RemoteUser::parse(fields.required("remote_user")?)?;
+        let name = match fields.optional("name")? {
+            Some(name) => ImageName::parse(name)?,
+            None => ImageName::default(),
+        };
+        Ok(Image {
+            id,
+            provider,
+            remote_user,
+            name,
+        })
+    }
+
+    pub fn to_json(&self) -> Vec<u8> {
+        // Serializing plain strings into a Vec cannot fail.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+}
+
+/// The body of an update: what to change, plus the `id` and `provider` that clients
+/// sending the whole image repeat (they must equal the stored ones).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImagePatch {
+    id: Option<String>,
+    provider: Option<String>,
+    remote_user: Option<RemoteUser>,
+    name: Option<ImageName>,
+}
+
+impl ImagePatch {
+    pub fn from_json(body: &[u8]) -> Result<ImagePatch, ValidationError> {
+        let mut fields = JsonFields::parse(body, IMAGE_FIELDS)?;
+        let patch = ImagePatch {
+            id: fields.optional("id")?,
+            provider: fields.optional("provider")?,
+            remote_user: fields
+                .optional("remote_user")?
+                .map(RemoteUser::parse)
+                .transpose()?,
+            name: fields.optional("name")?.map(ImageName::parse).transpose()?,
+        };
+        if patch.remote_user.is_none() && patch.name.is_none() {
+            return Err(invalid(
+                "the body must contain remote_user and/or name, the fields an update can change",
+            ));
+        }
+        Ok(patch)
+    }
+
+    /// The image after this patch, or why the patch cannot apply to it.
+    pub fn apply(&self, current: &Image) -> Result<Image, ValidationError> {
+        if let Some(id) = &self.id
+            && id != current.id.as_str()
+        {
+            return Err(invalid(format!(
+                "field 'id' cannot be changed (this image's id is '{}')",
+                current.id
+            )));
+        }
+        if let Some(provider) = &self.provider
+            && provider != current.provider.as_str()
+        {
+            return Err(invalid(format!(
+                "field 'provider' cannot be changed (this image's provider is '{}')",
+                current.provider.as_str()
+            )));
+        }
+        let mut next = current.clone();
+        if let Some(remote_user) = &self.remote_user {
+            next.remote_user = remote_user.clone();
+        }
+        if let Some(name) = &self.name {
+            next.name = name.clone();
+        }
+        Ok(next)
+    }
+}
+
+/// A JSON object body whose members are all strings, read field by field so that every
+/// refusal names the field concerned.
+struct JsonFields(Map<String, Value>);
+
+impl JsonFields {
+    fn parse(body: &[u8], allowed: &[&str]) -> Result<Self, ValidationError> {
+        let value: Value = serde_json::from_slice(body)
+            .map_err(|e| invalid(format!("the body is not valid JSON: {e}")))?;
+        let Value::Object(map) = value else {
+            return Err(invalid(format!(
+                "the body must be a JSON object, got {}",
+                json_kind(&value)
+            )));
+        };
+        if let Some(unknown) = map.keys().find(|k| !allowed.contains(&k.as_str())) {
+            return Err(invalid(format!(
+                "unknown field '{}'; the fields are: {}",
+                unknown.escape_debug(),
+                allowed.join(", ")
+            )));
+        }
+        Ok(JsonFields(map))
+    }
+
+    fn optional(&mut self, field: &str) -> Result<Option<String>, ValidationError> {
+        match self.0.remove(field) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s)),
+            Some(other) => Err(invalid(format!(
+                "field '{field}' must be a string, got {}",
+                json_kind(&other)
+            ))),
+        }
+    }
+
+    fn required(&mut self, field: &str) -> Result<String, ValidationError> {
+        self.optional(field)?
+            .ok_or_else(|| invalid(format!("field '{field}' is required")))
+    }
+}
+
+fn json_kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn providers() -> Vec<String> {
+        vec!["ec2".into(), "openstack".into(), "static".into()]
+    }
+
+    #[test]
+    fn id_length_limits() {
+        assert!(ImageId::parse("").is_err());
+        assert!(ImageId::parse("a").is_ok());
+        assert!(ImageId::parse("a".repeat(255)).is_ok());
+        assert!(ImageId::parse("a".repeat(256)).is_err());
+        // The limit is in bytes: 127 two-byte characters fit, 128 do not.
+        assert!(ImageId::parse("é".repeat(127)).is_ok());
+        assert!(ImageId::parse("é".repeat(128)).is_err());
+    }
+
+    #[test]
+    fn id_forbidden_characters() {
+        for bad in [
+            "a b", "a\tb", "a\nb", "a\u{7f}", "a/b", "a?b", "a#b", "a%b", ".", "..", "\u{a0}",
+        ] {
+            let err = ImageId::parse(bad).expect_err(bad);
+            assert!(err.0.starts_with("id "), "{err}");
+        }
+        for good in [
+            "ami-0abc",
+            "...",
+            ".hidden",
+            "ubuntu:22.04",
+            "イメージ",
+            "a.b_c-d~e",
+        ] {
+            assert!(ImageId::parse(good).is_ok(), "{good}");
+        }
+    }
+
+    #[test]
+    fn remote_user_limits() {
+        assert!(RemoteUser::parse("").is_err());
+        assert!(RemoteUser::parse("u").is_ok());
+        assert!(RemoteUser::parse("u".repeat(64)).is_ok());
+        assert!(RemoteUser::parse("u".repeat(65)).is_err());
+        // Characters, not bytes.
+        assert!(RemoteUser::parse("ü".repeat(64)).is_ok());
+        for bad in ["a b", "a:b", "a\u{0}", "a\r"] {
+            let err = RemoteUser::parse(bad).expect_err(bad);
+            assert!(err.0.starts_with("remote_user "), "{err}");
+        }
+    }
+
+    #[test]
+    fn name_limits() {
+        assert!(ImageName::parse("").is_ok());
+        assert!(ImageName::parse("n".repeat(255)).is_ok());
+        assert!(ImageName::parse("ñ".repeat(255)).is_ok());
+        assert!(ImageName::parse("n".repeat(256)).is_err());
+        assert!(ImageName::parse("Ubuntu 22.04 LTS: base").is_ok());
+        assert!(ImageName::parse("a\nb").is_err());
+    }
+
+    #[test]
+    fn provider_must_be_configured() {
+        assert!(Provider::parse("ec2", &providers()).is_ok());
+        let err = Provider::parse("gce", &providers()).unwrap_err();
+        assert!(err.0.contains("'gce'") && err.0.contains("ec2, openstack, static"));
+    }
+
+    #[test]
+    fn create_body_round_trips() {
+        let body = br#"{"id":"ami-1","provider":"ec2","remote_user":"ubuntu","name":"Ubuntu"}"#;
+        let image = Image::from_json(body, &providers()).unwrap();
+        assert_eq!(image.to_json(), body.to_vec());
+    }
+
+    #[test]
+    fn create_body_name_defaults_to_empty() {
+        let image = Image::from_json(
+            br#"{"id":"a","provider":"static","remote_user":"root"}"#,
+            &providers(),
+        )
+        .unwrap();
+        assert_eq!(image.name.as_str(), "");
+    }
+
+    #[test]
+    fn create_body_errors_name_the_field() {
+        let cases: &[(&[u8], &str)] = &[
+            (b"not json", "not valid JSON"),
+            (b"[1]", "must be a JSON object, got an array"),
+            (
+                br#"{"id":"a","provider":"ec2","remote_user":"u","extra":1}"#,
+                "unknown field 'extra'",
+            ),
+            (
+                br#"{"provider":"ec2","remote_user":"u"}"#,
+                "field 'id' is required",
+            ),
+            (
+                br#"{"id":5,"provider":"ec2","remote_user":"u"}"#,
+                "field 'id' must be a string, got a number",
+            ),
+            (
+                br#"{"id":"a","provider":"ec2","remote_user":"u","name":null}"#,
+                "field 'name' must be a string, got null",
+            ),
+        ];
+        for (body, expected) in cases {
+            let err = Image::from_json(body, &providers()).unwrap_err();
+            assert!(err.0.contains(expected), "{err} should contain {expected}");
+        }
+    }
+
+    #[test]
+    fn patch_rules() {
+        let current = Image::from_json(
+            br#"{"id":"a","provider":"ec2","remote_user":"u","name":"n"}"#,
+            &providers(),
+        )
+        .unwrap();
+        assert!(ImagePatch::from_json(br#"{}"#).is_err());
+        assert!(ImagePatch::from_json(br#"{"id":"a","provider":"ec2"}"#).is_err());
+
+        let patch = ImagePatch::from_json(br#"{"name":"new"}"#).unwrap();
+        let next = patch.apply(&current).unwrap();
+        assert_eq!(next.name.as_str(), "new");
+        assert_eq!(next.remote_user.as_str(), "u");
+
+        let same = ImagePatch::from_json(br#"{"id":"a","provider":"ec2","remote_user":"v"}"#);
+        assert_eq!(
+            same.unwrap().apply(&current).unwrap().remote_user.as_str(),
+            "v"
+        );
+
+        let err = ImagePatch::from_json(br#"{"id":"b","name":"x"}"#)
+            .unwrap()
+            .apply(&current)
+            .unwrap_err();
+        assert!(err.0.contains("'id' cannot be changed"));
+        let err = ImagePatch::from_json(br#"{"provider":"static","name":"x"}"#)
+            .unwrap()
+            .apply(&current)
+            .unwrap_err();
+        assert!(err.0.contains("'provider' cannot be changed"));
+    }
+}

@@ -1,0 +1,17 @@
+//! image-catalog: a catalog of machine images served over the v3 Images API.
+//!
+//! A request flows `startup` (middleware) -> `routes` -> `policy::Authorized`
+//! (`auth`, `config`) -> `image` (parsing) -> `store`, and every failure becomes an
+//! `error::ApiError`.
+
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod headers;
+pub mod image;
+pub mod listing;
+pub mod policy;
+pub mod routes;
+pub mod startup;
+pub mod store;

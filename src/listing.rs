@@ -1,0 +1,205 @@
+//! What the two listings (images, audit) share: strict query parsing, the `limit`
+//! range, the `Link: rel="next"` header, and a JSON array streamed in chunks so a
+//! whole-catalog listing never sits in memory.
+
+use std::collections::BTreeMap;
+
+use actix_web::web::Bytes;
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+
+use crate::error::ApiError;
+
+pub const MAX_LIMIT: usize = 1000;
+/// Roughly how many bytes each streamed chunk holds.
+const CHUNK_BYTES: usize = 32 * 1024;
+
+/// RFC 3986 unreserved characters stay as they are; everything else is encoded.
+const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// Decodes a query string that may only hold `allowed` keys, each at most once.
+pub fn parse_query(query: &str, allowed: &[&str]) -> Result<BTreeMap<String, String>, ApiError> {
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query)
+        .map_err(|e| ApiError::bad_request(format!("the query string is malformed: {e}")))?;
+    let mut params = BTreeMap::new();
+    for (key, value) in pairs {
+        if !allowed.contains(&key.as_str()) {
+            return Err(ApiError::bad_request(format!(
+                "unknown query parameter '{}'; this route takes: {}",
+                key.escape_debug(),
+                allowed.join(", ")
+            )));
+        }
+        if params.insert(key.clone(), value).is_some() {
+            return Err(ApiError::bad_request(format!(
+                "query parameter '{key}' is given more than once"
+            )));
+        }
+    }
+    Ok(params)
+}
+
+pub fn parse_limit(value: &str) -> Result<usize, ApiError> {
+    value
+        .parse::<usize>()
+        .ok()
+        .filter(|n| (1..=MAX_LIMIT).contains(n))
+        .ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "limit must be a whole number from 1 to {MAX_LIMIT}, got '{}'",
+                value.escape_debug()
+            ))
+        })
+}
+
+/// `Link` to the next page: the same query with `marker` set to `marker`.
+pub fn next_link(path: &str, params: &BTreeMap<String, String>, marker: &str) -> String {
+    let mut query: Vec<String> = params
+        .iter()
+        .filter(|(k, _)| k.as_str() != "marker")
+        .map(|(k, v)| format!("{k}={}", utf8_percent_encode(v, QUERY_VALUE)))
+        .collect();
+    query.push(format!(
+        "marker={}",
+        utf8_percent_encode(marker, QUERY_VALUE)
+    ));
+    format!("<{path}?{}>; rel=\"next\"", query.join("&"))
+}
+
+/// A JSON array of pre-serialized items.
+pub fn json_array<T: AsRef<[u8]>>(items: &[T]) -> Vec<u8> {
+    let mut body =
+        Vec::with_capacity(2 + items.iter().map(|i| i.as_ref().len() + 1).sum::<usize>());
+    body.push(b'[');
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(item.as_ref());
+    }
+    body.push(b']');
+    body
+}
+
+/// Turns an iterator of pre-serialized items into the chunks of one JSON array.
+pub struct JsonArrayChunks<I> {
+    items: I,
+    started: bool,
+    done: bool,
+}
+
+impl<I> JsonArrayChunks<I> {
+    pub fn new(items: I) -> Self {
+        JsonArrayChunks {
+            items,
+            started: false,
+            done: false,
+        }
+    }
+}
+
+impl<I, T, E> Iterator for JsonArrayChunks<I>
+where
+    I: Iterator<Item = Result<T, E>>,
+    T: AsRef<[u8]>,
+    E: std::fmt::Display,
+{
+    type Item = Result<Bytes, ApiError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        let mut chunk = Vec::with_capacity(CHUNK_BYTES + 512);
+        if !self.started {
+            chunk.push(b'[');
+        }
+        while chunk.len() < CHUNK_BYTES {
+            match self.items.next() {
+                Some(Ok(item)) => {
+                    if self.started {
+                        chunk.push(b',');
+                    }
+                    self.started = true;
+                    chunk.extend_from_slice(item.as_ref());
+                }
+                Some(Err(e)) => {
+                    // Headers are gone already: the only honest signal left is to cut
+                    // the response short, so the client sees invalid JSON, not a
+                    // silently truncated list.
+                    log::error!("listing aborted mid-stream: {e}");
+                    self.done = true;
+                    return Some(Err(ApiError::StoreUnavailable));
+                }
+                None => {
+                    self.done = true;
+                    chunk.push(b']');
+                    break;
+                }
+            }
+        }
+        self.started = true;
+        Some(Ok(Bytes::from(chunk)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn collect(items: Vec<Result<&'static str, String>>) -> String {
+        JsonArrayChunks::new(items.into_iter())
+            .map(|c| String::from_utf8(c.unwrap().to_vec()).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn chunks_make_one_array() {
+        assert_eq!(collect(vec![]), "[]");
+        assert_eq!(collect(vec![Ok("1")]), "[1]");
+        assert_eq!(collect(vec![Ok("1"), Ok("2"), Ok("3")]), "[1,2,3]");
+        let many: Vec<_> = (0..20_000).map(|_| Ok("{\"a\":1}")).collect();
+        let text = collect(many);
+        let parsed: Vec<serde_json::Value> = serde_json::from_str(&text).unwrap();
+        assert_eq!(parsed.len(), 20_000);
+        assert_eq!(json_array(&["1", "2"]), b"[1,2]");
+        assert_eq!(json_array::<&str>(&[]), b"[]");
+    }
+
+    #[test]
+    fn query_is_strict() {
+        let allowed = &["limit", "marker"];
+        assert!(parse_query("limit=1&marker=a", allowed).is_ok());
+        assert!(parse_query("", allowed).unwrap().is_empty());
+        let err = parse_query("limt=1", allowed).unwrap_err().to_string();
+        assert!(err.contains("'limt'"), "{err}");
+        assert!(parse_query("limit=1&limit=2", allowed).is_err());
+    }
+
+    #[test]
+    fn limit_range() {
+        assert!(parse_limit("0").is_err());
+        assert_eq!(parse_limit("1").unwrap(), 1);
+        assert_eq!(parse_limit("1000").unwrap(), 1000);
+        assert!(parse_limit("1001").is_err());
+        assert!(parse_limit("-1").is_err());
+        assert!(parse_limit("ten").is_err());
+    }
+
+    #[test]
+    fn link_keeps_other_parameters_encoded() {
+        let params: BTreeMap<String, String> = [
+            ("limit".to_string(), "2".to_string()),
+            ("marker".to_string(), "old".to_string()),
+            ("provider".to_string(), "ec2".to_string()),
+        ]
+        .into();
+        assert_eq!(
+            next_link("/v3/images", &params, "a&b=c d"),
+            "</v3/images?limit=2&provider=ec2&marker=a%26b%3Dc%20d>; rel=\"next\""
+        );
+    }
+}

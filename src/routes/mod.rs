@@ -1,0 +1,139 @@
+//! The route table. Each resource file mounts its own routes; this file holds what
+//! they share: the table of routes and policies, the JSON body reader, and the 404 and
+//! 405 answers.
+
+use std::future::{Ready, ready};
+
+use actix_web::dev::Payload;
+use actix_web::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use actix_web::web::{self, Bytes, BytesMut};
+use actix_web::{FromRequest, HttpRequest, HttpResponse, Resource};
+use futures_util::StreamExt;
+
+use crate::error::{ApiError, mime_json};
+use crate::headers::is_json_content_type;
+use crate::policy::{CreateImage, DeleteImage, Policy, ReadAudit, ReadImages};
+use crate::startup::AppState;
+
+mod audit;
+mod images;
+mod ops;
+
+/// One row of the route table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Route {
+    pub method: &'static str,
+    pub path: &'static str,
+    /// `None` for the routes open to anyone.
+    pub policy: Option<&'static str>,
+}
+
+const fn route(method: &'static str, path: &'static str, policy: Option<&'static str>) -> Route {
+    Route {
+        method,
+        path,
+        policy,
+    }
+}
+
+/// Every route and the policy it needs; `check-config` and the tests read it. The
+/// handlers' `Authorized<P>` arguments are what enforce it.
+pub const TABLE: &[Route] = &[
+    route("GET", "/v3/images", Some(ReadImages::NAME)),
+    route("POST", "/v3/image", Some(CreateImage::NAME)),
+    route("GET", "/v3/image/{id}", Some(ReadImages::NAME)),
+    route("PUT", "/v3/image/{id}", Some(CreateImage::NAME)),
+    route("DELETE", "/v3/image/{id}", Some(DeleteImage::NAME)),
+    route("GET", "/v3/audit", Some(ReadAudit::NAME)),
+    route("GET", "/healthz", None),
+];
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    images::configure(cfg);
+    audit::configure(cfg);
+    ops::configure(cfg);
+}
+
+/// A resource whose unmatched methods get a 405 naming the ones it has.
+fn resource(path: &str, allow: &'static str) -> Resource {
+    web::resource(path).default_service(web::to(move |req: HttpRequest| async move {
+        Err::<HttpResponse, _>(ApiError::MethodNotAllowed {
+            method: req.method().to_string(),
+            path: req.path().to_owned(),
+            allow,
+        })
+    }))
+}
+
+pub async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    Err(ApiError::NotFound(format!(
+        "no route {} {}; the API lives under /v3 (see README)",
+        req.method(),
+        req.path()
+    )))
+}
+
+pub fn json_response(body: impl actix_web::body::MessageBody + 'static) -> HttpResponse {
+    HttpResponse::Ok()
+        .insert_header((CONTENT_TYPE, mime_json()))
+        .body(body)
+}
+
+/// A JSON request body, read only when the handler asks: after the `Authorized`
+/// argument has run, so an unauthenticated client learns nothing from 415 or 413.
+pub struct JsonBody {
+    content_type: Option<Vec<u8>>,
+    content_length: Option<usize>,
+    limit: usize,
+    payload: Payload,
+}
+
+impl FromRequest for JsonBody {
+    type Error = ApiError;
+    type Future = Ready<Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        let limit = req
+            .app_data::<web::Data<AppState>>()
+            .map(|s| s.max_body_bytes)
+            .unwrap_or(65536);
+        let header = |name| req.headers().get(name).map(|v| v.as_bytes());
+        ready(Ok(JsonBody {
+            content_type: header(CONTENT_TYPE).map(<[u8]>::to_vec),
+            content_length: header(CONTENT_LENGTH)
+                .and_then(|v| std::str::from_utf8(v).ok()?.trim().parse().ok()),
+            limit,
+            payload: payload.take(),
+        }))
+    }
+}
+
+impl JsonBody {
+    pub async fn read(mut self) -> Result<Bytes, ApiError> {
+        match &self.content_type {
+            Some(ct) if is_json_content_type(ct) => {}
+            Some(ct) => {
+                return Err(ApiError::UnsupportedMediaType(format!(
+                    "'{}'",
+                    String::from_utf8_lossy(ct)
+                )));
+            }
+            None => return Err(ApiError::UnsupportedMediaType("no Content-Type".into())),
+        }
+        let too_large = ApiError::PayloadTooLarge { limit: self.limit };
+        if self.content_length.is_some_and(|n| n > self.limit) {
+            return Err(too_large);
+        }
+        let mut body = BytesMut::new();
+        while let Some(chunk) = self.payload.next().await {
+            let chunk = chunk.map_err(|e| {
+                ApiError::bad_request(format!("the request body could not be read: {e}"))
+            })?;
+            if body.len() + chunk.len() > self.limit {
+                return Err(too_large);
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body.freeze())
+    }
+}

@@ -1,0 +1,230 @@
+//! Builds the actix application from a [`Config`] and a [`Store`], binds, and runs.
+//!
+//! Binding happens before the server starts so that tests can ask for port 0 and
+//! learn the real port.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use actix_web::body::{BoxBody, MessageBody};
+use actix_web::dev::{Server, ServiceRequest, ServiceResponse};
+use actix_web::http::header::{self, HeaderName, HeaderValue};
+use actix_web::middleware::{Next, from_fn};
+use actix_web::{App, HttpMessage, HttpServer, ResponseError, web};
+
+use crate::auth::Authenticator;
+use crate::config::{Config, DEMO_PASSWORDS};
+use crate::error::ApiError;
+use crate::headers;
+use crate::policy::AuthenticatedUser;
+use crate::routes;
+use crate::store::{Store, StoreError};
+
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// What every request may reach, through [`crate::policy::Authorized`].
+pub struct AppState {
+    pub store: Store,
+    pub auth: Authenticator,
+    pub providers: Vec<String>,
+    pub max_body_bytes: usize,
+    /// The config as loaded at start, to tell what a reload cannot change.
+    config: Config,
+    config_path: Option<PathBuf>,
+}
+
+impl AppState {
+    pub fn data_dir(&self) -> &std::path::Path {
+        &self.config.server.data_dir
+    }
+
+    /// Re-reads config.toml: a valid one replaces users, roles and policies at once;
+    /// an invalid one is logged and the current one stays.
+    pub fn reload(&self) {
+        let Some(path) = &self.config_path else {
+            log::warn!("reload asked, but this server was not started from a config file");
+            return;
+        };
+        match Config::load(path) {
+            Ok(next) => {
+                if next.server != self.config.server
+                    || next.store != self.config.store
+                    || next.providers != self.config.providers
+                {
+                    log::warn!(
+                        "config reload: changes to [server], [store] and providers take effect \
+                         only after a restart; users, roles and policies are applied now"
+                    );
+                }
+                let users = next.access.users().len();
+                self.auth.replace(next.access);
+                log::info!("config reloaded from {}: {users} users", path.display());
+            }
+            Err(e) => log::error!("config reload refused, keeping the current one: {e}"),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot bind {bind}: {source}")]
+    Bind {
+        bind: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+pub struct Application {
+    address: std::net::SocketAddr,
+    server: Server,
+    state: web::Data<AppState>,
+}
+
+impl Application {
+    /// Binds `config.server.bind`, opens the store and builds the server, not yet
+    /// running. `config_path` is what SIGHUP re-reads.
+    pub fn build(config: Config, config_path: Option<PathBuf>) -> Result<Application, StartError> {
+        let listener =
+            TcpListener::bind(&config.server.bind).map_err(|source| StartError::Bind {
+                bind: config.server.bind.clone(),
+                source,
+            })?;
+        let address = listener.local_addr().map_err(|source| StartError::Bind {
+            bind: config.server.bind.clone(),
+            source,
+        })?;
+        let store = Store::open(&config.server.data_dir, config.store.cache_mb)?;
+        let state = web::Data::new(AppState {
+            store,
+            auth: Authenticator::new(config.access.clone()),
+            providers: config.providers.clone(),
+            max_body_bytes: config.server.max_body_bytes,
+            config,
+            config_path,
+        });
+        let server = run(listener, state.clone()).map_err(|source| StartError::Bind {
+            bind: "listener".into(),
+            source,
+        })?;
+        Ok(Application {
+            address,
+            server,
+            state,
+        })
+    }
+
+    /// The address actually bound (the real port when config asked for 0).
+    pub fn address(&self) -> std::net::SocketAddr {
+        self.address
+    }
+
+    pub fn state(&self) -> web::Data<AppState> {
+        self.state.clone()
+    }
+
+    pub fn handle(&self) -> actix_web::dev::ServerHandle {
+        self.server.handle()
+    }
+
+    /// Serves until the server is stopped (SIGINT/SIGTERM: in-flight requests finish),
+    /// then flushes the store.
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let result = self.server.await;
+        self.state
+            .store
+            .shutdown()
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        result
+    }
+}
+
+fn run(listener: TcpListener, state: web::Data<AppState>) -> std::io::Result<Server> {
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .app_data(web::PathConfig::default().error_handler(|err, _| {
+                ApiError::bad_request(format!("invalid path: {err}")).into()
+            }))
+            .configure(routes::configure)
+            .default_service(web::to(routes::not_found))
+            .wrap(from_fn(refuse_unacceptable))
+            .wrap(from_fn(access_log))
+    })
+    .listen(listener)?
+    .run();
+    Ok(server)
+}
+
+/// 406 for an Accept that rules out JSON, before any work is done. `/metrics` speaks
+/// Prometheus text and is exempt.
+async fn refuse_unacceptable(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+    let accept = req.headers().get(header::ACCEPT);
+    if req.path() != "/metrics" && !headers::accepts_json(accept.map(|v| v.as_bytes())) {
+        let shown = accept
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .unwrap_or_default();
+        let response = ApiError::NotAcceptable(shown).error_response();
+        return Ok(req.into_response(response));
+    }
+    Ok(next.call(req).await?.map_into_boxed_body())
+}
+
+/// Gives every response an `X-Request-Id` and writes one access-log line per request.
+/// Credentials never reach the line: only the authenticated user's name does.
+async fn access_log(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+    let started = Instant::now();
+    let request_id = req
+        .headers()
+        .get(REQUEST_ID)
+        .and_then(|v| headers::sane_request_id(v.as_bytes()))
+        .map(str::to_owned)
+        .unwrap_or_else(|| format!("{:032x}", rand::random::<u128>()));
+    let method = req.method().clone();
+    let mut response = next.call(req).await?.map_into_boxed_body();
+    let request = response.request();
+    let route = request
+        .match_pattern()
+        .unwrap_or_else(|| request.path().to_owned());
+    let user = request
+        .extensions()
+        .get::<AuthenticatedUser>()
+        .map(|u| u.0.clone())
+        .unwrap_or_else(|| "-".into());
+    log::info!(
+        target: "access",
+        "{method} {route} {} {:.1}ms user={user} request_id={request_id}",
+        response.status().as_u16(),
+        started.elapsed().as_secs_f64() * 1000.0,
+    );
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert(REQUEST_ID, value);
+    }
+    Ok(response)
+}
+
+/// Warns about each user still on a documented demo password. Runs argon2 per user,
+/// so it belongs on a blocking thread.
+pub fn warn_demo_passwords(config: &Config) {
+    for user in config.access.users() {
+        if let Some(hash) = &user.password_hash
+            && DEMO_PASSWORDS
+                .iter()
+                .any(|demo| crate::auth::verify_password(demo.as_bytes(), hash))
+        {
+            log::warn!(
+                "user '{}' still has the documented demo password; set a new one with \
+                 `image-catalog hash-password` before exposing this server",
+                user.name
+            );
+        }
+    }
+}

@@ -1,0 +1,570 @@
+//! The catalog on disk: sled behind a narrow interface.
+//!
+//! Reads go straight to sled. Every change goes through one writer thread, which
+//! applies each change together with its audit record in one sled transaction, then
+//! flushes once for the whole batch queued meanwhile (group commit) before answering:
+//! a reply of success means the change is on disk, and concurrent writers share the
+//! cost of a flush. Keeping the writer off the request workers also keeps every disk
+//! flush off them.
+
+use std::ops::Bound;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+
+use serde::{Deserialize, Serialize};
+use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
+use sled::{IVec, Tree};
+use tokio::sync::oneshot;
+
+use crate::image::{Image, ImageId, ImagePatch, Provider, ValidationError};
+
+/// Written into every store; a store with another version is refused, not guessed at.
+pub const FORMAT_VERSION: &str = "1";
+const FORMAT_KEY: &[u8] = b"format_version";
+const IMAGES_TREE: &[u8] = b"images";
+const AUDIT_TREE: &[u8] = b"audit";
+/// Upper bound on changes applied between two flushes, so replies are not held back
+/// for long under a flood of writes.
+const MAX_BATCH: usize = 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("no image with id '{0}'")]
+    NotFound(String),
+    #[error("an image with id '{0}' already exists")]
+    Conflict(String),
+    #[error("the precondition on image '{0}' failed")]
+    PreconditionFailed(String),
+    #[error(transparent)]
+    Invalid(ValidationError),
+    #[error(
+        "the data dir {0} is in use by another image-catalog process (a server, export or import); stop it first"
+    )]
+    InUse(PathBuf),
+    #[error(
+        "the data dir {dir} holds store format version '{found}', but this build reads version {FORMAT_VERSION} only"
+    )]
+    UnknownFormat { dir: PathBuf, found: String },
+    #[error("a stored record is unreadable: {0}")]
+    Corrupt(String),
+    #[error("flushing to disk failed: {0}")]
+    Flush(String),
+    #[error("the store is shut down")]
+    Closed,
+    #[error("storage engine: {0}")]
+    Engine(#[from] sled::Error),
+}
+
+/// The condition of a compare-and-swap (`If-Match`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Precondition {
+    /// `*`: the image must exist.
+    Exists,
+    /// The image's current ETag must be one of these (strong comparison).
+    EtagIn(Vec<String>),
+}
+
+/// One image as stored: its JSON exactly as the API shows it.
+#[derive(Debug, Clone)]
+pub struct Record(IVec);
+
+impl From<IVec> for Record {
+    fn from(bytes: IVec) -> Self {
+        Record(bytes)
+    }
+}
+
+impl Record {
+    pub fn json(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// A strong validator: equal bytes, equal tag.
+    pub fn etag(&self) -> String {
+        etag_of(&self.0)
+    }
+
+    pub fn image(&self) -> Result<Image, StoreError> {
+        serde_json::from_slice(&self.0).map_err(|e| StoreError::Corrupt(e.to_string()))
+    }
+}
+
+fn etag_of(bytes: &[u8]) -> String {
+    let digest = crate::auth::sha256(bytes);
+    format!("\"{}\"", hex::encode(&digest[..16]))
+}
+
+/// A change to the catalog.
+#[derive(Debug, Clone)]
+pub enum Change {
+    Create(Image),
+    Update {
+        id: ImageId,
+        patch: ImagePatch,
+        precondition: Option<Precondition>,
+    },
+    Delete {
+        id: ImageId,
+        precondition: Option<Precondition>,
+    },
+}
+
+impl Change {
+    fn method(&self) -> &'static str {
+        match self {
+            Change::Create(_) => "POST",
+            Change::Update { .. } => "PUT",
+            Change::Delete { .. } => "DELETE",
+        }
+    }
+
+    fn id(&self) -> &ImageId {
+        match self {
+            Change::Create(image) => &image.id,
+            Change::Update { id, .. } | Change::Delete { id, .. } => id,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub enum Applied {
+    Created,
+    Updated(Record),
+    Deleted,
+}
+
+/// One line of the audit trail.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AuditRecord {
+    pub seq: u64,
+    pub time: String,
+    pub user: String,
+    pub method: String,
+    pub id: String,
+    pub status: u16,
+}
+
+/// A page of a listing; `more` says whether anything follows it.
+pub struct Page {
+    pub records: Vec<IVec>,
+    pub more: bool,
+}
+
+struct Job {
+    change: Change,
+    user: String,
+    reply: oneshot::Sender<Result<Applied, StoreError>>,
+}
+
+pub struct Store {
+    db: sled::Db,
+    images: Tree,
+    audit: Tree,
+    writer: Mutex<Option<(mpsc::Sender<Job>, JoinHandle<()>)>>,
+}
+
+impl Store {
+    pub fn open(dir: &Path, cache_mb: u64) -> Result<Store, StoreError> {
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(cache_mb.saturating_mul(1024 * 1024))
+            .open()
+            .map_err(|e| match e {
+                sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => {
+                    StoreError::InUse(dir.to_owned())
+                }
+                other => StoreError::Engine(other),
+            })?;
+        let images = db.open_tree(IMAGES_TREE)?;
+        let audit = db.open_tree(AUDIT_TREE)?;
+        match db.get(FORMAT_KEY)? {
+            Some(found) if found.as_ref() == FORMAT_VERSION.as_bytes() => {}
+            Some(found) => {
+                return Err(StoreError::UnknownFormat {
+                    dir: dir.to_owned(),
+                    found: String::from_utf8_lossy(&found).into_owned(),
+                });
+            }
+            None if images.is_empty() && audit.is_empty() => {
+                db.insert(FORMAT_KEY, FORMAT_VERSION)?;
+                db.flush()?;
+            }
+            None => {
+                return Err(StoreError::UnknownFormat {
+                    dir: dir.to_owned(),
+                    found: "none".into(),
+                });
+            }
+        }
+        let next_seq = match audit.last()? {
+            Some((key, _)) => seq_from_key(&key)? + 1,
+            None => 1,
+        };
+        let (sender, receiver) = mpsc::channel();
+        let writer = Writer {
+            db: db.clone(),
+            images: images.clone(),
+            audit: audit.clone(),
+            next_seq,
+        };
+        let handle = std::thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || writer.run(receiver))
+            .map_err(|e| StoreError::Engine(e.into()))?;
+        Ok(Store {
+            db,
+            images,
+            audit,
+            writer: Mutex::new(Some((sender, handle))),
+        })
+    }
+
+    /// Applies a change with its audit record; resolves once both are on disk.
+    pub async fn apply(&self, change: Change, user: &str) -> Result<Applied, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        let job = Job {
+            change,
+            user: user.to_owned(),
+            reply,
+        };
+        {
+            let writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+            let (sender, _) = writer.as_ref().ok_or(StoreError::Closed)?;
+            sender.send(job).map_err(|_| StoreError::Closed)?;
+        }
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    pub fn get(&self, id: &ImageId) -> Result<Option<Record>, StoreError> {
+        Ok(self.images.get(id.as_str())?.map(Record))
+    }
+
+    /// Up to `limit` images after `after` (exclusive), in id order.
+    pub fn list_page(
+        &self,
+        after: Option<&ImageId>,
+        provider: Option<&Provider>,
+        limit: usize,
+    ) -> Result<Page, StoreError> {
+        take_page(self.list_from(after, provider.cloned()), limit)
+    }
+
+    /// Every image after `after`, in id order, read lazily: memory does not grow with
+    /// the catalog.
+    pub fn list_from(
+        &self,
+        after: Option<&ImageId>,
+        provider: Option<Provider>,
+    ) -> impl Iterator<Item = Result<IVec, StoreError>> + Send + 'static {
+        let start = match after {
+            Some(id) => Bound::Excluded(IVec::from(id.as_str())),
+            None => Bound::Unbounded,
+        };
+        self.images
+            .range::<IVec, _>((start, Bound::Unbounded))
+            .filter_map(move |item| {
+                let value = match item {
+                    Ok((_, value)) => value,
+                    Err(e) => return Some(Err(e.into())),
+                };
+                let Some(provider) = &provider else {
+                    return Some(Ok(value));
+                };
+                match Record(value.clone()).image() {
+                    Ok(image) if &image.provider == provider => Some(Ok(value)),
+                    Ok(_) => None,
+                    Err(e) => Some(Err(e)),
+                }
+            })
+    }
+
+    /// Up to `limit` audit records older than `before`, newest first.
+    pub fn audit_page(&self, before: Option<u64>, limit: usize) -> Result<Page, StoreError> {
+        take_page(self.audit_from(before), limit)
+    }
+
+    /// Every audit record older than `before`, newest first, read lazily.
+    pub fn audit_from(
+        &self,
+        before: Option<u64>,
+    ) -> impl Iterator<Item = Result<IVec, StoreError>> + Send + 'static {
+        let end = match before {
+            Some(seq) => Bound::Excluded(IVec::from(&seq.to_be_bytes())),
+            None => Bound::Unbounded,
+        };
+        self.audit
+            .range::<IVec, _>((Bound::Unbounded, end))
+            .rev()
+            .map(|item| Ok(item?.1))
+    }
+
+    pub fn image_count(&self) -> usize {
+        self.images.len()
+    }
+
+    pub fn size_on_disk(&self) -> Result<u64, StoreError> {
+        Ok(self.db.size_on_disk()?)
+    }
+
+    /// Whether the store still answers reads.
+    pub fn is_healthy(&self) -> bool {
+        self.db.get(FORMAT_KEY).is_ok_and(|v| v.is_some())
+    }
+
+    /// Stops the writer after the changes already queued, and flushes.
+    pub fn shutdown(&self) -> Result<(), StoreError> {
+        let writer = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some((sender, handle)) = writer {
+            drop(sender);
+            let _ = handle.join();
+        }
+        self.db.flush()?;
+        Ok(())
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        let _ = self.shutdown();
+    }
+}
+
+fn take_page(
+    items: impl Iterator<Item = Result<IVec, StoreError>>,
+    limit: usize,
+) -> Result<Page, StoreError> {
+    let mut records = Vec::with_capacity(limit.min(1024));
+    for item in items {
+        if records.len() == limit {
+            return Ok(Page {
+                records,
+                more: true,
+            });
+        }
+        records.push(item?);
+    }
+    Ok(Page {
+        records,
+        more: false,
+    })
+}
+
+fn seq_from_key(key: &[u8]) -> Result<u64, StoreError> {
+    let bytes: [u8; 8] = key
+        .try_into()
+        .map_err(|_| StoreError::Corrupt("audit key is not 8 bytes".into()))?;
+    Ok(u64::from_be_bytes(bytes))
+}
+
+/// The one thread that changes the store.
+struct Writer {
+    db: sled::Db,
+    images: Tree,
+    audit: Tree,
+    next_seq: u64,
+}
+
+impl Writer {
+    fn run(mut self, jobs: mpsc::Receiver<Job>) {
+        while let Ok(first) = jobs.recv() {
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match jobs.try_recv() {
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
+                }
+            }
+            let mut answers = Vec::with_capacity(batch.len());
+            for job in batch {
+                let result = self.apply(&job.change, &job.user);
+                if result.is_ok() {
+                    self.next_seq += 1;
+                }
+                answers.push((job.reply, result));
+            }
+            let changed = answers.iter().any(|(_, r)| r.is_ok());
+            let flushed = if changed {
+                self.db.flush().map(drop)
+            } else {
+                Ok(())
+            };
+            if let Err(e) = &flushed {
+                log::error!("flushing the store failed: {e}");
+            }
+            for (reply, result) in answers {
+                let result = match (&flushed, result) {
+                    (Err(e), Ok(_)) => Err(StoreError::Flush(e.to_string())),
+                    (_, result) => result,
+                };
+                // The requester may have gone; the change stands all the same.
+                let _ = reply.send(result);
+            }
+        }
+        if let Err(e) = self.db.flush() {
+            log::error!("final flush of the store failed: {e}");
+        }
+    }
+
+    fn apply(&self, change: &Change, user: &str) -> Result<Applied, StoreError> {
+        let seq = self.next_seq;
+        let record = AuditRecord {
+            seq,
+            time: now_rfc3339(),
+            user: user.to_owned(),
+            method: change.method().to_owned(),
+            id: change.id().as_str().to_owned(),
+            status: 200,
+        };
+        let audit_json = serde_json::to_vec(&record).unwrap_or_default();
+        let key = change.id().as_str().as_bytes();
+        let result = (&self.images, &self.audit).transaction(|(images, audit)| {
+            let applied = match change {
+                Change::Create(image) => {
+                    if images.get(key)?.is_some() {
+                        return abort(StoreError::Conflict(image.id.to_string()));
+                    }
+                    images.insert(key, image.to_json())?;
+                    Applied::Created
+                }
+                Change::Update {
+                    id,
+                    patch,
+                    precondition,
+                } => {
+                    let current = current_record(images.get(key)?, id, precondition)?;
+                    let image = current
+                        .image()
+                        .map_err(ConflictableTransactionError::Abort)?;
+                    let next = patch
+                        .apply(&image)
+                        .map_err(|e| ConflictableTransactionError::Abort(StoreError::Invalid(e)))?;
+                    let bytes = IVec::from(next.to_json());
+                    images.insert(key, bytes.clone())?;
+                    Applied::Updated(Record(bytes))
+                }
+                Change::Delete { id, precondition } => {
+                    current_record(images.get(key)?, id, precondition)?;
+                    images.remove(key)?;
+                    Applied::Deleted
+                }
+            };
+            audit.insert(&seq.to_be_bytes(), audit_json.clone())?;
+            Ok(applied)
+        });
+        result.map_err(|e| match e {
+            TransactionError::Abort(e) => e,
+            TransactionError::Storage(e) => StoreError::Engine(e),
+        })
+    }
+}
+
+fn abort<T>(err: StoreError) -> Result<T, ConflictableTransactionError<StoreError>> {
+    Err(ConflictableTransactionError::Abort(err))
+}
+
+/// The stored record, if it exists and meets the precondition.
+fn current_record(
+    value: Option<IVec>,
+    id: &ImageId,
+    precondition: &Option<Precondition>,
+) -> Result<Record, ConflictableTransactionError<StoreError>> {
+    let Some(value) = value else {
+        return abort(StoreError::NotFound(id.to_string()));
+    };
+    let record = Record(value);
+    if let Some(Precondition::EtagIn(tags)) = precondition {
+        let etag = record.etag();
+        if !tags.contains(&etag) {
+            return abort(StoreError::PreconditionFailed(id.to_string()));
+        }
+    }
+    Ok(record)
+}
+
+fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn image(id: &str) -> Image {
+        let body = format!(r#"{{"id":"{id}","provider":"ec2","remote_user":"u"}}"#);
+        Image::from_json(body.as_bytes(), &["ec2".to_string()]).unwrap()
+    }
+
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    #[test]
+    fn create_conflict_and_audit_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 8).unwrap();
+        block_on(async {
+            store
+                .apply(Change::Create(image("a")), "admin")
+                .await
+                .unwrap();
+            let err = store.apply(Change::Create(image("a")), "admin").await;
+            assert!(matches!(err, Err(StoreError::Conflict(_))));
+            store
+                .apply(
+                    Change::Delete {
+                        id: ImageId::parse("a").unwrap(),
+                        precondition: None,
+                    },
+                    "bob",
+                )
+                .await
+                .unwrap();
+        });
+        let page = store.audit_page(None, 10).unwrap();
+        let records: Vec<AuditRecord> = page
+            .records
+            .iter()
+            .map(|r| serde_json::from_slice(r).unwrap())
+            .collect();
+        assert_eq!(records.len(), 2, "the refused create is not audited");
+        assert_eq!((records[0].seq, records[0].method.as_str()), (2, "DELETE"));
+        assert_eq!((records[1].seq, records[1].method.as_str()), (1, "POST"));
+        assert_eq!(records[0].user, "bob");
+    }
+
+    #[test]
+    fn reopen_keeps_data_and_refuses_other_versions() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path(), 8).unwrap();
+            block_on(store.apply(Change::Create(image("x")), "a")).unwrap();
+        }
+        {
+            let store = Store::open(dir.path(), 8).unwrap();
+            assert!(store.get(&ImageId::parse("x").unwrap()).unwrap().is_some());
+            store.db.insert(FORMAT_KEY, "99").unwrap();
+            store.shutdown().unwrap();
+        }
+        let err = Store::open(dir.path(), 8)
+            .err()
+            .expect("version 99 is refused");
+        assert!(err.to_string().contains("format version '99'"), "{err}");
+    }
+
+    #[test]
+    fn second_open_says_in_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = Store::open(dir.path(), 8).unwrap();
+        let err = Store::open(dir.path(), 8)
+            .err()
+            .expect("second open refused");
+        assert!(matches!(err, StoreError::InUse(_)), "{err}");
+    }
+}
