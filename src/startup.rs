@@ -145,9 +145,6 @@ fn run(listener: TcpListener, state: web::Data<AppState>) -> std::io::Result<Ser
     let server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
-            .app_data(web::PathConfig::default().error_handler(|err, _| {
-                ApiError::bad_request(format!("invalid path: {err}")).into()
-            }))
             .configure(routes::configure)
             .default_service(web::to(routes::not_found))
             .wrap(from_fn(refuse_unacceptable))

@@ -23,8 +23,14 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         );
 }
 
-fn path_id(path: web::Path<String>) -> Result<ImageId, ApiError> {
-    Ok(ImageId::parse(path.into_inner())?)
+/// The `{id}` of the path, decoded strictly: actix would replace invalid UTF-8 with
+/// U+FFFD, silently naming another image.
+fn path_id(req: &HttpRequest) -> Result<ImageId, ApiError> {
+    let raw = req.uri().path().rsplit('/').next().unwrap_or_default();
+    let decoded = percent_encoding::percent_decode_str(raw)
+        .decode_utf8()
+        .map_err(|_| ApiError::bad_request("the image id in the path is not valid UTF-8"))?;
+    Ok(ImageId::parse(decoded.into_owned())?)
 }
 
 async fn list(auth: Authorized<ReadImages>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
@@ -76,12 +82,8 @@ async fn create(auth: Authorized<CreateImage>, body: JsonBody) -> Result<HttpRes
     ))
 }
 
-async fn show(
-    auth: Authorized<ReadImages>,
-    path: web::Path<String>,
-    req: HttpRequest,
-) -> Result<HttpResponse, ApiError> {
-    let id = path_id(path)?;
+async fn show(auth: Authorized<ReadImages>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    let id = path_id(&req)?;
     let record = auth
         .store()
         .get(&id)?
@@ -101,11 +103,10 @@ async fn show(
 
 async fn update(
     auth: Authorized<CreateImage>,
-    path: web::Path<String>,
     body: JsonBody,
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
-    let id = path_id(path)?;
+    let id = path_id(&req)?;
     let patch = ImagePatch::from_json(&body.read().await?)?;
     let precondition = headers::if_match(req.headers().get(IF_MATCH).map(|v| v.as_bytes()));
     let change = Change::Update {
@@ -126,12 +127,8 @@ async fn update(
         .body(body))
 }
 
-async fn delete(
-    auth: Authorized<DeleteImage>,
-    path: web::Path<String>,
-    req: HttpRequest,
-) -> Result<HttpResponse, ApiError> {
-    let id = path_id(path)?;
+async fn delete(auth: Authorized<DeleteImage>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    let id = path_id(&req)?;
     let precondition = headers::if_match(req.headers().get(IF_MATCH).map(|v| v.as_bytes()));
     let change = Change::Delete {
         id: id.clone(),

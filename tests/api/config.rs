@@ -1,0 +1,149 @@
+//! Bad configs stop the real binary at start with exit code 2 and a message naming the
+//! problem; `check-config` shows who may do what.
+
+use std::process::Command;
+
+use crate::helpers::{DEFAULT_POLICIES, cheap_hash, config_text, default_users};
+
+fn binary() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_image-catalog"))
+}
+
+/// Runs `serve` on a config and returns (exit code, stderr).
+fn serve_with(config: &str) -> (i32, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.toml");
+    std::fs::write(&path, config).unwrap();
+    let output = binary()
+        .arg("--config")
+        .arg(&path)
+        .arg("serve")
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn each_bad_config_is_refused_at_start_with_exit_code_2() {
+    let hash = cheap_hash("pw");
+    let user = |body: &str| format!("{DEFAULT_POLICIES}\n[[users]]\nname = \"u\"\n{body}\n");
+    let cases = [
+        (
+            format!("{DEFAULT_POLICIES}\nfly_planes = [\"admin\"]"),
+            "unknown policy 'fly_planes'",
+        ),
+        (
+            user(&format!("password_hash = \"{hash}\"\nroles = [\"pilot\"]")),
+            "unknown role 'pilot'",
+        ),
+        (
+            format!(
+                "{}\n[[users]]\nname = \"u\"\npassword_hash = \"{hash}\"\nroles = []",
+                user(&format!("password_hash = \"{hash}\"\nroles = []"))
+            ),
+            "duplicated user",
+        ),
+        (user("roles = [\"admin\"]"), "no credentials"),
+        (
+            user("password_hash = \"plain-text-secret\"\nroles = [\"admin\"]"),
+            "password_hash is not a valid PHC string",
+        ),
+        (
+            user("password_hash = \"$argon2id$garbage\"\nroles = [\"admin\"]"),
+            "user 'u': password_hash",
+        ),
+        (
+            user("token_sha256 = \"xyz\"\nroles = [\"admin\"]"),
+            "token_sha256 must be 64 hexadecimal digits",
+        ),
+        ("this is = not toml [".to_string(), "TOML"),
+    ];
+    for (config, words) in cases {
+        let (code, stderr) = serve_with(&config_text("", &config));
+        assert_eq!(code, 2, "{words}: {stderr}");
+        assert!(
+            stderr.contains(words),
+            "{stderr:?} should contain {words:?}"
+        );
+    }
+}
+
+#[test]
+fn a_missing_config_file_is_exit_code_2() {
+    let output = binary()
+        .args(["--config", "/nonexistent/config.toml", "serve"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("/nonexistent/config.toml"));
+}
+
+#[test]
+fn bad_usage_is_exit_code_2() {
+    let output = binary().arg("no-such-command").output().unwrap();
+    assert_eq!(output.status.code(), Some(2));
+}
+
+#[test]
+fn check_config_lists_policies_and_routes_per_user() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.toml");
+    std::fs::write(&path, config_text(DEFAULT_POLICIES, &default_users())).unwrap();
+    let output = binary()
+        .arg("--config")
+        .arg(&path)
+        .arg("check-config")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&output.stdout);
+    let reader = text.split("user reader").nth(1).expect("reader listed");
+    let reader = reader.split("user ").next().unwrap();
+    assert!(reader.contains("policies  read_images"), "{reader}");
+    assert!(reader.contains("GET /v3/image/{id}"), "{reader}");
+    assert!(!reader.contains("DELETE"), "{reader}");
+}
+
+#[test]
+fn hash_password_output_is_accepted_by_config() {
+    use std::io::Write;
+    let mut child = binary()
+        .arg("hash-password")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"s3cret\n").unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success());
+    let line = String::from_utf8(output.stdout).unwrap();
+    let hash = line
+        .trim()
+        .strip_prefix("password_hash = \"")
+        .and_then(|s| s.strip_suffix('"'))
+        .expect("a config line");
+    assert!(image_catalog::auth::verify_password(b"s3cret", hash));
+    assert!(!image_catalog::auth::verify_password(b"s3cret\n", hash));
+}
+
+#[test]
+fn new_token_prints_a_token_and_its_digest() {
+    let output = binary().arg("new-token").output().unwrap();
+    let text = String::from_utf8(output.stdout).unwrap();
+    let token = text
+        .lines()
+        .next()
+        .unwrap()
+        .strip_prefix("token = ")
+        .unwrap();
+    let digest = text.lines().nth(1).unwrap();
+    assert!(token.len() >= 43, "256 bits of randomness: {token}");
+    assert_eq!(
+        digest,
+        format!("token_sha256 = \"{}\"", crate::helpers::sha256_hex(token))
+    );
+}

@@ -1,0 +1,226 @@
+//! Every error status of SPEC §1 in its one JSON shape, actix's own errors included.
+
+use reqwest::Method;
+use serde_json::json;
+
+use crate::helpers::{MAX_BODY, assert_error, spawn_app, status_json};
+
+#[tokio::test]
+async fn unknown_route_is_404_json() {
+    let app = spawn_app().await;
+    for path in ["/", "/v3", "/v3/imagez", "/v2/images", "/v3/image/a/b"] {
+        let response = app.as_admin(Method::GET, path).send().await.unwrap();
+        assert_error(response, 404, "no route GET").await;
+    }
+}
+
+#[tokio::test]
+async fn wrong_method_is_405_with_allow() {
+    let app = spawn_app().await;
+    for (method, path, allow) in [
+        (Method::POST, "/v3/images", "GET"),
+        (Method::GET, "/v3/image", "POST"),
+        (Method::PATCH, "/v3/image/x", "GET, PUT, DELETE"),
+        (Method::POST, "/v3/image/x", "GET, PUT, DELETE"),
+        (Method::DELETE, "/v3/audit", "GET"),
+        (Method::POST, "/healthz", "GET"),
+    ] {
+        let response = app.as_admin(method.clone(), path).send().await.unwrap();
+        assert_eq!(response.headers()["allow"], allow, "{method} {path}");
+        assert_error(response, 405, &format!("method {method} is not allowed")).await;
+    }
+}
+
+#[tokio::test]
+async fn accept_must_admit_json() {
+    let app = spawn_app().await;
+    app.seed("a", "ec2").await;
+    for accept in [
+        "application/json",
+        "application/*",
+        "*/*",
+        "text/html;q=0.9, application/json;q=0.8",
+        "APPLICATION/JSON; charset=utf-8",
+    ] {
+        let response = app
+            .as_reader(Method::GET, "/v3/image/a")
+            .header("accept", accept)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{accept}");
+    }
+    for accept in [
+        "text/html",
+        "application/xml",
+        "application/json;q=0",
+        "text/*",
+    ] {
+        let response = app
+            .as_reader(Method::GET, "/v3/image/a")
+            .header("accept", accept)
+            .send()
+            .await
+            .unwrap();
+        assert_error(response, 406, accept).await;
+    }
+}
+
+#[tokio::test]
+async fn writes_need_a_json_content_type() {
+    let app = spawn_app().await;
+    let body = r#"{"id":"a","provider":"ec2","remote_user":"u"}"#;
+    let post = |content_type: Option<&str>| {
+        let mut request = app.as_admin(Method::POST, "/v3/image").body(body);
+        if let Some(ct) = content_type {
+            request = request.header("content-type", ct);
+        }
+        request.send()
+    };
+    assert_error(post(None).await.unwrap(), 415, "no Content-Type").await;
+    assert_error(post(Some("text/plain")).await.unwrap(), 415, "'text/plain'").await;
+    assert_error(
+        post(Some("application/x-www-form-urlencoded"))
+            .await
+            .unwrap(),
+        415,
+        "application/json",
+    )
+    .await;
+    let response = post(Some("application/json; charset=utf-8")).await.unwrap();
+    assert_eq!(response.status(), 200);
+
+    let response = app
+        .as_admin(Method::PUT, "/v3/image/a")
+        .header("content-type", "text/plain")
+        .body(r#"{"name":"x"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_error(response, 415, "Content-Type must be application/json").await;
+}
+
+#[tokio::test]
+async fn bodies_over_the_limit_are_413() {
+    let app = spawn_app().await;
+    let name = "n".repeat(MAX_BODY);
+    let response = app
+        .create(json!({"id": "big", "provider": "ec2", "remote_user": "u", "name": name}))
+        .await;
+    assert_error(response, 413, &format!("{MAX_BODY} bytes")).await;
+
+    // Without a Content-Length the limit still holds while reading.
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        vec![Ok(vec![b' '; MAX_BODY]), Ok(b"{}".to_vec())];
+    let response = app
+        .as_admin(Method::POST, "/v3/image")
+        .header("content-type", "application/json")
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+            chunks,
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_error(response, 413, "larger than").await;
+    assert_error(app.get_image("big").await, 404, "big").await;
+}
+
+#[tokio::test]
+async fn malformed_bodies_are_400_naming_the_problem() {
+    let app = spawn_app().await;
+    for (body, words) in [
+        ("", "not valid JSON"),
+        ("{", "not valid JSON"),
+        ("nonsense", "not valid JSON"),
+        ("\"a string\"", "must be a JSON object, got a string"),
+        ("null", "must be a JSON object, got null"),
+        (
+            "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[",
+            "not valid JSON",
+        ),
+    ] {
+        let response = app
+            .as_admin(Method::POST, "/v3/image")
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_error(response, 400, words).await;
+    }
+    let invalid_utf8 = app
+        .as_admin(Method::POST, "/v3/image")
+        .header("content-type", "application/json")
+        .body(vec![b'"', 0xff, b'"'])
+        .send()
+        .await
+        .unwrap();
+    assert_error(invalid_utf8, 400, "not valid JSON").await;
+}
+
+#[tokio::test]
+async fn bad_path_and_query_values_are_400() {
+    let app = spawn_app().await;
+    for (path, words) in [
+        ("/v3/image/%20space", "id must not contain whitespace"),
+        ("/v3/image/a%25b", "id must not contain"),
+        ("/v3/image/%FF", "not valid UTF-8"),
+        ("/v3/image/%C3", "not valid UTF-8"),
+    ] {
+        let response = app.as_reader(Method::GET, path).send().await.unwrap();
+        assert_error(response, 400, words).await;
+    }
+    for query in [
+        "limit=abc",
+        "limit=0",
+        "limit=1001",
+        "limit=-5",
+        "provider=gce",
+        "marker=a%20b",
+        "limt=5",
+        "limit=1&limit=2",
+    ] {
+        let response = app
+            .as_reader(Method::GET, &format!("/v3/images?{query}"))
+            .send()
+            .await
+            .unwrap();
+        assert_error(response, 400, "").await;
+    }
+}
+
+#[tokio::test]
+async fn request_ids_are_echoed_when_sane_and_made_otherwise() {
+    let app = spawn_app().await;
+    let response = app
+        .request(Method::GET, "/healthz")
+        .header("x-request-id", "deploy-42.a")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["x-request-id"], "deploy-42.a");
+    let response = app
+        .request(Method::GET, "/healthz")
+        .header("x-request-id", "has spaces and <html>")
+        .send()
+        .await
+        .unwrap();
+    let made = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(!made.is_empty() && !made.contains(' '), "{made}");
+    let response = app.request(Method::GET, "/nope").send().await.unwrap();
+    assert!(
+        response.headers().get("x-request-id").is_some(),
+        "errors carry one too"
+    );
+}
+
+#[tokio::test]
+async fn healthz_answers_without_credentials() {
+    let app = spawn_app().await;
+    let (status, body) =
+        status_json(app.request(Method::GET, "/healthz").send().await.unwrap()).await;
+    assert_eq!((status, body), (200, json!({"status": "ok"})));
+}
