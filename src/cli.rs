@@ -106,23 +106,39 @@ fn serve(
             app.state().data_dir().display()
         );
         std::thread::spawn(move || warn_demo_passwords(&demo_check));
-        let state = app.state();
-        actix_web::rt::spawn(async move {
-            use tokio::signal::unix::{SignalKind, signal};
-            let Ok(mut hangups) = signal(SignalKind::hangup()) else {
-                log::error!("cannot listen for SIGHUP; reload needs a restart");
-                return;
-            };
-            while hangups.recv().await.is_some() {
-                state.reload();
-            }
-        });
+        actix_web::rt::spawn(handle_signals(app.state(), app.handle()));
         app.run_until_stopped()
             .await
             .map_err(|e| CliError::Runtime(e.to_string()))?;
         log::info!("stopped cleanly");
         Ok(())
     })
+}
+
+/// SIGHUP reloads config; SIGTERM and SIGINT both stop gracefully: no new
+/// connections, in-flight requests finish, then the store is flushed.
+async fn handle_signals(
+    state: actix_web::web::Data<crate::startup::AppState>,
+    server: actix_web::dev::ServerHandle,
+) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut hangup), Ok(mut terminate), Ok(mut interrupt)) = (
+        signal(SignalKind::hangup()),
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        log::error!("cannot listen for signals; stop the server with SIGKILL");
+        return;
+    };
+    let name = loop {
+        tokio::select! {
+            _ = hangup.recv() => state.reload(),
+            _ = terminate.recv() => break "SIGTERM",
+            _ = interrupt.recv() => break "SIGINT",
+        }
+    };
+    log::info!("{name} received: graceful shutdown, finishing in-flight requests");
+    server.stop(true).await;
 }
 
 fn hash_password() -> Result<(), CliError> {

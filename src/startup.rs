@@ -150,6 +150,9 @@ fn run(listener: TcpListener, state: web::Data<AppState>) -> std::io::Result<Ser
             .wrap(from_fn(refuse_unacceptable))
             .wrap(from_fn(access_log))
     })
+    // Signals are the command line's business (see `cli`): actix would treat SIGINT
+    // as a hard stop, and tests run servers in-process.
+    .disable_signals()
     .listen(listener)?
     .run();
     Ok(server)

@@ -313,6 +313,15 @@ impl Store {
         self.db.get(FORMAT_KEY).is_ok_and(|v| v.is_some())
     }
 
+    /// Overwrites the recorded format version: lets tests build a store from another
+    /// version of the program.
+    #[doc(hidden)]
+    pub fn set_format_version_for_tests(&self, version: &str) -> Result<(), StoreError> {
+        self.db.insert(FORMAT_KEY, version)?;
+        self.db.flush()?;
+        Ok(())
+    }
+
     /// Stops the writer after the changes already queued, and flushes.
     pub fn shutdown(&self) -> Result<(), StoreError> {
         let writer = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
@@ -483,10 +492,20 @@ fn current_record(
     Ok(record)
 }
 
+/// RFC 3339 in UTC with a fixed width (microseconds), so records line up and sort as
+/// text.
 fn now_rfc3339() -> String {
-    time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
+    let t = time::OffsetDateTime::now_utc();
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.microsecond()
+    )
 }
 
 #[cfg(test)]
@@ -549,8 +568,7 @@ mod tests {
         {
             let store = Store::open(dir.path(), 8).unwrap();
             assert!(store.get(&ImageId::parse("x").unwrap()).unwrap().is_some());
-            store.db.insert(FORMAT_KEY, "99").unwrap();
-            store.shutdown().unwrap();
+            store.set_format_version_for_tests("99").unwrap();
         }
         let err = Store::open(dir.path(), 8)
             .err()

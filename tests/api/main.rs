@@ -1,9 +1,14 @@
 //! Black-box tests: each starts the real server on 127.0.0.1:0 with a temporary config
 //! and data dir (see `helpers::spawn_app`) and talks to it over HTTP.
 
+mod audit;
 mod auth;
+mod conditional;
 mod config;
+mod durability;
 mod errors;
 mod helpers;
 mod images;
 mod listing;
+mod process;
+mod reload;

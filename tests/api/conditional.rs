@@ -1,0 +1,152 @@
+//! ETags and conditional requests, and concurrent updates of one image.
+
+use reqwest::Method;
+use serde_json::json;
+
+use crate::helpers::{TestApp, assert_error, spawn_app, status_json};
+
+async fn etag_of(app: &TestApp, id: &str) -> String {
+    let response = app.get_image(id).await;
+    assert_eq!(response.status(), 200);
+    response.headers()["etag"].to_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn etag_is_strong_and_changes_with_the_record() {
+    let app = spawn_app().await;
+    app.seed("a", "ec2").await;
+    let first = etag_of(&app, "a").await;
+    assert!(
+        first.starts_with('"') && first.ends_with('"'),
+        "strong: {first}"
+    );
+    assert_eq!(etag_of(&app, "a").await, first, "stable while unchanged");
+
+    let response = app
+        .as_admin(Method::PUT, "/v3/image/a")
+        .json(&json!({"name": "changed"}))
+        .send()
+        .await
+        .unwrap();
+    let from_put = response.headers()["etag"].to_str().unwrap().to_owned();
+    assert_ne!(from_put, first);
+    assert_eq!(
+        etag_of(&app, "a").await,
+        from_put,
+        "PUT gives the new record's tag"
+    );
+}
+
+#[tokio::test]
+async fn if_none_match_gives_304() {
+    let app = spawn_app().await;
+    app.seed("a", "ec2").await;
+    let etag = etag_of(&app, "a").await;
+    for value in [
+        etag.clone(),
+        format!("W/{etag}"),
+        "\"other\", ".to_string() + &etag,
+        "*".into(),
+    ] {
+        let response = app
+            .as_reader(Method::GET, "/v3/image/a")
+            .header("if-none-match", &value)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 304, "{value}");
+        assert_eq!(response.headers()["etag"], etag.as_str());
+        assert!(response.bytes().await.unwrap().is_empty());
+    }
+    let response = app
+        .as_reader(Method::GET, "/v3/image/a")
+        .header("if-none-match", "\"stale\"")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+}
+
+#[tokio::test]
+async fn if_match_on_put_is_a_compare_and_swap() {
+    let app = spawn_app().await;
+    app.seed("a", "ec2").await;
+    let etag = etag_of(&app, "a").await;
+    let put = |if_match: String, name: &'static str| {
+        app.as_admin(Method::PUT, "/v3/image/a")
+            .header("if-match", if_match)
+            .json(&json!({ "name": name }))
+            .send()
+    };
+    assert_error(
+        put("\"stale\"".into(), "lost").await.unwrap(),
+        412,
+        "If-Match",
+    )
+    .await;
+    // A weak tag never matches under the strong comparison If-Match uses.
+    assert_error(
+        put(format!("W/{etag}"), "lost").await.unwrap(),
+        412,
+        "If-Match",
+    )
+    .await;
+    let (_, shown) = status_json(app.get_image("a").await).await;
+    assert_eq!(shown["name"], "image a", "nothing changed");
+
+    let response = put(etag.clone(), "won").await.unwrap();
+    assert_eq!(response.status(), 200);
+    // The same tag again is now stale: a second writer that read the old version loses.
+    assert_error(put(etag, "late").await.unwrap(), 412, "If-Match").await;
+    assert_eq!(put("*".into(), "any").await.unwrap().status(), 200);
+    let (_, shown) = status_json(app.get_image("a").await).await;
+    assert_eq!(shown["name"], "any");
+}
+
+#[tokio::test]
+async fn if_match_on_delete_is_a_compare_and_swap() {
+    let app = spawn_app().await;
+    app.seed("a", "ec2").await;
+    let response = app
+        .as_admin(Method::DELETE, "/v3/image/a")
+        .header("if-match", "\"stale\"")
+        .send()
+        .await
+        .unwrap();
+    assert_error(response, 412, "If-Match").await;
+    assert_eq!(app.get_image("a").await.status(), 200, "still there");
+    let etag = etag_of(&app, "a").await;
+    let response = app
+        .as_admin(Method::DELETE, "/v3/image/a")
+        .header("if-match", etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+}
+
+#[tokio::test]
+async fn concurrent_updates_never_mix_fields() {
+    let app = spawn_app().await;
+    app.seed("a", "ec2").await;
+    let updates = (0..40).map(|i| {
+        app.as_admin(Method::PUT, "/v3/image/a")
+            .json(&json!({"remote_user": format!("user{i}"), "name": format!("name{i}")}))
+            .send()
+    });
+    let responses = futures_util::future::join_all(updates).await;
+    let mut echoed = Vec::new();
+    for response in responses {
+        let (status, body) = status_json(response.unwrap()).await;
+        assert_eq!(status, 200);
+        echoed.push(body["image"].clone());
+    }
+    // Each response shows one write whole.
+    for image in &echoed {
+        let user = image["remote_user"].as_str().unwrap();
+        assert_eq!(image["name"], user.replace("user", "name"));
+    }
+    let (_, last) = status_json(app.get_image("a").await).await;
+    let user = last["remote_user"].as_str().unwrap();
+    assert_eq!(last["name"], user.replace("user", "name"), "{last}");
+}
