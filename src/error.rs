@@ -74,8 +74,17 @@ impl From<StoreError> for ApiError {
 }
 
 /// The body every error carries.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// A sentence a person can act on, naming the field, id, policy or header concerned.
+    pub message: String,
+}
+
 pub fn message_body(message: &str) -> String {
-    serde_json::json!({ "message": message }).to_string()
+    serde_json::to_string(&ErrorBody {
+        message: message.to_owned(),
+    })
+    .unwrap_or_default()
 }
 
 impl ResponseError for ApiError {

@@ -3,6 +3,9 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use utoipa::openapi::RefOr;
+use utoipa::openapi::schema::{AdditionalProperties, ObjectBuilder, Schema, Type};
+use utoipa::{PartialSchema, ToSchema};
 
 /// Why some input was refused, as a sentence naming the field.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -16,6 +19,11 @@ fn invalid(message: impl Into<String>) -> ValidationError {
 pub const ID_MAX_BYTES: usize = 255;
 pub const REMOTE_USER_MAX_CHARS: usize = 64;
 pub const NAME_MAX_CHARS: usize = 255;
+
+/// The characters `char::is_whitespace` or `char::is_control` accepts, as a regex class
+/// body, so the OpenAPI patterns below say exactly what `parse` refuses.
+const WHITESPACE_OR_CONTROL: &str =
+    r"\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000";
 
 /// The provider's own image id, chosen by the client. It travels in URL paths, so the
 /// characters that would change a path's meaning are refused.
@@ -179,8 +187,74 @@ impl From<ImageName> for String {
     }
 }
 
+fn string_schema(
+    description: &str,
+    min: Option<usize>,
+    max: Option<usize>,
+    pattern: Option<String>,
+) -> RefOr<Schema> {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .description(Some(description))
+        .min_length(min)
+        .max_length(max)
+        .pattern(pattern)
+        .into()
+}
+
+impl PartialSchema for ImageId {
+    fn schema() -> RefOr<Schema> {
+        let allowed = format!("[^{WHITESPACE_OR_CONTROL}/?#%]");
+        let allowed_but_dot = format!("[^{WHITESPACE_OR_CONTROL}/?#%.]");
+        string_schema(
+            "The provider's image id, chosen by the client: 1 to 255 bytes of UTF-8, no \
+             whitespace or control characters, none of / ? # %, not . or ..",
+            Some(1),
+            Some(ID_MAX_BYTES),
+            // At least one character that is not a dot, or three dots and more.
+            Some(format!(
+                r"^(?:{allowed}*{allowed_but_dot}{allowed}*|\.{{3,}})$"
+            )),
+        )
+    }
+}
+impl ToSchema for ImageId {}
+
+impl PartialSchema for Provider {
+    fn schema() -> RefOr<Schema> {
+        // The allowed values come from config; `openapi::document` lists them.
+        string_schema("One of the providers that config lists.", None, None, None)
+    }
+}
+impl ToSchema for Provider {}
+
+impl PartialSchema for RemoteUser {
+    fn schema() -> RefOr<Schema> {
+        string_schema(
+            "The SSH user to log in as: 1 to 64 characters, no whitespace, control \
+             characters or ':'",
+            Some(1),
+            Some(REMOTE_USER_MAX_CHARS),
+            Some(format!("^[^{WHITESPACE_OR_CONTROL}:]*$")),
+        )
+    }
+}
+impl ToSchema for RemoteUser {}
+
+impl PartialSchema for ImageName {
+    fn schema() -> RefOr<Schema> {
+        string_schema(
+            "A human name: 0 to 255 characters, no control characters",
+            Some(0),
+            Some(NAME_MAX_CHARS),
+            Some(r"^[^\x00-\x1f\x7f-\x9f]*$".to_string()),
+        )
+    }
+}
+impl ToSchema for ImageName {}
+
 /// An image exactly as the API shows it; the field order is the wire order.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Image {
     pub id: ImageId,
@@ -226,6 +300,49 @@ pub struct ImagePatch {
     remote_user: Option<RemoteUser>,
     name: Option<ImageName>,
 }
+
+/// A reference to a field type's schema among the document's components, where
+/// `openapi::document` completes it (the providers' enum).
+fn schema_ref<T: ToSchema>() -> RefOr<Schema> {
+    RefOr::Ref(utoipa::openapi::Ref::from_schema_name(T::name()))
+}
+
+/// The create body: an [`Image`] whose `name` may be left out.
+pub struct NewImage;
+
+impl PartialSchema for NewImage {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .property("id", schema_ref::<ImageId>())
+            .property("provider", schema_ref::<Provider>())
+            .property("remote_user", schema_ref::<RemoteUser>())
+            .property("name", schema_ref::<ImageName>())
+            .required("id")
+            .required("provider")
+            .required("remote_user")
+            .additional_properties(Some(AdditionalProperties::FreeForm(false)))
+            .into()
+    }
+}
+impl ToSchema for NewImage {}
+
+impl PartialSchema for ImagePatch {
+    fn schema() -> RefOr<Schema> {
+        // Clients may also repeat `id` and `provider` unchanged; the schema leaves
+        // them out so that generated bodies do not try to change them.
+        ObjectBuilder::new()
+            .description(Some(
+                "remote_user and/or name. The whole image may be sent back as long as id \
+                 and provider equal the stored ones.",
+            ))
+            .property("remote_user", schema_ref::<RemoteUser>())
+            .property("name", schema_ref::<ImageName>())
+            .additional_properties(Some(AdditionalProperties::FreeForm(false)))
+            .min_properties(Some(1))
+            .into()
+    }
+}
+impl ToSchema for ImagePatch {}
 
 impl ImagePatch {
     pub fn from_json(body: &[u8]) -> Result<ImagePatch, ValidationError> {

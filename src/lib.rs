@@ -11,6 +11,8 @@ pub mod error;
 pub mod headers;
 pub mod image;
 pub mod listing;
+pub mod metrics;
+pub mod openapi;
 pub mod policy;
 pub mod routes;
 pub mod startup;

@@ -74,8 +74,11 @@ impl<P: Policy> FromRequest for Authorized<P> {
                 .app_data::<web::Data<AppState>>()
                 .cloned()
                 .ok_or(ApiError::StoreUnavailable)?;
-            let credentials = Credentials::from_headers(req.headers())?;
-            let user = state.auth.authenticate(credentials).await?;
+            let authenticated = match Credentials::from_headers(req.headers()) {
+                Ok(credentials) => state.auth.authenticate(credentials).await,
+                Err(e) => Err(e),
+            };
+            let user = authenticated.inspect_err(|_| state.metrics.auth_failed())?;
             req.extensions_mut()
                 .insert(AuthenticatedUser(user.name.clone()));
             if !user.holds(P::NAME) {

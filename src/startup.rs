@@ -17,6 +17,7 @@ use crate::auth::Authenticator;
 use crate::config::{Config, DEMO_PASSWORDS};
 use crate::error::ApiError;
 use crate::headers;
+use crate::metrics::{Metrics, UNMATCHED};
 use crate::policy::AuthenticatedUser;
 use crate::routes;
 use crate::store::{Store, StoreError};
@@ -27,6 +28,9 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub struct AppState {
     pub store: Store,
     pub auth: Authenticator,
+    pub metrics: Metrics,
+    /// `/v3/openapi.json`, rendered once: it depends only on the code and providers.
+    pub openapi: actix_web::web::Bytes,
     pub providers: Vec<String>,
     pub max_body_bytes: usize,
     /// The config as loaded at start, to tell what a reload cannot change.
@@ -75,6 +79,8 @@ pub enum StartError {
     },
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("cannot set up metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
 }
 
 pub struct Application {
@@ -97,9 +103,14 @@ impl Application {
             source,
         })?;
         let store = Store::open(&config.server.data_dir, config.store.cache_mb)?;
+        let openapi = serde_json::to_vec(&crate::openapi::document(&config.providers))
+            .unwrap_or_default()
+            .into();
         let state = web::Data::new(AppState {
             store,
             auth: Authenticator::new(config.access.clone()),
+            metrics: Metrics::new()?,
+            openapi,
             providers: config.providers.clone(),
             max_body_bytes: config.server.max_body_bytes,
             config,
@@ -189,11 +200,19 @@ async fn access_log(
         .map(str::to_owned)
         .unwrap_or_else(|| format!("{:032x}", rand::random::<u128>()));
     let method = req.method().clone();
+    let state = req.app_data::<web::Data<AppState>>().cloned();
     let mut response = next.call(req).await?.map_into_boxed_body();
     let request = response.request();
-    let route = request
-        .match_pattern()
-        .unwrap_or_else(|| request.path().to_owned());
+    let pattern = request.match_pattern();
+    let elapsed = started.elapsed().as_secs_f64();
+    if let Some(state) = state {
+        let route = pattern.as_deref().unwrap_or(UNMATCHED);
+        let status = response.status().as_u16();
+        state
+            .metrics
+            .observe_request(route, method.as_str(), status, elapsed);
+    }
+    let route = pattern.unwrap_or_else(|| request.path().to_owned());
     let user = request
         .extensions()
         .get::<AuthenticatedUser>()
@@ -203,7 +222,7 @@ async fn access_log(
         target: "access",
         "{method} {route} {} {:.1}ms user={user} request_id={request_id}",
         response.status().as_u16(),
-        started.elapsed().as_secs_f64() * 1000.0,
+        elapsed * 1000.0,
     );
     if let Ok(value) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert(REQUEST_ID, value);

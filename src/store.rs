@@ -9,8 +9,8 @@
 
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
 
 use serde::{Deserialize, Serialize};
@@ -25,6 +25,9 @@ pub const FORMAT_VERSION: &str = "1";
 const FORMAT_KEY: &[u8] = b"format_version";
 const IMAGES_TREE: &[u8] = b"images";
 const AUDIT_TREE: &[u8] = b"audit";
+/// Counters kept in step with the data, so that nothing has to scan the catalog.
+const META_TREE: &[u8] = b"meta";
+const IMAGE_COUNT_KEY: &[u8] = b"image_count";
 /// Upper bound on changes applied between two flushes, so replies are not held back
 /// for long under a flood of writes.
 const MAX_BATCH: usize = 1024;
@@ -133,10 +136,18 @@ pub enum Applied {
     Created,
     Updated(Record),
     Deleted,
+    Imported(u64),
+}
+
+/// What the writer thread is asked to do.
+enum Work {
+    Change(Change),
+    /// Many creates in one atomic step: all land, or none.
+    Import(Vec<Image>),
 }
 
 /// One line of the audit trail.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct AuditRecord {
     pub seq: u64,
     pub time: String,
@@ -153,7 +164,7 @@ pub struct Page {
 }
 
 struct Job {
-    change: Change,
+    work: Work,
     user: String,
     reply: oneshot::Sender<Result<Applied, StoreError>>,
 }
@@ -162,6 +173,7 @@ pub struct Store {
     db: sled::Db,
     images: Tree,
     audit: Tree,
+    image_count: Arc<AtomicU64>,
     writer: Mutex<Option<(mpsc::Sender<Job>, JoinHandle<()>)>>,
 }
 
@@ -198,8 +210,18 @@ impl Store {
                 });
             }
         }
+        let meta = db.open_tree(META_TREE)?;
+        let image_count = match meta.get(IMAGE_COUNT_KEY)? {
+            Some(bytes) => u64_from_bytes(&bytes)?,
+            None => {
+                let count = images.len() as u64;
+                meta.insert(IMAGE_COUNT_KEY, &count.to_be_bytes())?;
+                count
+            }
+        };
+        let image_count = Arc::new(AtomicU64::new(image_count));
         let next_seq = match audit.last()? {
-            Some((key, _)) => seq_from_key(&key)? + 1,
+            Some((key, _)) => u64_from_bytes(&key)? + 1,
             None => 1,
         };
         let (sender, receiver) = mpsc::channel();
@@ -207,6 +229,8 @@ impl Store {
             db: db.clone(),
             images: images.clone(),
             audit: audit.clone(),
+            meta,
+            image_count: image_count.clone(),
             next_seq,
         };
         let handle = std::thread::Builder::new()
@@ -217,15 +241,31 @@ impl Store {
             db,
             images,
             audit,
+            image_count,
             writer: Mutex::new(Some((sender, handle))),
         })
     }
 
     /// Applies a change with its audit record; resolves once both are on disk.
     pub async fn apply(&self, change: Change, user: &str) -> Result<Applied, StoreError> {
+        self.submit(Work::Change(change), user).await
+    }
+
+    /// Creates all `images` with their audit records in one atomic step, or none of
+    /// them if any id exists already (`Conflict`); resolves once they are on disk.
+    pub async fn import(&self, images: Vec<Image>, user: &str) -> Result<u64, StoreError> {
+        match self.submit(Work::Import(images), user).await? {
+            Applied::Imported(count) => Ok(count),
+            _ => Err(StoreError::Corrupt(
+                "the writer answered an import oddly".into(),
+            )),
+        }
+    }
+
+    async fn submit(&self, work: Work, user: &str) -> Result<Applied, StoreError> {
         let (reply, answer) = oneshot::channel();
         let job = Job {
-            change,
+            work,
             user: user.to_owned(),
             reply,
         };
@@ -300,8 +340,8 @@ impl Store {
             .map(|item| Ok(item?.1))
     }
 
-    pub fn image_count(&self) -> usize {
-        self.images.len()
+    pub fn image_count(&self) -> u64 {
+        self.image_count.load(Ordering::Relaxed)
     }
 
     pub fn size_on_disk(&self) -> Result<u64, StoreError> {
@@ -360,10 +400,10 @@ fn take_page(
     })
 }
 
-fn seq_from_key(key: &[u8]) -> Result<u64, StoreError> {
-    let bytes: [u8; 8] = key
+fn u64_from_bytes(bytes: &[u8]) -> Result<u64, StoreError> {
+    let bytes: [u8; 8] = bytes
         .try_into()
-        .map_err(|_| StoreError::Corrupt("audit key is not 8 bytes".into()))?;
+        .map_err(|_| StoreError::Corrupt("a counter or audit key is not 8 bytes".into()))?;
     Ok(u64::from_be_bytes(bytes))
 }
 
@@ -372,6 +412,8 @@ struct Writer {
     db: sled::Db,
     images: Tree,
     audit: Tree,
+    meta: Tree,
+    image_count: Arc<AtomicU64>,
     next_seq: u64,
 }
 
@@ -387,10 +429,20 @@ impl Writer {
             }
             let mut answers = Vec::with_capacity(batch.len());
             for job in batch {
-                let result = self.apply(&job.change, &job.user);
-                if result.is_ok() {
-                    self.next_seq += 1;
-                }
+                let result = match &job.work {
+                    Work::Change(change) => self.apply(change, &job.user),
+                    Work::Import(images) => self.import(images, &job.user),
+                };
+                let (images_added, changes) = match &result {
+                    Ok(Applied::Created) => (1, 1),
+                    Ok(Applied::Deleted) => (-1, 1),
+                    Ok(Applied::Updated(_)) => (0, 1),
+                    Ok(Applied::Imported(n)) => (*n as i64, *n),
+                    Err(_) => (0, 0),
+                };
+                self.image_count
+                    .fetch_add(images_added as u64, Ordering::Relaxed);
+                self.next_seq += changes;
                 answers.push((job.reply, result));
             }
             let changed = answers.iter().any(|(_, r)| r.is_ok());
@@ -428,40 +480,92 @@ impl Writer {
         };
         let audit_json = serde_json::to_vec(&record).unwrap_or_default();
         let key = change.id().as_str().as_bytes();
-        let result = (&self.images, &self.audit).transaction(|(images, audit)| {
-            let applied = match change {
-                Change::Create(image) => {
-                    if images.get(key)?.is_some() {
+        let result =
+            (&self.images, &self.audit, &self.meta).transaction(|(images, audit, meta)| {
+                let count = match meta.get(IMAGE_COUNT_KEY)? {
+                    Some(bytes) => {
+                        u64_from_bytes(&bytes).map_err(ConflictableTransactionError::Abort)?
+                    }
+                    None => 0,
+                };
+                let applied = match change {
+                    Change::Create(image) => {
+                        if images.get(key)?.is_some() {
+                            return abort(StoreError::Conflict(image.id.to_string()));
+                        }
+                        images.insert(key, image.to_json())?;
+                        meta.insert(IMAGE_COUNT_KEY, &(count + 1).to_be_bytes())?;
+                        Applied::Created
+                    }
+                    Change::Update {
+                        id,
+                        patch,
+                        precondition,
+                    } => {
+                        let current = current_record(images.get(key)?, id, precondition)?;
+                        let image = current
+                            .image()
+                            .map_err(ConflictableTransactionError::Abort)?;
+                        let next = patch.apply(&image).map_err(|e| {
+                            ConflictableTransactionError::Abort(StoreError::Invalid(e))
+                        })?;
+                        let bytes = IVec::from(next.to_json());
+                        images.insert(key, bytes.clone())?;
+                        Applied::Updated(Record(bytes))
+                    }
+                    Change::Delete { id, precondition } => {
+                        current_record(images.get(key)?, id, precondition)?;
+                        images.remove(key)?;
+                        meta.insert(IMAGE_COUNT_KEY, &count.saturating_sub(1).to_be_bytes())?;
+                        Applied::Deleted
+                    }
+                };
+                audit.insert(&seq.to_be_bytes(), audit_json.clone())?;
+                Ok(applied)
+            });
+        result.map_err(|e| match e {
+            TransactionError::Abort(e) => e,
+            TransactionError::Storage(e) => StoreError::Engine(e),
+        })
+    }
+}
+
+impl Writer {
+    fn import(&self, batch: &[Image], user: &str) -> Result<Applied, StoreError> {
+        let time = now_rfc3339();
+        let records: Vec<(u64, Vec<u8>)> = batch
+            .iter()
+            .zip(self.next_seq..)
+            .map(|(image, seq)| {
+                let record = AuditRecord {
+                    seq,
+                    time: time.clone(),
+                    user: user.to_owned(),
+                    method: "IMPORT".into(),
+                    id: image.id.to_string(),
+                    status: 200,
+                };
+                (seq, serde_json::to_vec(&record).unwrap_or_default())
+            })
+            .collect();
+        let result =
+            (&self.images, &self.audit, &self.meta).transaction(|(images, audit, meta)| {
+                let count = match meta.get(IMAGE_COUNT_KEY)? {
+                    Some(bytes) => {
+                        u64_from_bytes(&bytes).map_err(ConflictableTransactionError::Abort)?
+                    }
+                    None => 0,
+                };
+                for (image, (seq, record)) in batch.iter().zip(&records) {
+                    let key = image.id.as_str().as_bytes();
+                    if images.insert(key, image.to_json())?.is_some() {
                         return abort(StoreError::Conflict(image.id.to_string()));
                     }
-                    images.insert(key, image.to_json())?;
-                    Applied::Created
+                    audit.insert(&seq.to_be_bytes(), record.as_slice())?;
                 }
-                Change::Update {
-                    id,
-                    patch,
-                    precondition,
-                } => {
-                    let current = current_record(images.get(key)?, id, precondition)?;
-                    let image = current
-                        .image()
-                        .map_err(ConflictableTransactionError::Abort)?;
-                    let next = patch
-                        .apply(&image)
-                        .map_err(|e| ConflictableTransactionError::Abort(StoreError::Invalid(e)))?;
-                    let bytes = IVec::from(next.to_json());
-                    images.insert(key, bytes.clone())?;
-                    Applied::Updated(Record(bytes))
-                }
-                Change::Delete { id, precondition } => {
-                    current_record(images.get(key)?, id, precondition)?;
-                    images.remove(key)?;
-                    Applied::Deleted
-                }
-            };
-            audit.insert(&seq.to_be_bytes(), audit_json.clone())?;
-            Ok(applied)
-        });
+                meta.insert(IMAGE_COUNT_KEY, &(count + batch.len() as u64).to_be_bytes())?;
+                Ok(Applied::Imported(batch.len() as u64))
+            });
         result.map_err(|e| match e {
             TransactionError::Abort(e) => e,
             TransactionError::Storage(e) => StoreError::Engine(e),
@@ -546,6 +650,7 @@ mod tests {
                 .await
                 .unwrap();
         });
+        assert_eq!(store.image_count(), 0);
         let page = store.audit_page(None, 10).unwrap();
         let records: Vec<AuditRecord> = page
             .records
@@ -568,6 +673,7 @@ mod tests {
         {
             let store = Store::open(dir.path(), 8).unwrap();
             assert!(store.get(&ImageId::parse("x").unwrap()).unwrap().is_some());
+            assert_eq!(store.image_count(), 1, "the count is kept on disk");
             store.set_format_version_for_tests("99").unwrap();
         }
         let err = Store::open(dir.path(), 8)

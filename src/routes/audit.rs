@@ -3,7 +3,7 @@
 use actix_web::{HttpRequest, HttpResponse, web};
 
 use super::resource;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::listing::{self, JsonArrayChunks};
 use crate::policy::{Authorized, ReadAudit};
 use crate::store::AuditRecord;
@@ -12,17 +12,48 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(resource("/v3/audit", "GET").route(web::get().to(list)));
 }
 
-async fn list(auth: Authorized<ReadAudit>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+/// The audit trail
+///
+/// One record per successful change, newest first. Without `limit` the whole trail is
+/// streamed; with it, `Link: <...>; rel="next"` points to older records.
+#[utoipa::path(
+    get,
+    path = "/v3/audit",
+    tag = "audit",
+    params(
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000,
+            description = "At most this many records; the response then links to the next page"),
+        ("marker" = Option<i64>, Query, minimum = 0,
+            description = "Continue with records older than this seq"),
+    ),
+    responses(
+        (status = 200, description = "Audit records, newest first", body = Vec<AuditRecord>,
+            headers(("Link" = String, description = "The next page, while more remain"))),
+        (status = 400, description = "A bad query parameter", body = ErrorBody),
+        (status = 401, description = "No or wrong credentials", body = ErrorBody),
+        (status = 403, description = "The user lacks the policy", body = ErrorBody),
+        (status = 406, description = "Accept rules out JSON", body = ErrorBody),
+        (status = 503, description = "The store failed", body = ErrorBody),
+    )
+)]
+pub(crate) async fn list(
+    auth: Authorized<ReadAudit>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
     let params = listing::parse_query(req.query_string(), &["limit", "marker"])?;
     let before = params
         .get("marker")
         .map(|m| {
-            m.parse::<u64>().map_err(|_| {
-                ApiError::bad_request(format!(
-                    "marker must be an audit record's seq (a whole number), got '{}'",
-                    m.escape_debug()
-                ))
-            })
+            // Parsed as i64: the document promises an int64, and seqs never get near it.
+            m.parse::<i64>()
+                .ok()
+                .and_then(|seq| u64::try_from(seq).ok())
+                .ok_or_else(|| {
+                    ApiError::bad_request(format!(
+                        "marker must be an audit record's seq (a whole number), got '{}'",
+                        m.escape_debug()
+                    ))
+                })
         })
         .transpose()?;
     let Some(limit) = params.get("limit") else {

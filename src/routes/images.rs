@@ -2,12 +2,11 @@
 
 use actix_web::http::header::{ETAG, IF_MATCH, IF_NONE_MATCH};
 use actix_web::{HttpRequest, HttpResponse, web};
-use serde_json::json;
 
-use super::{JsonBody, json_response, resource};
-use crate::error::ApiError;
+use super::{IdMessage, JsonBody, Updated, json_response, resource};
+use crate::error::{ApiError, ErrorBody};
 use crate::headers;
-use crate::image::{Image, ImageId, ImagePatch, Provider};
+use crate::image::{Image, ImageId, ImagePatch, NewImage, Provider};
 use crate::listing::{self, JsonArrayChunks};
 use crate::policy::{Authorized, CreateImage, DeleteImage, ReadImages};
 use crate::store::{Applied, Change, Record};
@@ -33,7 +32,38 @@ fn path_id(req: &HttpRequest) -> Result<ImageId, ApiError> {
     Ok(ImageId::parse(decoded.into_owned())?)
 }
 
-async fn list(auth: Authorized<ReadImages>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+fn to_json(value: &impl serde::Serialize) -> Result<Vec<u8>, ApiError> {
+    serde_json::to_vec(value).map_err(|_| ApiError::StoreUnavailable)
+}
+
+/// List images
+///
+/// Sorted by id (byte order). Without `limit` the whole catalog is streamed. With
+/// `limit`, a `Link: <...>; rel="next"` header points to the next page while more remain.
+#[utoipa::path(
+    get,
+    path = "/v3/images",
+    tag = "images",
+    params(
+        ("provider" = Option<Provider>, Query, description = "Only this provider's images"),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000,
+            description = "At most this many images; the response then links to the next page"),
+        ("marker" = Option<ImageId>, Query, description = "Start after this id"),
+    ),
+    responses(
+        (status = 200, description = "The images, sorted by id", body = Vec<Image>,
+            headers(("Link" = String, description = "The next page, while more remain"))),
+        (status = 400, description = "A bad query parameter", body = ErrorBody),
+        (status = 401, description = "No or wrong credentials", body = ErrorBody),
+        (status = 403, description = "The user lacks the policy", body = ErrorBody),
+        (status = 406, description = "Accept rules out JSON", body = ErrorBody),
+        (status = 503, description = "The store failed", body = ErrorBody),
+    )
+)]
+pub(crate) async fn list(
+    auth: Authorized<ReadImages>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
     let params = listing::parse_query(req.query_string(), &["provider", "limit", "marker"])?;
     let provider = params
         .get("provider")
@@ -71,18 +101,71 @@ async fn list(auth: Authorized<ReadImages>, req: HttpRequest) -> Result<HttpResp
         .body(listing::json_array(&page.records)))
 }
 
-async fn create(auth: Authorized<CreateImage>, body: JsonBody) -> Result<HttpResponse, ApiError> {
+/// Create an image
+///
+/// Insert-if-absent: an existing id is a 409 and changes nothing. A 200 means the image
+/// is on disk.
+#[utoipa::path(
+    post,
+    path = "/v3/image",
+    tag = "images",
+    request_body = NewImage,
+    responses(
+        (status = 200, description = "Created", body = IdMessage,
+            example = json!({"id": "ami-0abc", "message": "Created"})),
+        (status = 400, description = "A field breaks its rule, or the body is not a JSON object", body = ErrorBody),
+        (status = 401, description = "No or wrong credentials", body = ErrorBody),
+        (status = 403, description = "The user lacks the policy", body = ErrorBody),
+        (status = 406, description = "Accept rules out JSON", body = ErrorBody),
+        (status = 409, description = "An image with this id exists", body = ErrorBody),
+        (status = 413, description = "The body is too large", body = ErrorBody),
+        (status = 415, description = "Content-Type is not application/json", body = ErrorBody),
+        (status = 503, description = "The store failed; nothing was changed", body = ErrorBody),
+    )
+)]
+pub(crate) async fn create(
+    auth: Authorized<CreateImage>,
+    body: JsonBody,
+) -> Result<HttpResponse, ApiError> {
     let image = Image::from_json(&body.read().await?, &auth.state().providers)?;
     let id = image.id.clone();
     auth.store()
         .apply(Change::Create(image), auth.user())
         .await?;
-    Ok(json_response(
-        json!({ "id": id, "message": "Created" }).to_string(),
-    ))
+    Ok(json_response(to_json(&IdMessage {
+        id,
+        message: "Created",
+    })?))
 }
 
-async fn show(auth: Authorized<ReadImages>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+/// Show an image
+///
+/// Carries a strong `ETag`; `If-None-Match` with a current tag gives 304.
+#[utoipa::path(
+    get,
+    path = "/v3/image/{id}",
+    tag = "images",
+    params(
+        ("id" = ImageId, Path, description = "The image id"),
+        ("If-None-Match" = Option<String>, Header, description = "ETags the client holds"),
+    ),
+    responses(
+        (status = 200, description = "The image", body = Image,
+            headers(("ETag" = String, description = "Strong validator of the record"))),
+        (status = 304, description = "The client's copy is current",
+            headers(("ETag" = String, description = "Strong validator of the record"))),
+        (status = 400, description = "The id breaks its rule", body = ErrorBody),
+        (status = 401, description = "No or wrong credentials", body = ErrorBody),
+        (status = 403, description = "The user lacks the policy", body = ErrorBody),
+        (status = 404, description = "No image with this id", body = ErrorBody),
+        (status = 406, description = "Accept rules out JSON", body = ErrorBody),
+        (status = 503, description = "The store failed", body = ErrorBody),
+    )
+)]
+pub(crate) async fn show(
+    auth: Authorized<ReadImages>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
     let id = path_id(&req)?;
     let record = auth
         .store()
@@ -101,7 +184,33 @@ async fn show(auth: Authorized<ReadImages>, req: HttpRequest) -> Result<HttpResp
         .body(record.json().to_vec()))
 }
 
-async fn update(
+/// Update an image
+///
+/// Changes `remote_user` and/or `name`. `If-Match` makes it a compare-and-swap.
+#[utoipa::path(
+    put,
+    path = "/v3/image/{id}",
+    tag = "images",
+    params(
+        ("id" = ImageId, Path, description = "The image id"),
+        ("If-Match" = Option<String>, Header, description = "Change only if the ETag is one of these"),
+    ),
+    request_body = ImagePatch,
+    responses(
+        (status = 200, description = "Updated", body = Updated,
+            headers(("ETag" = String, description = "Strong validator of the new record"))),
+        (status = 400, description = "A field breaks its rule, or tries to change id or provider", body = ErrorBody),
+        (status = 401, description = "No or wrong credentials", body = ErrorBody),
+        (status = 403, description = "The user lacks the policy", body = ErrorBody),
+        (status = 404, description = "No image with this id", body = ErrorBody),
+        (status = 406, description = "Accept rules out JSON", body = ErrorBody),
+        (status = 412, description = "If-Match does not match; nothing changed", body = ErrorBody),
+        (status = 413, description = "The body is too large", body = ErrorBody),
+        (status = 415, description = "Content-Type is not application/json", body = ErrorBody),
+        (status = 503, description = "The store failed; nothing was changed", body = ErrorBody),
+    )
+)]
+pub(crate) async fn update(
     auth: Authorized<CreateImage>,
     body: JsonBody,
     req: HttpRequest,
@@ -117,17 +226,43 @@ async fn update(
     let Applied::Updated(record) = auth.store().apply(change, auth.user()).await? else {
         return Err(ApiError::StoreUnavailable);
     };
-    let mut body = Vec::with_capacity(record.json().len() + 32);
-    body.extend_from_slice(b"{\"image\":");
-    body.extend_from_slice(record.json());
-    body.extend_from_slice(b",\"message\":\"Updated\"}");
+    let body = to_json(&Updated {
+        image: record.image()?,
+        message: "Updated",
+    })?;
     Ok(HttpResponse::Ok()
         .content_type("application/json")
         .insert_header((ETAG, record.etag()))
         .body(body))
 }
 
-async fn delete(auth: Authorized<DeleteImage>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+/// Delete an image
+///
+/// `If-Match` makes it a compare-and-swap.
+#[utoipa::path(
+    delete,
+    path = "/v3/image/{id}",
+    tag = "images",
+    params(
+        ("id" = ImageId, Path, description = "The image id"),
+        ("If-Match" = Option<String>, Header, description = "Delete only if the ETag is one of these"),
+    ),
+    responses(
+        (status = 200, description = "Deleted", body = IdMessage,
+            example = json!({"id": "ami-0abc", "message": "Deleted"})),
+        (status = 400, description = "The id breaks its rule", body = ErrorBody),
+        (status = 401, description = "No or wrong credentials", body = ErrorBody),
+        (status = 403, description = "The user lacks the policy", body = ErrorBody),
+        (status = 404, description = "No image with this id", body = ErrorBody),
+        (status = 406, description = "Accept rules out JSON", body = ErrorBody),
+        (status = 412, description = "If-Match does not match; nothing changed", body = ErrorBody),
+        (status = 503, description = "The store failed; nothing was changed", body = ErrorBody),
+    )
+)]
+pub(crate) async fn delete(
+    auth: Authorized<DeleteImage>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
     let id = path_id(&req)?;
     let precondition = headers::if_match(req.headers().get(IF_MATCH).map(|v| v.as_bytes()));
     let change = Change::Delete {
@@ -135,7 +270,8 @@ async fn delete(auth: Authorized<DeleteImage>, req: HttpRequest) -> Result<HttpR
         precondition,
     };
     auth.store().apply(change, auth.user()).await?;
-    Ok(json_response(
-        json!({ "id": id, "message": "Deleted" }).to_string(),
-    ))
+    Ok(json_response(to_json(&IdMessage {
+        id,
+        message: "Deleted",
+    })?))
 }

@@ -12,12 +12,13 @@ use futures_util::StreamExt;
 
 use crate::error::{ApiError, mime_json};
 use crate::headers::is_json_content_type;
+use crate::image::{Image, ImageId};
 use crate::policy::{CreateImage, DeleteImage, Policy, ReadAudit, ReadImages};
 use crate::startup::AppState;
 
-mod audit;
-mod images;
-mod ops;
+pub(crate) mod audit;
+pub(crate) mod images;
+pub(crate) mod ops;
 
 /// One row of the route table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,6 +47,8 @@ pub const TABLE: &[Route] = &[
     route("DELETE", "/v3/image/{id}", Some(DeleteImage::NAME)),
     route("GET", "/v3/audit", Some(ReadAudit::NAME)),
     route("GET", "/healthz", None),
+    route("GET", "/metrics", None),
+    route("GET", "/v3/openapi.json", None),
 ];
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -71,6 +74,22 @@ pub async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
         req.method(),
         req.path()
     )))
+}
+
+/// `{"id", "message"}`: the answer to a create or a delete.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct IdMessage {
+    pub id: ImageId,
+    /// `Created` or `Deleted`.
+    pub message: &'static str,
+}
+
+/// The answer to an update.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct Updated {
+    pub image: Image,
+    /// `Updated`.
+    pub message: &'static str,
 }
 
 pub fn json_response(body: impl actix_web::body::MessageBody + 'static) -> HttpResponse {

@@ -114,6 +114,8 @@ const EXPECTED: &[(&str, &str, Option<&str>)] = &[
     ("DELETE", "/v3/image/{id}", Some("delete_image")),
     ("GET", "/v3/audit", Some("read_audit")),
     ("GET", "/healthz", None),
+    ("GET", "/metrics", None),
+    ("GET", "/v3/openapi.json", None),
 ];
 
 #[test]

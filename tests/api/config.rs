@@ -89,7 +89,7 @@ fn bad_usage_is_exit_code_2() {
 }
 
 #[test]
-fn check_config_lists_policies_and_routes_per_user() {
+fn check_config_tables_policies_and_routes_per_user() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("config.toml");
     std::fs::write(&path, config_text(DEFAULT_POLICIES, &default_users())).unwrap();
@@ -101,11 +101,28 @@ fn check_config_lists_policies_and_routes_per_user() {
         .unwrap();
     assert_eq!(output.status.code(), Some(0));
     let text = String::from_utf8_lossy(&output.stdout);
-    let reader = text.split("user reader").nth(1).expect("reader listed");
-    let reader = reader.split("user ").next().unwrap();
-    assert!(reader.contains("policies  read_images"), "{reader}");
-    assert!(reader.contains("GET /v3/image/{id}"), "{reader}");
-    assert!(!reader.contains("DELETE"), "{reader}");
+    let row = |start: &str| -> Vec<String> {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(start))
+            .unwrap_or_else(|| panic!("no row {start:?} in {text}"));
+        line.split_whitespace().map(str::to_owned).collect()
+    };
+    assert_eq!(
+        row("reader "),
+        ["reader", "password", "reader", "read_images"]
+    );
+    assert_eq!(row("bot "), ["bot", "token", "reader", "read_images"]);
+    // Columns: route (two words), policy, then admin, reader, bot.
+    assert_eq!(
+        row("DELETE /v3/image/{id}")[2..],
+        ["delete_image", "yes", "-", "-"]
+    );
+    assert_eq!(
+        row("GET /v3/image/{id}")[2..],
+        ["read_images", "yes", "yes", "yes"]
+    );
+    assert_eq!(row("GET /healthz")[2..], ["(open)", "yes", "yes", "yes"]);
 }
 
 #[test]

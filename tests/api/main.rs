@@ -10,5 +10,7 @@ mod errors;
 mod helpers;
 mod images;
 mod listing;
+mod operations;
 mod process;
 mod reload;
+mod transfer;

@@ -8,8 +8,10 @@ use clap::{Parser, Subcommand};
 use rand::RngCore;
 
 use crate::config::{Config, ConfigError};
+
+mod transfer;
 use crate::routes::TABLE;
-use crate::startup::{Application, StartError, warn_demo_passwords};
+use crate::startup::{Application, warn_demo_passwords};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -47,6 +49,21 @@ pub enum Command {
     NewToken,
     /// Validate config.toml and show what each user may do.
     CheckConfig,
+    /// Write every image as a JSON line to stdout (the server must be stopped).
+    Export {
+        /// Data folder, instead of [server] data_dir (relative to the working folder).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Load images from JSON lines: every line is checked first, and nothing is
+    /// imported if any is bad (the server must be stopped).
+    Import {
+        /// The JSON-lines file, as written by `export`; `-` reads stdin.
+        file: PathBuf,
+        /// Data folder, instead of [server] data_dir (relative to the working folder).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -80,6 +97,8 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             Ok(())
         }
         Command::CheckConfig => check_config(&cli.config),
+        Command::Export { data_dir } => transfer::export(&cli.config, data_dir),
+        Command::Import { file, data_dir } => transfer::import(&cli.config, &file, data_dir),
     }
 }
 
@@ -97,9 +116,8 @@ fn serve(
     }
     let demo_check = config.clone();
     actix_web::rt::System::new().block_on(async move {
-        let app = Application::build(config, Some(config_path)).map_err(|e| match e {
-            StartError::Bind { .. } | StartError::Store(_) => CliError::Runtime(e.to_string()),
-        })?;
+        let app = Application::build(config, Some(config_path))
+            .map_err(|e| CliError::Runtime(e.to_string()))?;
         log::info!(
             "image-catalog listening on http://{} (data in {})",
             app.address(),
@@ -181,29 +199,75 @@ pub fn new_token() -> (String, String) {
 fn check_config(path: &std::path::Path) -> Result<(), CliError> {
     let config = Config::load(path)?;
     println!("{}: valid", path.display());
-    println!("  bind      {}", config.server.bind);
-    println!("  data_dir  {}", config.server.data_dir.display());
-    println!("  providers {}", config.providers.join(", "));
-    for user in config.access.users() {
-        let mut credentials = Vec::new();
-        if user.password_hash.is_some() {
-            credentials.push("password");
-        }
-        if user.token_sha256.is_some() {
-            credentials.push("token");
-        }
-        println!();
-        println!("user {} ({})", user.name, credentials.join(" + "));
-        println!("  roles     {}", or_none(&user.roles.join(", ")));
+    println!(
+        "bind {}, data_dir {}, providers {}",
+        config.server.bind,
+        config.server.data_dir.display(),
+        config.providers.join(", ")
+    );
+    println!();
+    let users = config.access.users();
+    let mut rows = vec![vec![
+        "USER".to_string(),
+        "CREDENTIALS".into(),
+        "ROLES".into(),
+        "POLICIES".into(),
+    ]];
+    for user in users {
+        let credentials: Vec<&str> = [
+            user.password_hash.as_ref().map(|_| "password"),
+            user.token_sha256.as_ref().map(|_| "token"),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
         let policies: Vec<&str> = user.policies.iter().copied().collect();
-        println!("  policies  {}", or_none(&policies.join(", ")));
-        for route in TABLE {
-            if route.policy.is_some_and(|p| user.holds(p)) {
-                println!("  route     {} {}", route.method, route.path);
-            }
-        }
+        rows.push(vec![
+            user.name.clone(),
+            credentials.join("+"),
+            or_none(&user.roles.join(",")).to_owned(),
+            or_none(&policies.join(",")).to_owned(),
+        ]);
     }
+    print_table(&rows);
+    println!();
+    let mut header = vec!["ROUTE".to_string(), "POLICY".into()];
+    header.extend(users.iter().map(|u| u.name.clone()));
+    let mut rows = vec![header];
+    for route in TABLE {
+        let mut row = vec![
+            format!("{} {}", route.method, route.path),
+            route.policy.unwrap_or("(open)").to_owned(),
+        ];
+        row.extend(users.iter().map(|u| {
+            let open = route.policy.is_none_or(|p| u.holds(p));
+            if open { "yes" } else { "-" }.to_owned()
+        }));
+        rows.push(row);
+    }
+    print_table(&rows);
     Ok(())
+}
+
+fn print_table(rows: &[Vec<String>]) {
+    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..columns)
+        .map(|c| {
+            rows.iter()
+                .filter_map(|r| r.get(c))
+                .map(|s| s.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    for row in rows {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect();
+        println!("{}", cells.join("  ").trim_end());
+    }
 }
 
 fn or_none(s: &str) -> &str {

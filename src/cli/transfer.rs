@@ -1,0 +1,150 @@
+//! `export` and `import`: the catalog as JSON lines, one image per line, exactly as the
+//! API shows it, so an export imports back to the same catalog.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, BufWriter, IsTerminal, Read, Write};
+use std::path::{Path, PathBuf};
+
+use indicatif::{ProgressBar, ProgressStyle};
+
+use super::CliError;
+use crate::config::Config;
+use crate::image::{Image, ImageId};
+use crate::store::{Store, StoreError};
+
+/// How many bad lines are listed before the rest are only counted.
+const MAX_LISTED_ERRORS: usize = 50;
+
+fn open_store(config_path: &Path, data_dir: Option<PathBuf>) -> Result<(Config, Store), CliError> {
+    let config = Config::load(config_path)?;
+    let dir = data_dir.unwrap_or_else(|| config.server.data_dir.clone());
+    let store = Store::open(&dir, config.store.cache_mb).map_err(|e| match e {
+        StoreError::InUse(_) => {
+            CliError::Runtime(format!("{e}; export and import need it stopped"))
+        }
+        other => CliError::Runtime(other.to_string()),
+    })?;
+    Ok((config, store))
+}
+
+/// A progress bar on stderr when it is a terminal; hidden otherwise.
+fn progress(length: u64, what: &str) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(length);
+    let template = format!("{what} {{wide_bar}} {{pos}}/{{len}} ({{eta}} left)");
+    if let Ok(style) = ProgressStyle::with_template(&template) {
+        bar.set_style(style);
+    }
+    bar
+}
+
+pub fn export(config_path: &Path, data_dir: Option<PathBuf>) -> Result<(), CliError> {
+    let (_, store) = open_store(config_path, data_dir)?;
+    let bar = progress(store.image_count(), "exporting");
+    let stdout = std::io::stdout();
+    let mut out = BufWriter::new(stdout.lock());
+    let failed = |e: std::io::Error| CliError::Runtime(format!("cannot write the export: {e}"));
+    let mut count = 0u64;
+    for record in store.list_from(None, None) {
+        let record = record.map_err(|e| CliError::Runtime(e.to_string()))?;
+        out.write_all(&record).map_err(failed)?;
+        out.write_all(b"\n").map_err(failed)?;
+        count += 1;
+        bar.inc(1);
+    }
+    out.flush().map_err(failed)?;
+    bar.finish_and_clear();
+    log::info!("exported {count} images");
+    Ok(())
+}
+
+pub fn import(config_path: &Path, file: &Path, data_dir: Option<PathBuf>) -> Result<(), CliError> {
+    let (config, store) = open_store(config_path, data_dir)?;
+    let (reader, size): (Box<dyn Read>, u64) = if file == Path::new("-") {
+        (Box::new(std::io::stdin()), 0)
+    } else {
+        let opened = std::fs::File::open(file)
+            .map_err(|e| CliError::Runtime(format!("cannot open {}: {e}", file.display())))?;
+        let size = opened.metadata().map(|m| m.len()).unwrap_or(0);
+        (Box::new(opened), size)
+    };
+    let bar = progress(size, "checking");
+    let mut images = Vec::new();
+    let mut seen: HashMap<ImageId, usize> = HashMap::new();
+    let mut errors = Vec::new();
+    for (index, line) in BufReader::new(bar.wrap_read(reader))
+        .split(b'\n')
+        .enumerate()
+    {
+        let number = index + 1;
+        let line =
+            line.map_err(|e| CliError::Runtime(format!("cannot read {}: {e}", file.display())))?;
+        let line = line.strip_suffix(b"\r").unwrap_or(&line);
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        match check_line(line, &config.providers, &store, &seen) {
+            Ok(image) => {
+                seen.insert(image.id.clone(), number);
+                images.push(image);
+            }
+            Err(why) => errors.push(format!("line {number}: {why}")),
+        }
+    }
+    bar.finish_and_clear();
+    if !errors.is_empty() {
+        let mut report = errors
+            .iter()
+            .take(MAX_LISTED_ERRORS)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n");
+        if errors.len() > MAX_LISTED_ERRORS {
+            report.push_str(&format!(
+                "\n... and {} more",
+                errors.len() - MAX_LISTED_ERRORS
+            ));
+        }
+        return Err(CliError::Runtime(format!(
+            "{report}\n{} bad line(s) in {}; nothing was imported",
+            errors.len(),
+            file.display()
+        )));
+    }
+    let count = images.len();
+    let user = format!("import:{}", file.display());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .map_err(|e| CliError::Runtime(e.to_string()))?;
+    runtime
+        .block_on(store.import(images, &user))
+        .map_err(|e| CliError::Runtime(format!("{e}; nothing was imported")))?;
+    store
+        .shutdown()
+        .map_err(|e| CliError::Runtime(e.to_string()))?;
+    eprintln!("imported {count} images from {}", file.display());
+    Ok(())
+}
+
+/// One line checked as the API checks a create body, plus what only a whole file
+/// can tell: repeated ids, and ids the store already holds.
+fn check_line(
+    line: &[u8],
+    providers: &[String],
+    store: &Store,
+    seen: &HashMap<ImageId, usize>,
+) -> Result<Image, String> {
+    let image = Image::from_json(line, providers).map_err(|e| e.to_string())?;
+    if let Some(first) = seen.get(&image.id) {
+        return Err(format!("id '{}' repeats line {first}", image.id));
+    }
+    if store.get(&image.id).map_err(|e| e.to_string())?.is_some() {
+        return Err(format!(
+            "an image with id '{}' is already in the store",
+            image.id
+        ));
+    }
+    Ok(image)
+}

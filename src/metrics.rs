@@ -1,0 +1,99 @@
+//! The Prometheus metrics served at `/metrics`: requests by route, method and status,
+//! latency histograms, auth failures, and the catalog's size.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+
+use crate::store::Store;
+
+/// Route label of requests that matched no route, so that random paths cannot grow
+/// the number of series without bound.
+pub const UNMATCHED: &str = "unmatched";
+
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    latency: HistogramVec,
+    auth_failures: IntCounter,
+    images: IntGauge,
+    store_bytes: IntGauge,
+}
+
+impl Metrics {
+    pub fn new() -> Result<Metrics, prometheus::Error> {
+        let registry = Registry::new_custom(Some("image_catalog".into()), None)?;
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "http_requests_total",
+                "HTTP requests by route, method and status",
+            ),
+            &["route", "method", "status"],
+        )?;
+        let latency = HistogramVec::new(
+            HistogramOpts::new(
+                "http_request_duration_seconds",
+                "Time from request to response head, by route and method",
+            )
+            .buckets(vec![
+                0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                0.5, 1.0, 2.5,
+            ]),
+            &["route", "method"],
+        )?;
+        let auth_failures = IntCounter::new(
+            "auth_failures_total",
+            "Requests refused for missing, malformed or wrong credentials",
+        )?;
+        let images = IntGauge::new("images", "Images in the catalog")?;
+        let store_bytes = IntGauge::new("store_size_bytes", "Size of the store on disk")?;
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(latency.clone()))?;
+        registry.register(Box::new(auth_failures.clone()))?;
+        registry.register(Box::new(images.clone()))?;
+        registry.register(Box::new(store_bytes.clone()))?;
+        Ok(Metrics {
+            registry,
+            requests,
+            latency,
+            auth_failures,
+            images,
+            store_bytes,
+        })
+    }
+
+    pub fn observe_request(&self, route: &str, method: &str, status: u16, seconds: f64) {
+        // Unusual methods share one label value, for the same reason as UNMATCHED.
+        let method = match method {
+            "GET" | "HEAD" | "POST" | "PUT" | "DELETE" | "PATCH" | "OPTIONS" => method,
+            _ => "OTHER",
+        };
+        let mut code = itoa::Buffer::new();
+        self.requests
+            .with_label_values(&[route, method, code.format(status)])
+            .inc();
+        self.latency
+            .with_label_values(&[route, method])
+            .observe(seconds);
+    }
+
+    pub fn auth_failed(&self) {
+        self.auth_failures.inc();
+    }
+
+    /// The text exposition, with the store's gauges read now.
+    pub fn render(&self, store: &Store) -> Result<Vec<u8>, prometheus::Error> {
+        self.images
+            .set(i64::try_from(store.image_count()).unwrap_or(i64::MAX));
+        match store.size_on_disk() {
+            Ok(bytes) => self
+                .store_bytes
+                .set(i64::try_from(bytes).unwrap_or(i64::MAX)),
+            Err(e) => log::warn!("cannot read the store's size for /metrics: {e}"),
+        }
+        let mut text = Vec::new();
+        TextEncoder::new().encode(&self.registry.gather(), &mut text)?;
+        Ok(text)
+    }
+}

@@ -1,0 +1,85 @@
+//! The OpenAPI 3 document served at `/v3/openapi.json`, generated from the handlers'
+//! annotations (utoipa) and completed from the route table, so the document, the
+//! policies and the code cannot drift apart.
+
+use serde_json::{Value, json};
+use utoipa::OpenApi;
+
+use crate::error::ErrorBody;
+use crate::image::{Image, ImageId, ImageName, ImagePatch, NewImage, Provider, RemoteUser};
+use crate::routes::{self, IdMessage, TABLE, Updated};
+use crate::store::AuditRecord;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "image-catalog",
+        description = "A catalog of machine images (EC2 AMIs, OpenStack images, static \
+                       templates): the v3 Images API. Every /v3 route needs HTTP Basic or \
+                       Bearer credentials of a user holding the route's policy \
+                       (x-policy)."
+    ),
+    paths(
+        routes::images::list,
+        routes::images::create,
+        routes::images::show,
+        routes::images::update,
+        routes::images::delete,
+        routes::audit::list,
+        routes::ops::health,
+        routes::ops::metrics,
+        routes::ops::openapi,
+    ),
+    components(schemas(
+        Image,
+        ImageId,
+        Provider,
+        RemoteUser,
+        ImageName,
+        NewImage,
+        ImagePatch,
+        IdMessage,
+        Updated,
+        AuditRecord,
+        ErrorBody,
+        routes::ops::Health
+    ))
+)]
+struct ApiDoc;
+
+/// The document for a server whose config lists `providers`.
+pub fn document(providers: &[String]) -> Value {
+    let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
+    doc["info"]["version"] = json!(env!("CARGO_PKG_VERSION"));
+    doc["components"]["securitySchemes"] = json!({
+        "basic": {"type": "http", "scheme": "basic"},
+        "bearer": {"type": "http", "scheme": "bearer"},
+    });
+    doc["components"]["schemas"]["Provider"]["enum"] = json!(providers);
+    for route in TABLE {
+        let operation = &mut doc["paths"][route.path][route.method.to_ascii_lowercase()];
+        if !operation.is_object() {
+            // A route without annotations would show as `null`: the test of the
+            // document catches it.
+            continue;
+        }
+        match route.policy {
+            Some(policy) => {
+                operation["x-policy"] = json!(policy);
+                operation["security"] = json!([{"basic": []}, {"bearer": []}]);
+                let described = operation["description"].as_str().unwrap_or_default();
+                operation["description"] = json!(format!(
+                    "{described}\n\nPolicy: `{policy}`. A user without it gets 403."
+                ));
+            }
+            None => {
+                operation["security"] = json!([]);
+                let described = operation["description"].as_str().unwrap_or_default();
+                operation["description"] = json!(format!(
+                    "{described}\n\nOpen to anyone: no credentials needed."
+                ));
+            }
+        }
+    }
+    doc
+}

@@ -1,0 +1,179 @@
+//! What operators and tools use: the OpenAPI document, /metrics, and an access log
+//! that never shows a secret.
+
+use reqwest::Method;
+
+use crate::helpers::{
+    ADMIN, BOT_TOKEN, DEFAULT_POLICIES, READER, config_text, default_users, spawn_app, status_json,
+};
+use crate::process::{ChildServer, write_config};
+
+#[tokio::test]
+async fn the_document_covers_every_route_with_its_policy() {
+    let app = spawn_app().await;
+    let response = app
+        .request(Method::GET, "/v3/openapi.json")
+        .send()
+        .await
+        .unwrap();
+    let (status, doc) = status_json(response).await;
+    assert_eq!(status, 200, "open to anyone");
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    assert_eq!(
+        doc["components"]["securitySchemes"]["basic"]["scheme"],
+        "basic"
+    );
+    assert_eq!(
+        doc["components"]["securitySchemes"]["bearer"]["scheme"],
+        "bearer"
+    );
+    assert_eq!(
+        doc["components"]["schemas"]["Provider"]["enum"],
+        serde_json::json!(["ec2", "openstack", "static"])
+    );
+
+    let mut documented = 0;
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, operation) in item.as_object().unwrap() {
+            documented += 1;
+            let route = image_catalog::routes::TABLE
+                .iter()
+                .find(|r| r.path == path && r.method.eq_ignore_ascii_case(method))
+                .unwrap_or_else(|| panic!("{method} {path} is documented but not routed"));
+            let responses = operation["responses"].as_object().unwrap();
+            assert!(responses.contains_key("200"), "{method} {path}");
+            match route.policy {
+                Some(policy) => {
+                    assert_eq!(operation["x-policy"], policy, "{method} {path}");
+                    let description = operation["description"].as_str().unwrap();
+                    assert!(description.contains(policy), "{method} {path}");
+                    for status in ["401", "403", "406"] {
+                        assert!(responses.contains_key(status), "{method} {path} {status}");
+                    }
+                }
+                None => assert_eq!(operation["security"], serde_json::json!([])),
+            }
+        }
+    }
+    assert_eq!(
+        documented,
+        image_catalog::routes::TABLE.len(),
+        "every route is documented"
+    );
+}
+
+/// The value of the metric line that starts with `prefix`, if any.
+fn metric(text: &str, prefix: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[tokio::test]
+async fn metrics_count_requests_failures_and_images() {
+    let app = spawn_app().await;
+    app.seed("a", "ec2").await;
+    app.seed("b", "ec2").await;
+    for _ in 0..3 {
+        let response = app
+            .as_reader(Method::GET, "/v3/image/a")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    let wrong = app
+        .request(Method::GET, "/v3/images")
+        .basic_auth(READER.0, Some("wrong"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+    app.request(Method::GET, "/no/such/path/123")
+        .send()
+        .await
+        .unwrap();
+
+    let response = app.request(Method::GET, "/metrics").send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let content_type = response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(content_type.starts_with("text/plain"), "{content_type}");
+    let text = response.text().await.unwrap();
+    assert_eq!(
+        metric(
+            &text,
+            r#"image_catalog_http_requests_total{method="GET",route="/v3/image/{id}",status="200"}"#
+        ),
+        Some(3.0),
+        "{text}"
+    );
+    assert_eq!(
+        metric(
+            &text,
+            r#"image_catalog_http_requests_total{method="POST",route="/v3/image",status="200"}"#
+        ),
+        Some(2.0)
+    );
+    assert_eq!(
+        metric(
+            &text,
+            r#"image_catalog_http_requests_total{method="GET",route="unmatched",status="404"}"#
+        ),
+        Some(1.0),
+        "unknown paths share one series"
+    );
+    assert_eq!(
+        metric(&text, "image_catalog_auth_failures_total"),
+        Some(1.0)
+    );
+    assert_eq!(metric(&text, "image_catalog_images "), Some(2.0));
+    assert!(metric(&text, "image_catalog_store_size_bytes").unwrap() > 0.0);
+    assert_eq!(
+        metric(
+            &text,
+            r#"image_catalog_http_request_duration_seconds_count{method="GET",route="/v3/image/{id}"}"#
+        ),
+        Some(3.0)
+    );
+}
+
+#[tokio::test]
+async fn the_access_log_names_requests_but_never_a_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &config_text(DEFAULT_POLICIES, &default_users()));
+    let mut server = ChildServer::start(&config).await;
+    let client = reqwest::Client::new();
+    let url = format!("{}/v3/images", server.address);
+    let wrong_password = "wrong-Pa55word-never-logged";
+    let wrong_token = "wrong-t0ken-never-logged";
+    for request in [
+        client.get(&url).basic_auth(ADMIN.0, Some(ADMIN.1)),
+        client.get(&url).basic_auth(ADMIN.0, Some(wrong_password)),
+        client.get(&url).bearer_auth(BOT_TOKEN),
+        client.get(&url).bearer_auth(wrong_token),
+        client
+            .get(&url)
+            .header("x-request-id", "trace-me-42")
+            .basic_auth(READER.0, Some(READER.1)),
+    ] {
+        request.send().await.unwrap();
+    }
+    server.signal("TERM");
+    let log = server.rest_of_log().await.join("\n");
+    for secret in [ADMIN.1, READER.1, wrong_password, BOT_TOKEN, wrong_token] {
+        assert!(!log.contains(secret), "the log shows {secret:?}:\n{log}");
+    }
+    let line = log
+        .lines()
+        .find(|l| l.contains("request_id=trace-me-42"))
+        .expect("an access line per request, with the request id");
+    for part in ["GET", "/v3/images", " 200 ", "user=reader", "ms"] {
+        assert!(line.contains(part), "{part:?} missing in {line}");
+    }
+    let access_lines = log.lines().filter(|l| l.contains("request_id=")).count();
+    assert_eq!(access_lines, 5, "{log}");
+}

@@ -1,0 +1,156 @@
+//! `export` and `import`: JSON lines, all-or-nothing, exact round trip, and refusal of
+//! a data dir that a running server holds.
+
+use std::path::Path;
+use std::process::Output;
+
+use crate::helpers::{DEFAULT_POLICIES, config_text, default_users};
+use crate::process::{ChildServer, binary, write_config};
+
+fn run(config: &Path, args: &[&str]) -> Output {
+    binary()
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+const LINES: &str = r#"{"id":"ami-2","provider":"ec2","remote_user":"ubuntu","name":"Ubuntu"}
+{"id":"イメージ","provider":"openstack","remote_user":"centos","name":"名前 \"quoted\" \\ back"}
+{"id":"ami-1","provider":"ec2","remote_user":"ec2-user"}
+
+{"id":"tmpl:base","provider":"static","remote_user":"root","name":""}
+"#;
+
+#[test]
+fn export_import_round_trip_is_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &config_text(DEFAULT_POLICIES, &default_users()));
+    let source = dir.path().join("images.jsonl");
+    std::fs::write(&source, LINES).unwrap();
+
+    let output = run(&config, &["import", source.to_str().unwrap()]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(stderr(&output).contains("imported 4 images"));
+
+    let first = run(&config, &["export"]);
+    assert!(first.status.success(), "{}", stderr(&first));
+    let exported = String::from_utf8(first.stdout).unwrap();
+    let ids: Vec<String> = exported
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(
+        ids,
+        ["ami-1", "ami-2", "tmpl:base", "イメージ"],
+        "sorted by id bytes"
+    );
+    assert!(
+        exported.contains(r#"{"id":"ami-1","provider":"ec2","remote_user":"ec2-user","name":""}"#)
+    );
+
+    // Into a second data dir and out again: byte for byte the same.
+    let copy = dir.path().join("exported.jsonl");
+    std::fs::write(&copy, &exported).unwrap();
+    let other = dir.path().join("other-data");
+    let other = other.to_str().unwrap();
+    let output = run(
+        &config,
+        &["import", copy.to_str().unwrap(), "--data-dir", other],
+    );
+    assert!(output.status.success(), "{}", stderr(&output));
+    let second = run(&config, &["export", "--data-dir", other]);
+    assert_eq!(String::from_utf8(second.stdout).unwrap(), exported);
+}
+
+#[test]
+fn import_names_every_bad_line_and_imports_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &config_text(DEFAULT_POLICIES, &default_users()));
+    let file = dir.path().join("bad.jsonl");
+    std::fs::write(
+        &file,
+        concat!(
+            r#"{"id":"good-1","provider":"ec2","remote_user":"u"}"#,
+            "\n",
+            r#"{"id":"bad provider","provider":"gce","remote_user":"u"}"#,
+            "\n",
+            r#"{"id":"good-2","provider":"ec2","remote_user":"u"}"#,
+            "\n",
+            "not json\n",
+            r#"{"id":"good-1","provider":"ec2","remote_user":"v"}"#,
+            "\n",
+            r#"{"id":"good-3","provider":"ec2","remote_user":"u","extra":1}"#,
+            "\n",
+        ),
+    )
+    .unwrap();
+    let output = run(&config, &["import", file.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(1));
+    let message = stderr(&output);
+    for expected in [
+        "line 2: id must not contain whitespace",
+        "line 4: the body is not valid JSON",
+        "line 5: id 'good-1' repeats line 1",
+        "line 6: unknown field 'extra'",
+        "4 bad line(s)",
+        "nothing was imported",
+    ] {
+        assert!(
+            message.contains(expected),
+            "{expected:?} missing in {message}"
+        );
+    }
+    assert!(
+        !message.contains("line 1:") && !message.contains("line 3:"),
+        "{message}"
+    );
+    let export = run(&config, &["export"]);
+    assert!(export.status.success());
+    assert!(export.stdout.is_empty(), "nothing imported");
+
+    // An id the store already holds is a bad line too.
+    let good = dir.path().join("good.jsonl");
+    std::fs::write(
+        &good,
+        concat!(r#"{"id":"x","provider":"ec2","remote_user":"u"}"#, "\n"),
+    )
+    .unwrap();
+    assert!(
+        run(&config, &["import", good.to_str().unwrap()])
+            .status
+            .success()
+    );
+    let again = run(&config, &["import", good.to_str().unwrap()]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(stderr(&again).contains("line 1: an image with id 'x' is already in the store"));
+}
+
+#[tokio::test]
+async fn export_and_import_refuse_a_data_dir_a_server_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &config_text(DEFAULT_POLICIES, &default_users()));
+    let file = dir.path().join("one.jsonl");
+    std::fs::write(&file, r#"{"id":"x","provider":"ec2","remote_user":"u"}"#).unwrap();
+    let _server = ChildServer::start(&config).await;
+    for args in [vec!["export"], vec!["import", file.to_str().unwrap()]] {
+        let output = run(&config, &args);
+        assert_eq!(output.status.code(), Some(1), "{args:?}");
+        let message = stderr(&output);
+        assert!(
+            message.contains("in use by another image-catalog process"),
+            "{message}"
+        );
+    }
+}
