@@ -468,6 +468,47 @@ impl Writer {
         }
     }
 
+    fn import(&self, batch: &[Image], user: &str) -> Result<Applied, StoreError> {
+        let time = now_rfc3339();
+        let records: Vec<(u64, Vec<u8>)> = batch
+            .iter()
+            .zip(self.next_seq..)
+            .map(|(image, seq)| {
+                let record = AuditRecord {
+                    seq,
+                    time: time.clone(),
+                    user: user.to_owned(),
+                    method: "IMPORT".into(),
+                    id: image.id.to_string(),
+                    status: 200,
+                };
+                (seq, serde_json::to_vec(&record).unwrap_or_default())
+            })
+            .collect();
+        let result =
+            (&self.images, &self.audit, &self.meta).transaction(|(images, audit, meta)| {
+                let count = match meta.get(IMAGE_COUNT_KEY)? {
+                    Some(bytes) => {
+                        u64_from_bytes(&bytes).map_err(ConflictableTransactionError::Abort)?
+                    }
+                    None => 0,
+                };
+                for (image, (seq, record)) in batch.iter().zip(&records) {
+                    let key = image.id.as_str().as_bytes();
+                    if images.insert(key, image.to_json())?.is_some() {
+                        return abort(StoreError::Conflict(image.id.to_string()));
+                    }
+                    audit.insert(&seq.to_be_bytes(), record.as_slice())?;
+                }
+                meta.insert(IMAGE_COUNT_KEY, &(count + batch.len() as u64).to_be_bytes())?;
+                Ok(Applied::Imported(batch.len() as u64))
+            });
+        result.map_err(|e| match e {
+            TransactionError::Abort(e) => e,
+            TransactionError::Storage(e) => StoreError::Engine(e),
+        })
+    }
+
     fn apply(&self, change: &Change, user: &str) -> Result<Applied, StoreError> {
         let seq = self.next_seq;
         let record = AuditRecord {
@@ -522,49 +563,6 @@ impl Writer {
                 };
                 audit.insert(&seq.to_be_bytes(), audit_json.clone())?;
                 Ok(applied)
-            });
-        result.map_err(|e| match e {
-            TransactionError::Abort(e) => e,
-            TransactionError::Storage(e) => StoreError::Engine(e),
-        })
-    }
-}
-
-impl Writer {
-    fn import(&self, batch: &[Image], user: &str) -> Result<Applied, StoreError> {
-        let time = now_rfc3339();
-        let records: Vec<(u64, Vec<u8>)> = batch
-            .iter()
-            .zip(self.next_seq..)
-            .map(|(image, seq)| {
-                let record = AuditRecord {
-                    seq,
-                    time: time.clone(),
-                    user: user.to_owned(),
-                    method: "IMPORT".into(),
-                    id: image.id.to_string(),
-                    status: 200,
-                };
-                (seq, serde_json::to_vec(&record).unwrap_or_default())
-            })
-            .collect();
-        let result =
-            (&self.images, &self.audit, &self.meta).transaction(|(images, audit, meta)| {
-                let count = match meta.get(IMAGE_COUNT_KEY)? {
-                    Some(bytes) => {
-                        u64_from_bytes(&bytes).map_err(ConflictableTransactionError::Abort)?
-                    }
-                    None => 0,
-                };
-                for (image, (seq, record)) in batch.iter().zip(&records) {
-                    let key = image.id.as_str().as_bytes();
-                    if images.insert(key, image.to_json())?.is_some() {
-                        return abort(StoreError::Conflict(image.id.to_string()));
-                    }
-                    audit.insert(&seq.to_be_bytes(), record.as_slice())?;
-                }
-                meta.insert(IMAGE_COUNT_KEY, &(count + batch.len() as u64).to_be_bytes())?;
-                Ok(Applied::Imported(batch.len() as u64))
             });
         result.map_err(|e| match e {
             TransactionError::Abort(e) => e,
