@@ -4,6 +4,7 @@ use clap::Parser;
 use image_catalog::cli::{Cli, run};
 
 fn main() -> ExitCode {
+    tune_allocator();
     let cli = Cli::parse();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     match run(cli) {
@@ -12,5 +13,20 @@ fn main() -> ExitCode {
             eprintln!("image-catalog: {e}");
             ExitCode::from(e.exit_code())
         }
+    }
+}
+
+/// glibc's defaults let a server's memory creep: each worker thread gets its own arena
+/// whose freed pages stay resident, and after one large free (argon2 allocates 19 MiB
+/// per verification) the mmap threshold rises so later large blocks stay in the heap
+/// too. One arena and fixed thresholds keep RSS flat (see bench/RESULTS.md).
+fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets allocator parameters; it runs before any other thread
+    // exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 128 * 1024);
     }
 }

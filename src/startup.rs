@@ -116,6 +116,23 @@ impl Application {
             config,
             config_path,
         });
+        let warming = state.clone();
+        std::thread::Builder::new()
+            .name("store-warm".into())
+            .spawn(move || {
+                let started = Instant::now();
+                match warming.store.warm() {
+                    Ok(entries) => log::info!(
+                        "store warmed: {entries} entries read in {:.0} ms",
+                        started.elapsed().as_secs_f64() * 1000.0
+                    ),
+                    Err(e) => log::warn!("warming the store failed: {e}"),
+                }
+            })
+            .map_err(|source| StartError::Bind {
+                bind: "store-warm thread".into(),
+                source,
+            })?;
         let server = run(listener, state.clone()).map_err(|source| StartError::Bind {
             bind: "listener".into(),
             source,

@@ -31,6 +31,8 @@ const IMAGE_COUNT_KEY: &[u8] = b"image_count";
 /// Upper bound on changes applied between two flushes, so replies are not held back
 /// for long under a flood of writes.
 const MAX_BATCH: usize = 1024;
+/// Images per transaction of an import.
+const IMPORT_CHUNK: usize = 1000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -348,6 +350,20 @@ impl Store {
         Ok(self.db.size_on_disk()?)
     }
 
+    /// Reads every page of the catalog and the audit trail once, so that sled holds
+    /// their index in memory from the start instead of growing it during the first
+    /// whole-catalog listing. Returns the number of entries read.
+    pub fn warm(&self) -> Result<u64, StoreError> {
+        let mut entries = 0;
+        for tree in [&self.images, &self.audit] {
+            for item in tree.iter().keys() {
+                item?;
+                entries += 1;
+            }
+        }
+        Ok(entries)
+    }
+
     /// Whether the store still answers reads.
     pub fn is_healthy(&self) -> bool {
         self.db.get(FORMAT_KEY).is_ok_and(|v| v.is_some())
@@ -431,18 +447,26 @@ impl Writer {
             for job in batch {
                 let result = match &job.work {
                     Work::Change(change) => self.apply(change, &job.user),
-                    Work::Import(images) => self.import(images, &job.user),
+                    Work::Import(images) => {
+                        let result = self.import(images, &job.user);
+                        match self.refresh_counters() {
+                            Ok(()) => result,
+                            Err(e) => Err(e),
+                        }
+                    }
                 };
-                let (images_added, changes) = match &result {
-                    Ok(Applied::Created) => (1, 1),
-                    Ok(Applied::Deleted) => (-1, 1),
-                    Ok(Applied::Updated(_)) => (0, 1),
-                    Ok(Applied::Imported(n)) => (*n as i64, *n),
-                    Err(_) => (0, 0),
-                };
-                self.image_count
-                    .fetch_add(images_added as u64, Ordering::Relaxed);
-                self.next_seq += changes;
+                match &result {
+                    Ok(Applied::Created) => {
+                        self.image_count.fetch_add(1, Ordering::Relaxed);
+                        self.next_seq += 1;
+                    }
+                    Ok(Applied::Deleted) => {
+                        self.image_count.fetch_sub(1, Ordering::Relaxed);
+                        self.next_seq += 1;
+                    }
+                    Ok(Applied::Updated(_)) => self.next_seq += 1,
+                    Ok(Applied::Imported(_)) | Err(_) => {}
+                }
                 answers.push((job.reply, result));
             }
             let changed = answers.iter().any(|(_, r)| r.is_ok());
@@ -468,45 +492,69 @@ impl Writer {
         }
     }
 
+    /// Creates `batch` in transactions of `IMPORT_CHUNK` images, each with its audit
+    /// records: one transaction for a million images would hold gigabytes in memory.
+    /// The caller checks the ids beforehand; a conflict found here still aborts its
+    /// chunk whole.
     fn import(&self, batch: &[Image], user: &str) -> Result<Applied, StoreError> {
         let time = now_rfc3339();
-        let records: Vec<(u64, Vec<u8>)> = batch
-            .iter()
-            .zip(self.next_seq..)
-            .map(|(image, seq)| {
-                let record = AuditRecord {
-                    seq,
-                    time: time.clone(),
-                    user: user.to_owned(),
-                    method: "IMPORT".into(),
-                    id: image.id.to_string(),
-                    status: 200,
-                };
-                (seq, serde_json::to_vec(&record).unwrap_or_default())
-            })
-            .collect();
-        let result =
-            (&self.images, &self.audit, &self.meta).transaction(|(images, audit, meta)| {
-                let count = match meta.get(IMAGE_COUNT_KEY)? {
-                    Some(bytes) => {
-                        u64_from_bytes(&bytes).map_err(ConflictableTransactionError::Abort)?
+        let mut seq = self.next_seq;
+        for chunk in batch.chunks(IMPORT_CHUNK) {
+            let records: Vec<Vec<u8>> = chunk
+                .iter()
+                .zip(seq..)
+                .map(|(image, seq)| {
+                    let record = AuditRecord {
+                        seq,
+                        time: time.clone(),
+                        user: user.to_owned(),
+                        method: "IMPORT".into(),
+                        id: image.id.to_string(),
+                        status: 200,
+                    };
+                    serde_json::to_vec(&record).unwrap_or_default()
+                })
+                .collect();
+            let result =
+                (&self.images, &self.audit, &self.meta).transaction(|(images, audit, meta)| {
+                    let count = match meta.get(IMAGE_COUNT_KEY)? {
+                        Some(bytes) => {
+                            u64_from_bytes(&bytes).map_err(ConflictableTransactionError::Abort)?
+                        }
+                        None => 0,
+                    };
+                    for ((image, record), seq) in chunk.iter().zip(&records).zip(seq..) {
+                        let key = image.id.as_str().as_bytes();
+                        if images.insert(key, image.to_json())?.is_some() {
+                            return abort(StoreError::Conflict(image.id.to_string()));
+                        }
+                        audit.insert(&seq.to_be_bytes(), record.as_slice())?;
                     }
-                    None => 0,
-                };
-                for (image, (seq, record)) in batch.iter().zip(&records) {
-                    let key = image.id.as_str().as_bytes();
-                    if images.insert(key, image.to_json())?.is_some() {
-                        return abort(StoreError::Conflict(image.id.to_string()));
-                    }
-                    audit.insert(&seq.to_be_bytes(), record.as_slice())?;
-                }
-                meta.insert(IMAGE_COUNT_KEY, &(count + batch.len() as u64).to_be_bytes())?;
-                Ok(Applied::Imported(batch.len() as u64))
-            });
-        result.map_err(|e| match e {
-            TransactionError::Abort(e) => e,
-            TransactionError::Storage(e) => StoreError::Engine(e),
-        })
+                    meta.insert(IMAGE_COUNT_KEY, &(count + chunk.len() as u64).to_be_bytes())?;
+                    Ok(())
+                });
+            result.map_err(|e| match e {
+                TransactionError::Abort(e) => e,
+                TransactionError::Storage(e) => StoreError::Engine(e),
+            })?;
+            seq += chunk.len() as u64;
+        }
+        Ok(Applied::Imported(batch.len() as u64))
+    }
+
+    /// Re-reads the counters from disk: after an import that stopped part way, the
+    /// chunks it committed stand.
+    fn refresh_counters(&mut self) -> Result<(), StoreError> {
+        self.next_seq = match self.audit.last()? {
+            Some((key, _)) => u64_from_bytes(&key)? + 1,
+            None => 1,
+        };
+        let count = match self.meta.get(IMAGE_COUNT_KEY)? {
+            Some(bytes) => u64_from_bytes(&bytes)?,
+            None => 0,
+        };
+        self.image_count.store(count, Ordering::Relaxed);
+        Ok(())
     }
 
     fn apply(&self, change: &Change, user: &str) -> Result<Applied, StoreError> {
