@@ -11,6 +11,7 @@ pub mod error;
 pub mod headers;
 pub mod image;
 pub mod listing;
+pub mod logging;
 pub mod metrics;
 pub mod openapi;
 pub mod policy;

@@ -6,8 +6,10 @@ use image_catalog::cli::{Cli, run};
 fn main() -> ExitCode {
     tune_allocator();
     let cli = Cli::parse();
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    match run(cli) {
+    image_catalog::logging::init();
+    let result = run(cli);
+    image_catalog::logging::flush();
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("image-catalog: {e}");
@@ -21,6 +23,10 @@ fn main() -> ExitCode {
 /// per verification) the mmap threshold rises so later large blocks stay in the heap
 /// too. One arena and fixed thresholds keep RSS flat (see bench/RESULTS.md).
 fn tune_allocator() {
+    // An operator's own MALLOC_ARENA_MAX wins.
+    if std::env::var_os("MALLOC_ARENA_MAX").is_some() {
+        return;
+    }
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only sets allocator parameters; it runs before any other thread
     // exists.

@@ -19,7 +19,7 @@ use crate::error::ApiError;
 use crate::headers;
 use crate::metrics::{Metrics, UNMATCHED};
 use crate::policy::AuthenticatedUser;
-use crate::routes;
+use crate::routes::{self, RoutePattern};
 use crate::store::{Store, StoreError};
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -220,16 +220,18 @@ async fn access_log(
     let state = req.app_data::<web::Data<AppState>>().cloned();
     let mut response = next.call(req).await?.map_into_boxed_body();
     let request = response.request();
-    let pattern = request.match_pattern();
+    let pattern = request.app_data::<RoutePattern>().map(|p| p.0);
     let elapsed = started.elapsed().as_secs_f64();
     if let Some(state) = state {
-        let route = pattern.as_deref().unwrap_or(UNMATCHED);
         let status = response.status().as_u16();
-        state
-            .metrics
-            .observe_request(route, method.as_str(), status, elapsed);
+        state.metrics.observe_request(
+            pattern.unwrap_or(UNMATCHED),
+            method.as_str(),
+            status,
+            elapsed,
+        );
     }
-    let route = pattern.unwrap_or_else(|| request.path().to_owned());
+    let route = pattern.unwrap_or_else(|| request.path());
     let user = request
         .extensions()
         .get::<AuthenticatedUser>()

@@ -97,8 +97,17 @@ impl Record {
 }
 
 fn etag_of(bytes: &[u8]) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let digest = crate::auth::sha256(bytes);
-    format!("\"{}\"", hex::encode(&digest[..16]))
+    // Written by hand: `format!` with `hex::encode` was 2% of a cached GET.
+    let mut tag = String::with_capacity(34);
+    tag.push('"');
+    for byte in &digest[..16] {
+        tag.push(HEX[usize::from(byte >> 4)] as char);
+        tag.push(HEX[usize::from(byte & 0xf)] as char);
+    }
+    tag.push('"');
+    tag
 }
 
 /// A change to the catalog.

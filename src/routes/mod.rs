@@ -57,15 +57,22 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     ops::configure(cfg);
 }
 
+/// The route pattern a request matched, for the access log and metrics. Attached
+/// as resource data: asking actix for the pattern would match the path again.
+#[derive(Debug, Clone, Copy)]
+pub struct RoutePattern(pub &'static str);
+
 /// A resource whose unmatched methods get a 405 naming the ones it has.
-fn resource(path: &str, allow: &'static str) -> Resource {
-    web::resource(path).default_service(web::to(move |req: HttpRequest| async move {
-        Err::<HttpResponse, _>(ApiError::MethodNotAllowed {
-            method: req.method().to_string(),
-            path: req.path().to_owned(),
-            allow,
-        })
-    }))
+fn resource(path: &'static str, allow: &'static str) -> Resource {
+    web::resource(path)
+        .app_data(RoutePattern(path))
+        .default_service(web::to(move |req: HttpRequest| async move {
+            Err::<HttpResponse, _>(ApiError::MethodNotAllowed {
+                method: req.method().to_string(),
+                path: req.path().to_owned(),
+                allow,
+            })
+        }))
 }
 
 pub async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
