@@ -55,6 +55,81 @@ pub fn init() {
     builder.init();
 }
 
+/// Logs one access line, `target: "access"` at info, as env_logger would lay it out.
+///
+/// When env_logger writes through the queue, the line is built here and queued
+/// directly: env_logger's formatting and its writer lock were a tenth of a cached
+/// GET (bench/RESULTS.md). Whether the line is logged is still env_logger's call
+/// (`RUST_LOG`).
+pub fn access(
+    method: &str,
+    route: &str,
+    status: u16,
+    elapsed: Duration,
+    user: &str,
+    request_id: &str,
+) {
+    if !log::log_enabled!(target: "access", log::Level::Info) {
+        return;
+    }
+    let tenths_of_ms = elapsed.as_micros() / 100;
+    let Some(queue) = QUEUE.get() else {
+        log::info!(
+            target: "access",
+            "{method} {route} {status} {}.{}ms user={user} request_id={request_id}",
+            tenths_of_ms / 10,
+            tenths_of_ms % 10
+        );
+        return;
+    };
+    let mut numbers = itoa::Buffer::new();
+    let mut line = String::with_capacity(160);
+    line.push('[');
+    TIMESTAMP.with(|cached| line.push_str(&cached.borrow_mut().now()));
+    line.push_str(" INFO  access] ");
+    for part in [method, " ", route, " ", numbers.format(status), " "] {
+        line.push_str(part);
+    }
+    line.push_str(numbers.format(tenths_of_ms / 10));
+    line.push('.');
+    line.push_str(numbers.format(tenths_of_ms % 10));
+    for part in ["ms user=", user, " request_id=", request_id, "\n"] {
+        line.push_str(part);
+    }
+    let _ = queue.send(Message::Line(line.into_bytes()));
+}
+
+/// The current second as env_logger prints it, formatted once per second per thread.
+struct SecondsClock {
+    second: i64,
+    text: String,
+}
+
+thread_local! {
+    static TIMESTAMP: std::cell::RefCell<SecondsClock> =
+        const { std::cell::RefCell::new(SecondsClock { second: i64::MIN, text: String::new() }) };
+}
+
+impl SecondsClock {
+    fn now(&mut self) -> &str {
+        let now = time::OffsetDateTime::now_utc();
+        let second = now.unix_timestamp();
+        if second != self.second {
+            self.second = second;
+            self.text = format!(
+                "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+                now.year(),
+                u8::from(now.month()),
+                now.day(),
+                now.hour(),
+                now.minute(),
+                now.second()
+            );
+        }
+        &self.text
+    }
+}
+
 /// Waits until every line logged so far is written: call before the process exits.
 pub fn flush() {
     let Some(queue) = QUEUE.get() else { return };

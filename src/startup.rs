@@ -29,6 +29,7 @@ pub struct AppState {
     pub store: Store,
     pub auth: Authenticator,
     pub metrics: Metrics,
+    pub pages: crate::listing::PageCache,
     /// `/v3/openapi.json`, rendered once: it depends only on the code and providers.
     pub openapi: actix_web::web::Bytes,
     pub providers: Vec<String>,
@@ -110,6 +111,7 @@ impl Application {
             store,
             auth: Authenticator::new(config.access.clone()),
             metrics: Metrics::new()?,
+            pages: Default::default(),
             openapi,
             providers: config.providers.clone(),
             max_body_bytes: config.server.max_body_bytes,
@@ -215,38 +217,45 @@ async fn access_log(
         .get(REQUEST_ID)
         .and_then(|v| headers::sane_request_id(v.as_bytes()))
         .map(str::to_owned)
-        .unwrap_or_else(|| format!("{:032x}", rand::random::<u128>()));
+        .unwrap_or_else(new_request_id);
     let method = req.method().clone();
     let state = req.app_data::<web::Data<AppState>>().cloned();
     let mut response = next.call(req).await?.map_into_boxed_body();
-    let request = response.request();
-    let pattern = request.app_data::<RoutePattern>().map(|p| p.0);
-    let elapsed = started.elapsed().as_secs_f64();
-    if let Some(state) = state {
-        let status = response.status().as_u16();
-        state.metrics.observe_request(
-            pattern.unwrap_or(UNMATCHED),
-            method.as_str(),
-            status,
-            elapsed,
-        );
+    let elapsed = started.elapsed();
+    let status = response.status().as_u16();
+    {
+        let request = response.request();
+        let pattern = request.app_data::<RoutePattern>().map(|p| p.0);
+        if let Some(state) = state {
+            let route = pattern.unwrap_or(UNMATCHED);
+            let seconds = elapsed.as_secs_f64();
+            state
+                .metrics
+                .observe_request(route, method.as_str(), status, seconds);
+        }
+        let extensions = request.extensions();
+        let user = extensions
+            .get::<AuthenticatedUser>()
+            .map_or("-", |u| u.0.as_str());
+        let route = pattern.unwrap_or_else(|| request.path());
+        crate::logging::access(method.as_str(), route, status, elapsed, user, &request_id);
     }
-    let route = pattern.unwrap_or_else(|| request.path());
-    let user = request
-        .extensions()
-        .get::<AuthenticatedUser>()
-        .map(|u| u.0.clone())
-        .unwrap_or_else(|| "-".into());
-    log::info!(
-        target: "access",
-        "{method} {route} {} {:.1}ms user={user} request_id={request_id}",
-        response.status().as_u16(),
-        elapsed * 1000.0,
-    );
     if let Ok(value) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert(REQUEST_ID, value);
     }
     Ok(response)
+}
+
+/// 32 random hex digits.
+fn new_request_id() -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut bits = rand::random::<u128>();
+    let mut id = String::with_capacity(32);
+    for _ in 0..32 {
+        id.push(HEX[(bits & 0xf) as usize] as char);
+        bits >>= 4;
+    }
+    id
 }
 
 /// Warns about each user still on a documented demo password. Runs argon2 per user,

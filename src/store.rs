@@ -185,6 +185,7 @@ pub struct Store {
     images: Tree,
     audit: Tree,
     image_count: Arc<AtomicU64>,
+    generation: Arc<AtomicU64>,
     writer: Mutex<Option<(mpsc::Sender<Job>, JoinHandle<()>)>>,
 }
 
@@ -231,6 +232,7 @@ impl Store {
             }
         };
         let image_count = Arc::new(AtomicU64::new(image_count));
+        let generation = Arc::new(AtomicU64::new(0));
         let next_seq = match audit.last()? {
             Some((key, _)) => u64_from_bytes(&key)? + 1,
             None => 1,
@@ -242,6 +244,7 @@ impl Store {
             audit: audit.clone(),
             meta,
             image_count: image_count.clone(),
+            generation: generation.clone(),
             next_seq,
         };
         let handle = std::thread::Builder::new()
@@ -253,6 +256,7 @@ impl Store {
             images,
             audit,
             image_count,
+            generation,
             writer: Mutex::new(Some((sender, handle))),
         })
     }
@@ -351,6 +355,12 @@ impl Store {
             .map(|item| Ok(item?.1))
     }
 
+    /// A number that changes whenever the catalog may have changed, so that what was
+    /// derived from it can be reused while it stays the same.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
     pub fn image_count(&self) -> u64 {
         self.image_count.load(Ordering::Relaxed)
     }
@@ -439,6 +449,7 @@ struct Writer {
     audit: Tree,
     meta: Tree,
     image_count: Arc<AtomicU64>,
+    generation: Arc<AtomicU64>,
     next_seq: u64,
 }
 
@@ -475,6 +486,11 @@ impl Writer {
                     }
                     Ok(Applied::Updated(_)) => self.next_seq += 1,
                     Ok(Applied::Imported(_)) | Err(_) => {}
+                }
+                // Before any reply: a client that saw its 200 never reads an older page.
+                // An import that failed part way may have committed chunks.
+                if result.is_ok() || matches!(job.work, Work::Import(_)) {
+                    self.generation.fetch_add(1, Ordering::Release);
                 }
                 answers.push((job.reply, result));
             }

@@ -8,7 +8,7 @@ use super::{IdMessage, JsonBody, RoutePattern, Updated, json_response, resource}
 use crate::error::{ApiError, ErrorBody};
 use crate::headers;
 use crate::image::{Image, ImageId, ImagePatch, NewImage, Provider};
-use crate::listing::{self, JsonArrayChunks};
+use crate::listing::{self, CachedPage, JsonArrayChunks};
 use crate::policy::{Authorized, CreateImage, DeleteImage, ReadImages};
 use crate::store::{Applied, Change, Record};
 
@@ -120,22 +120,41 @@ pub(crate) async fn list(
             .streaming(chunks));
     };
     let limit = listing::parse_limit(limit)?;
-    let page = auth
-        .store()
-        .list_page(marker.as_ref(), provider.as_ref(), limit)?;
+    // Read the generation first: a page built while a write lands is then filed
+    // under the older generation and never served.
+    let generation = auth.store().generation();
+    let key = format!(
+        "{}\0{}\0{limit}",
+        provider.as_ref().map_or("", |p| p.as_str()),
+        marker.as_ref().map_or("", |m| m.as_str())
+    );
+    let page = match auth.state().pages.get(&key, generation) {
+        Some(page) => page,
+        None => {
+            let found = auth
+                .store()
+                .list_page(marker.as_ref(), provider.as_ref(), limit)?;
+            let link = match found.records.last() {
+                Some(last) if found.more => {
+                    let last = Record::from(last.clone()).image()?;
+                    Some(listing::next_link("/v3/images", &params, last.id.as_str()))
+                }
+                _ => None,
+            };
+            let page = CachedPage {
+                generation,
+                body: listing::json_array(&found.records).into(),
+                link,
+            };
+            auth.state().pages.put(key, page.clone());
+            page
+        }
+    };
     let mut response = HttpResponse::Ok();
-    if page.more
-        && let Some(last) = page.records.last()
-    {
-        let last = Record::from(last.clone()).image()?;
-        response.insert_header((
-            "Link",
-            listing::next_link("/v3/images", &params, last.id.as_str()),
-        ));
+    if let Some(link) = page.link {
+        response.insert_header(("Link", link));
     }
-    Ok(response
-        .content_type("application/json")
-        .body(listing::json_array(&page.records)))
+    Ok(response.content_type("application/json").body(page.body))
 }
 
 /// Create an image

@@ -172,3 +172,58 @@ async fn empty_catalog_lists_as_an_empty_array() {
         assert_eq!((status, body), (200, serde_json::json!([])));
     }
 }
+
+#[tokio::test]
+async fn a_repeated_page_reflects_every_acknowledged_change() {
+    let app = spawn_app().await;
+    for id in ["a", "c", "e"] {
+        app.seed(id, "ec2").await;
+    }
+    let page = || async {
+        let response = app
+            .as_reader(Method::GET, "/v3/images?limit=2")
+            .send()
+            .await
+            .unwrap();
+        let link = next_link(&response);
+        let (_, body) = status_json(response).await;
+        (ids_of(&body), link)
+    };
+    assert_eq!(
+        page().await,
+        (
+            vec!["a".into(), "c".into()],
+            Some("/v3/images?limit=2&marker=c".into())
+        )
+    );
+    assert_eq!(page().await.0, ["a", "c"], "served again");
+    app.seed("b", "ec2").await;
+    assert_eq!(
+        page().await,
+        (
+            vec!["a".into(), "b".into()],
+            Some("/v3/images?limit=2&marker=b".into())
+        )
+    );
+    let response = app
+        .as_admin(Method::DELETE, "/v3/image/a")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(page().await.0, ["b", "c"]);
+    let response = app
+        .as_admin(Method::PUT, "/v3/image/b")
+        .json(&serde_json::json!({"name": "renamed"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let response = app
+        .as_reader(Method::GET, "/v3/images?limit=2")
+        .send()
+        .await
+        .unwrap();
+    let (_, body) = status_json(response).await;
+    assert_eq!(body[0]["name"], "renamed");
+}
