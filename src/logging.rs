@@ -85,7 +85,7 @@ pub fn access(
     let mut numbers = itoa::Buffer::new();
     let mut line = String::with_capacity(160);
     line.push('[');
-    TIMESTAMP.with(|cached| line.push_str(&cached.borrow_mut().now()));
+    TIMESTAMP.with(|cached| line.push_str(cached.borrow_mut().now()));
     line.push_str(" INFO  access] ");
     for part in [method, " ", route, " ", numbers.format(status), " "] {
         line.push_str(part);
