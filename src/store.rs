@@ -56,6 +56,8 @@ pub enum StoreError {
     Corrupt(String),
     #[error("flushing to disk failed: {0}")]
     Flush(String),
+    #[error("a batch of changes failed: {0}")]
+    Failed(String),
     #[error("the store is shut down")]
     Closed,
     #[error("storage engine: {0}")]
@@ -464,35 +466,45 @@ impl Writer {
                 }
             }
             let mut answers = Vec::with_capacity(batch.len());
-            for job in batch {
-                let result = match &job.work {
-                    Work::Change(change) => self.apply(change, &job.user),
-                    Work::Import(images) => {
-                        let result = self.import(images, &job.user);
-                        match self.refresh_counters() {
-                            Ok(()) => result,
-                            Err(e) => Err(e),
+            let (changes, imports): (Vec<Job>, Vec<Job>) = batch
+                .into_iter()
+                .partition(|job| matches!(job.work, Work::Change(_)));
+            if !changes.is_empty() {
+                let work: Vec<(&Change, &str)> = changes
+                    .iter()
+                    .filter_map(|job| match &job.work {
+                        Work::Change(change) => Some((change, job.user.as_str())),
+                        Work::Import(_) => None,
+                    })
+                    .collect();
+                match self.apply_all(&work) {
+                    Ok(results) => {
+                        for (job, result) in changes.into_iter().zip(results) {
+                            self.count(&result);
+                            answers.push((job.reply, result));
                         }
                     }
+                    Err(e) => {
+                        log::error!("a batch of {} changes failed: {e}", changes.len());
+                        for job in changes {
+                            answers.push((job.reply, Err(StoreError::Failed(e.to_string()))));
+                        }
+                    }
+                }
+            }
+            for job in imports {
+                let Work::Import(images) = &job.work else {
+                    continue;
                 };
-                match &result {
-                    Ok(Applied::Created) => {
-                        self.image_count.fetch_add(1, Ordering::Relaxed);
-                        self.next_seq += 1;
-                    }
-                    Ok(Applied::Deleted) => {
-                        self.image_count.fetch_sub(1, Ordering::Relaxed);
-                        self.next_seq += 1;
-                    }
-                    Ok(Applied::Updated(_)) => self.next_seq += 1,
-                    Ok(Applied::Imported(_)) | Err(_) => {}
-                }
-                // Before any reply: a client that saw its 200 never reads an older page.
+                let result = self.import(images, &job.user);
                 // An import that failed part way may have committed chunks.
-                if result.is_ok() || matches!(job.work, Work::Import(_)) {
-                    self.generation.fetch_add(1, Ordering::Release);
-                }
+                let result = self.refresh_counters().and(result);
+                self.generation.fetch_add(1, Ordering::Release);
                 answers.push((job.reply, result));
+            }
+            // Before any reply: a client that saw its 200 never reads an older page.
+            if answers.iter().any(|(_, r)| r.is_ok()) {
+                self.generation.fetch_add(1, Ordering::Release);
             }
             let changed = answers.iter().any(|(_, r)| r.is_ok());
             let flushed = if changed {
@@ -582,66 +594,120 @@ impl Writer {
         Ok(())
     }
 
-    fn apply(&self, change: &Change, user: &str) -> Result<Applied, StoreError> {
-        let seq = self.next_seq;
-        let record = AuditRecord {
-            seq,
-            time: now_rfc3339(),
-            user: user.to_owned(),
-            method: change.method().to_owned(),
-            id: change.id().as_str().to_owned(),
-            status: 200,
-        };
-        let audit_json = serde_json::to_vec(&record).unwrap_or_default();
-        let key = change.id().as_str().as_bytes();
+    /// Keeps the in-memory counters in step with an applied change.
+    fn count(&mut self, result: &Result<Applied, StoreError>) {
+        match result {
+            Ok(Applied::Created) => {
+                self.image_count.fetch_add(1, Ordering::Relaxed);
+                self.next_seq += 1;
+            }
+            Ok(Applied::Deleted) => {
+                self.image_count.fetch_sub(1, Ordering::Relaxed);
+                self.next_seq += 1;
+            }
+            Ok(Applied::Updated(_)) => self.next_seq += 1,
+            Ok(Applied::Imported(_)) | Err(_) => {}
+        }
+    }
+
+    /// Applies a batch of changes in one sled transaction. Each change gets its own
+    /// outcome: a refused one (conflict, unknown id, failed precondition) writes
+    /// nothing and does not stop the others. One transaction per batch matters: sled
+    /// writes its log buffer out at every commit, which made a transaction per change
+    /// cost as much as a flush (bench/RESULTS.md).
+    fn apply_all(
+        &self,
+        changes: &[(&Change, &str)],
+    ) -> Result<Vec<Result<Applied, StoreError>>, StoreError> {
+        let time = now_rfc3339();
         let result =
             (&self.images, &self.audit, &self.meta).transaction(|(images, audit, meta)| {
-                let count = match meta.get(IMAGE_COUNT_KEY)? {
+                let mut count = match meta.get(IMAGE_COUNT_KEY)? {
                     Some(bytes) => {
                         u64_from_bytes(&bytes).map_err(ConflictableTransactionError::Abort)?
                     }
                     None => 0,
                 };
-                let applied = match change {
-                    Change::Create(image) => {
-                        if images.get(key)?.is_some() {
-                            return abort(StoreError::Conflict(image.id.to_string()));
-                        }
-                        images.insert(key, image.to_json())?;
-                        meta.insert(IMAGE_COUNT_KEY, &(count + 1).to_be_bytes())?;
-                        Applied::Created
+                let mut seq = self.next_seq;
+                let mut outcomes = Vec::with_capacity(changes.len());
+                for (change, user) in changes {
+                    let outcome = apply_one(images, change)?;
+                    match &outcome {
+                        Ok(Applied::Created) => count += 1,
+                        Ok(Applied::Deleted) => count = count.saturating_sub(1),
+                        _ => {}
                     }
-                    Change::Update {
-                        id,
-                        patch,
-                        precondition,
-                    } => {
-                        let current = current_record(images.get(key)?, id, precondition)?;
-                        let image = current
-                            .image()
-                            .map_err(ConflictableTransactionError::Abort)?;
-                        let next = patch.apply(&image).map_err(|e| {
-                            ConflictableTransactionError::Abort(StoreError::Invalid(e))
-                        })?;
-                        let bytes = IVec::from(next.to_json());
-                        images.insert(key, bytes.clone())?;
-                        Applied::Updated(Record(bytes))
+                    if outcome.is_ok() {
+                        let record = AuditRecord {
+                            seq,
+                            time: time.clone(),
+                            user: (*user).to_owned(),
+                            method: change.method().to_owned(),
+                            id: change.id().as_str().to_owned(),
+                            status: 200,
+                        };
+                        let json = serde_json::to_vec(&record).unwrap_or_default();
+                        audit.insert(&seq.to_be_bytes(), json)?;
+                        seq += 1;
                     }
-                    Change::Delete { id, precondition } => {
-                        current_record(images.get(key)?, id, precondition)?;
-                        images.remove(key)?;
-                        meta.insert(IMAGE_COUNT_KEY, &count.saturating_sub(1).to_be_bytes())?;
-                        Applied::Deleted
-                    }
-                };
-                audit.insert(&seq.to_be_bytes(), audit_json.clone())?;
-                Ok(applied)
+                    outcomes.push(outcome);
+                }
+                meta.insert(IMAGE_COUNT_KEY, &count.to_be_bytes())?;
+                Ok(outcomes)
             });
         result.map_err(|e| match e {
             TransactionError::Abort(e) => e,
             TransactionError::Storage(e) => StoreError::Engine(e),
         })
     }
+}
+
+/// One change inside the batch's transaction: `Err` outside is the engine failing
+/// (the whole batch is retried or fails); `Err` inside is this change refused, with
+/// nothing written.
+fn apply_one(
+    images: &sled::transaction::TransactionalTree,
+    change: &Change,
+) -> Result<Result<Applied, StoreError>, sled::transaction::UnabortableTransactionError> {
+    let key = change.id().as_str().as_bytes();
+    Ok(match change {
+        Change::Create(image) => {
+            if images.get(key)?.is_some() {
+                return Ok(Err(StoreError::Conflict(image.id.to_string())));
+            }
+            images.insert(key, image.to_json())?;
+            Ok(Applied::Created)
+        }
+        Change::Update {
+            id,
+            patch,
+            precondition,
+        } => {
+            let current = match current_record(images.get(key)?, id, precondition) {
+                Ok(current) => current,
+                Err(refused) => return Ok(Err(refused)),
+            };
+            let next = match current.image() {
+                Ok(image) => patch.apply(&image).map_err(StoreError::Invalid),
+                Err(e) => Err(e),
+            };
+            match next {
+                Ok(next) => {
+                    let bytes = IVec::from(next.to_json());
+                    images.insert(key, bytes.clone())?;
+                    Ok(Applied::Updated(Record(bytes)))
+                }
+                Err(refused) => Err(refused),
+            }
+        }
+        Change::Delete { id, precondition } => {
+            if let Err(refused) = current_record(images.get(key)?, id, precondition) {
+                return Ok(Err(refused));
+            }
+            images.remove(key)?;
+            Ok(Applied::Deleted)
+        }
+    })
 }
 
 fn abort<T>(err: StoreError) -> Result<T, ConflictableTransactionError<StoreError>> {
@@ -653,16 +719,15 @@ fn current_record(
     value: Option<IVec>,
     id: &ImageId,
     precondition: &Option<Precondition>,
-) -> Result<Record, ConflictableTransactionError<StoreError>> {
+) -> Result<Record, StoreError> {
     let Some(value) = value else {
-        return abort(StoreError::NotFound(id.to_string()));
+        return Err(StoreError::NotFound(id.to_string()));
     };
     let record = Record(value);
-    if let Some(Precondition::EtagIn(tags)) = precondition {
-        let etag = record.etag();
-        if !tags.contains(&etag) {
-            return abort(StoreError::PreconditionFailed(id.to_string()));
-        }
+    if let Some(Precondition::EtagIn(tags)) = precondition
+        && !tags.contains(&record.etag())
+    {
+        return Err(StoreError::PreconditionFailed(id.to_string()));
     }
     Ok(record)
 }
