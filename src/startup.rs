@@ -177,7 +177,6 @@ fn run(listener: TcpListener, state: web::Data<AppState>) -> std::io::Result<Ser
             .app_data(state.clone())
             .configure(routes::configure)
             .default_service(web::to(routes::not_found))
-            .wrap(from_fn(refuse_unacceptable))
             .wrap(from_fn(access_log))
     })
     // Signals are the command line's business (see `cli`): actix would treat SIGINT
@@ -188,24 +187,9 @@ fn run(listener: TcpListener, state: web::Data<AppState>) -> std::io::Result<Ser
     Ok(server)
 }
 
-/// 406 for an Accept that rules out JSON, before any work is done. `/metrics` speaks
-/// Prometheus text and is exempt.
-async fn refuse_unacceptable(
-    req: ServiceRequest,
-    next: Next<impl MessageBody + 'static>,
-) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
-    let accept = req.headers().get(header::ACCEPT);
-    if req.path() != "/metrics" && !headers::accepts_json(accept.map(|v| v.as_bytes())) {
-        let shown = accept
-            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-            .unwrap_or_default();
-        let response = ApiError::NotAcceptable(shown).error_response();
-        return Ok(req.into_response(response));
-    }
-    Ok(next.call(req).await?.map_into_boxed_body())
-}
-
-/// Gives every response an `X-Request-Id` and writes one access-log line per request.
+/// Wraps every request: refuses an Accept that rules out JSON (406) before any work
+/// is done (`/metrics` speaks Prometheus text and is exempt), gives every response an
+/// `X-Request-Id`, counts the request in the metrics and writes its access-log line.
 /// Credentials never reach the line: only the authenticated user's name does.
 async fn access_log(
     req: ServiceRequest,
@@ -220,7 +204,17 @@ async fn access_log(
         .unwrap_or_else(new_request_id);
     let method = req.method().clone();
     let state = req.app_data::<web::Data<AppState>>().cloned();
-    let mut response = next.call(req).await?.map_into_boxed_body();
+    let accept = req.headers().get(header::ACCEPT);
+    let mut response = if req.path() != "/metrics"
+        && !headers::accepts_json(accept.map(|v| v.as_bytes()))
+    {
+        let shown = accept
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .unwrap_or_default();
+        req.into_response(ApiError::NotAcceptable(shown).error_response())
+    } else {
+        next.call(req).await?.map_into_boxed_body()
+    };
     let elapsed = started.elapsed();
     let status = response.status().as_u16();
     {
