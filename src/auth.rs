@@ -1,8 +1,11 @@
 //! Credentials -> user. HTTP Basic is checked against argon2id hashes, Bearer tokens
 //! against their SHA-256. A successful Basic verification is remembered for a few
-//! minutes so steady traffic does not pay argon2 on every request.
+//! minutes so steady traffic does not pay argon2 on every request. Every attempt first
+//! passes the brute-force [`Throttle`].
 
 use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -17,13 +20,16 @@ use rand::RngCore;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::config::{Access, User};
+use crate::config::{Access, AuthConfig, User};
 use crate::error::ApiError;
+use crate::throttle::{Admission, Key, Throttle};
 
 /// How long a successful Basic verification is trusted without argon2.
 pub const VERIFIED_TTL: Duration = Duration::from_secs(300);
 /// Bounds the cache's memory whatever the traffic.
 const VERIFIED_MAX_ENTRIES: usize = 10_000;
+/// How much of a client-chosen user name a log line shows.
+const LOGGED_NAME_CHARS: usize = 64;
 
 const NO_CREDENTIALS: &str = "this route needs credentials: HTTP Basic (curl -u user:password) \
                               or an Authorization: Bearer token";
@@ -105,7 +111,8 @@ pub fn sha256(bytes: &[u8]) -> [u8; 32] {
     Sha256::digest(bytes).into()
 }
 
-/// The access table in force and the cache of verified passwords.
+/// The access table in force, the cache of verified passwords and the brute-force
+/// throttle.
 pub struct Authenticator {
     access: RwLock<Arc<Access>>,
     verified: Mutex<HashMap<[u8; 32], Instant>>,
@@ -113,20 +120,35 @@ pub struct Authenticator {
     cache_key: [u8; 64],
     /// Verified for unknown users, so they cost the same as a wrong password.
     decoy_hash: String,
+    throttle: Throttle,
+    /// Each argon2 verification holds ~19 MiB and a core for tens of ms: bounding how
+    /// many run at once bounds what a flood of made-up names can cost.
+    verifications: Arc<tokio::sync::Semaphore>,
+    failed_logins: AtomicU64,
 }
 
 impl Authenticator {
-    pub fn new(access: Access) -> Authenticator {
+    pub fn new(access: Access, throttle: AuthConfig) -> Authenticator {
         let mut cache_key = [0u8; 64];
         rand::rng().fill_bytes(&mut cache_key);
         let mut decoy = [0u8; 32];
         rand::rng().fill_bytes(&mut decoy);
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         Authenticator {
             access: RwLock::new(Arc::new(access)),
             verified: Mutex::new(HashMap::new()),
             cache_key,
             decoy_hash: hash_password(&decoy).unwrap_or_default(),
+            throttle: Throttle::new(throttle),
+            verifications: Arc::new(tokio::sync::Semaphore::new(cores.max(2))),
+            failed_logins: AtomicU64::new(0),
         }
+    }
+
+    /// Logins refused since start: wrong or unknown credentials, and attempts the
+    /// throttle turned away. Missing or malformed Authorization headers are not counted.
+    pub fn failed_logins(&self) -> u64 {
+        self.failed_logins.load(Ordering::Relaxed)
     }
 
     pub fn access(&self) -> Arc<Access> {
@@ -147,7 +169,68 @@ impl Authenticator {
             .clear();
     }
 
-    pub async fn authenticate(&self, credentials: Credentials) -> Result<Arc<User>, ApiError> {
+    /// Who `credentials` belong to, after the throttle has let the attempt through.
+    /// `client` is the peer address, which the throttle counts failures against.
+    pub async fn authenticate(
+        &self,
+        credentials: Credentials,
+        client: Option<IpAddr>,
+    ) -> Result<Arc<User>, ApiError> {
+        let (key, who) = match &credentials {
+            Credentials::Basic { user, .. } => (Key::user(user, client), shown_name(user)),
+            Credentials::Bearer(_) => (Key::token(client), "a Bearer token".to_owned()),
+        };
+        let from = client.map_or_else(|| "an unknown address".to_owned(), |ip| ip.to_string());
+        let mut ticket = self.wait_for_turn(key, &who, &from).await?;
+        let result = self.verify(credentials).await;
+        let failures = ticket.finish(Some(result.is_ok()));
+        if result.is_err() {
+            self.failed_logins.fetch_add(1, Ordering::Relaxed);
+            log::warn!("failed login for {who} from {from} ({failures} in a row)");
+        }
+        result
+    }
+
+    /// Waits until the throttle admits an attempt of `key`, or refuses it.
+    async fn wait_for_turn(&self, key: Key, who: &str, from: &str) -> Result<Ticket<'_>, ApiError> {
+        loop {
+            let mut changed = std::pin::pin!(self.throttle.changed());
+            changed.as_mut().enable();
+            match self.throttle.admit(key, Instant::now()) {
+                Admission::Go { wait, failures } => {
+                    // From here on the attempt is in flight: if the client leaves while
+                    // it waits, dropping the ticket tells the throttle.
+                    let ticket = Ticket {
+                        throttle: &self.throttle,
+                        key,
+                        finished: false,
+                    };
+                    if !wait.is_zero() {
+                        log::info!(
+                            "login for {who} from {from} waits {} ms after {failures} failures \
+                             in a row",
+                            wait.as_millis()
+                        );
+                        // Asleep on the timer, not on a worker thread.
+                        actix_web::rt::time::sleep(wait).await;
+                    }
+                    return Ok(ticket);
+                }
+                Admission::Busy => changed.await,
+                Admission::Refused { retry_after } => {
+                    self.failed_logins.fetch_add(1, Ordering::Relaxed);
+                    let retry_after_secs = retry_after.as_secs() + 1;
+                    log::warn!(
+                        "login for {who} from {from} refused: too many failures in a row; \
+                         the next is allowed in {retry_after_secs} s"
+                    );
+                    return Err(ApiError::TooManyFailedLogins { retry_after_secs });
+                }
+            }
+        }
+    }
+
+    async fn verify(&self, credentials: Credentials) -> Result<Arc<User>, ApiError> {
         let access = self.access();
         match credentials {
             Credentials::Bearer(token) => {
@@ -169,16 +252,25 @@ impl Authenticator {
                     .and_then(|u| u.password_hash.as_ref().map(|h| (u.clone(), h.clone())));
                 let Some((user, hash)) = found else {
                     let decoy = self.decoy_hash.clone();
-                    let _ = web::block(move || verify_password(&password, &decoy)).await;
+                    let slot = self.verification_slot().await;
+                    let _ = web::block(move || {
+                        let _slot = slot;
+                        verify_password(&password, &decoy)
+                    })
+                    .await;
                     return Err(ApiError::Unauthorized(BAD_CREDENTIALS));
                 };
                 let key = self.cache_entry(&user.name, &password, &hash);
                 if self.recently_verified(&key) {
                     return Ok(user);
                 }
-                let ok = web::block(move || verify_password(&password, &hash))
-                    .await
-                    .unwrap_or(false);
+                let slot = self.verification_slot().await;
+                let ok = web::block(move || {
+                    let _slot = slot;
+                    verify_password(&password, &hash)
+                })
+                .await
+                .unwrap_or(false);
                 if !ok {
                     return Err(ApiError::Unauthorized(BAD_CREDENTIALS));
                 }
@@ -186,6 +278,12 @@ impl Authenticator {
                 Ok(user)
             }
         }
+    }
+
+    /// A permit to run one argon2 verification. It moves into the blocking task, so a
+    /// client that leaves mid-verification does not free it before the work is done.
+    async fn verification_slot(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        self.verifications.clone().acquire_owned().await.ok()
     }
 
     fn cache_entry(&self, user: &str, password: &[u8], hash: &str) -> [u8; 32] {
@@ -215,6 +313,39 @@ impl Authenticator {
         }
         verified.insert(key, Instant::now());
     }
+}
+
+/// An admitted attempt; tells the throttle how it ended, also when dropped unanswered.
+struct Ticket<'a> {
+    throttle: &'a Throttle,
+    key: Key,
+    finished: bool,
+}
+
+impl Ticket<'_> {
+    /// `Some(ok)` once verified; `None` when abandoned. Returns the failures in a row.
+    fn finish(&mut self, outcome: Option<bool>) -> u32 {
+        self.finished = true;
+        self.throttle.finish(self.key, outcome, Instant::now())
+    }
+}
+
+impl Drop for Ticket<'_> {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.finish(None);
+        }
+    }
+}
+
+/// A client-chosen user name as a log line may show it: quoted, escaped so it cannot
+/// forge log lines, and cut short.
+fn shown_name(name: &str) -> String {
+    let mut shown: String = name.chars().take(LOGGED_NAME_CHARS).collect();
+    if shown.len() < name.len() {
+        shown.push('…');
+    }
+    format!("user '{}'", shown.escape_debug())
 }
 
 #[cfg(test)]

@@ -89,6 +89,7 @@ fn serve(
     data_dir: Option<PathBuf>,
 ) -> Result<(), CliError> {
     let mut config = Config::load(&config_path)?;
+    crate::config::warn_insecure_permissions(&config_path);
     if let Some(bind) = bind {
         config.server.bind = bind;
     }

@@ -75,7 +75,8 @@ impl<P: Policy> FromRequest for Authorized<P> {
                 .cloned()
                 .ok_or(ApiError::StoreUnavailable)?;
             let credentials = Credentials::from_headers(req.headers())?;
-            let user = state.auth.authenticate(credentials).await?;
+            let client = req.peer_addr().map(|a| a.ip());
+            let user = state.auth.authenticate(credentials, client).await?;
             req.extensions_mut()
                 .insert(AuthenticatedUser(user.name.clone()));
             if !user.holds(P::NAME) {
