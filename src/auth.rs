@@ -28,8 +28,6 @@ use crate::throttle::{Admission, Key, Throttle};
 pub const VERIFIED_TTL: Duration = Duration::from_secs(300);
 /// Bounds the cache's memory whatever the traffic.
 const VERIFIED_MAX_ENTRIES: usize = 10_000;
-/// How much of a client-chosen user name a log line shows.
-const LOGGED_NAME_CHARS: usize = 64;
 
 const NO_CREDENTIALS: &str = "this route needs credentials: HTTP Basic (curl -u user:password) \
                               or an Authorization: Bearer token";
@@ -177,7 +175,7 @@ impl Authenticator {
         client: Option<IpAddr>,
     ) -> Result<Arc<User>, ApiError> {
         let (key, who) = match &credentials {
-            Credentials::Basic { user, .. } => (Key::user(user, client), shown_name(user)),
+            Credentials::Basic { user, .. } => (Key::user(user, client), self.shown_name(user)),
             Credentials::Bearer(_) => (Key::token(client), "a Bearer token".to_owned()),
         };
         let from = client.map_or_else(|| "an unknown address".to_owned(), |ip| ip.to_string());
@@ -280,6 +278,20 @@ impl Authenticator {
         }
     }
 
+    /// A user name as the log shows it. A name that matches no user is often a
+    /// password typed into the wrong field, so it is shown only as a fingerprint
+    /// (stable for this process, so that repeated attempts can be told apart).
+    fn shown_name(&self, name: &str) -> String {
+        if self.access().user(name).is_some() {
+            return format!("user '{}'", name.escape_debug());
+        }
+        let mut mac = <Hmac<Sha256> as KeyInit>::new(&self.cache_key.into());
+        mac.update(b"log-fingerprint\0");
+        mac.update(name.as_bytes());
+        let digest = mac.finalize().into_bytes();
+        format!("unknown user name #{}", hex::encode(&digest[..4]))
+    }
+
     /// A permit to run one argon2 verification. It moves into the blocking task, so a
     /// client that leaves mid-verification does not free it before the work is done.
     async fn verification_slot(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
@@ -338,16 +350,6 @@ impl Drop for Ticket<'_> {
     }
 }
 
-/// A client-chosen user name as a log line may show it: quoted, escaped so it cannot
-/// forge log lines, and cut short.
-fn shown_name(name: &str) -> String {
-    let mut shown: String = name.chars().take(LOGGED_NAME_CHARS).collect();
-    if shown.len() < name.len() {
-        shown.push('…');
-    }
-    format!("user '{}'", shown.escape_debug())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -399,6 +401,42 @@ mod tests {
         assert!(!shown.contains("hunter2"));
         let shown = format!("{:?}", Credentials::parse(b"Bearer tok3n").unwrap());
         assert!(!shown.contains("tok3n"));
+    }
+
+    fn cheap_hash(password: &str) -> String {
+        let params = argon2::Params::new(8, 1, 1, None).unwrap();
+        let argon = Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+        let salt = SaltString::encode_b64(b"unit-test-salt16").unwrap();
+        argon
+            .hash_password(password.as_bytes(), &salt)
+            .unwrap()
+            .to_string()
+    }
+
+    #[test]
+    fn failed_logins_are_counted_and_successes_are_not() {
+        let text = format!(
+            "[policies]\nread_images = [\"r\"]\n\
+             [[users]]\nname = \"u\"\npassword_hash = \"{}\"\nroles = [\"r\"]\n\
+             [[users]]\nname = \"bot\"\ntoken_sha256 = \"{}\"\nroles = [\"r\"]\n",
+            cheap_hash("pw"),
+            hex::encode(sha256(b"tok"))
+        );
+        let config = crate::config::Config::parse(&text, std::path::Path::new("/")).unwrap();
+        let auth = Authenticator::new(config.access, config.auth);
+        let client = Some(IpAddr::from([127, 0, 0, 1]));
+        actix_web::rt::System::new().block_on(async {
+            for wrong in [basic("u:wrong"), basic("ghost:pw"), b"Bearer nope".to_vec()] {
+                let credentials = Credentials::parse(&wrong).unwrap();
+                assert!(auth.authenticate(credentials, client).await.is_err());
+            }
+            assert_eq!(auth.failed_logins(), 3);
+            for right in [basic("u:pw"), basic("u:pw"), b"Bearer tok".to_vec()] {
+                let credentials = Credentials::parse(&right).unwrap();
+                assert!(auth.authenticate(credentials, client).await.is_ok());
+            }
+            assert_eq!(auth.failed_logins(), 3);
+        });
     }
 
     #[test]

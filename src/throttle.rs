@@ -153,7 +153,13 @@ impl Throttle {
                         entry.failures = 0;
                         entry.next_turn = now;
                     }
-                    Some(false) => entry.failures = entry.failures.saturating_add(1),
+                    Some(false) => {
+                        entry.failures = entry.failures.saturating_add(1);
+                        // The next attempt keeps its distance from this failure, also
+                        // the first one past the free failures.
+                        let earliest = now + self.delay_after(entry.failures);
+                        entry.next_turn = entry.next_turn.max(earliest);
+                    }
                     None => {}
                 }
                 let failures = entry.failures;
@@ -228,13 +234,15 @@ mod tests {
         Admission::Go { wait, failures }
     }
 
-    /// One attempt that fails; returns what admission said.
-    fn fail(t: &Throttle, key: Key, now: Instant) -> Admission {
-        let admission = t.admit(key, now);
-        if matches!(admission, Admission::Go { .. }) {
-            t.finish(key, Some(false), now);
-        }
-        admission
+    /// One failing attempt by a client that waits for its turn: the clock moves on to
+    /// it. Returns how long the attempt waited.
+    fn fail(t: &Throttle, key: Key, now: &mut Instant) -> Duration {
+        let Admission::Go { wait, .. } = t.admit(key, *now) else {
+            panic!("attempt not admitted");
+        };
+        *now += wait;
+        t.finish(key, Some(false), *now);
+        wait
     }
 
     #[test]
@@ -251,37 +259,34 @@ mod tests {
     }
 
     #[test]
-    fn sequential_failures_wait_for_their_turn() {
+    fn a_guesser_waits_longer_after_each_failure() {
         let t = Throttle::new(config());
         let key = Key::user("admin", ip(1));
-        let t0 = Instant::now();
-        assert_eq!(fail(&t, key, t0), go(Duration::ZERO, 0));
-        assert_eq!(fail(&t, key, t0), go(Duration::ZERO, 1));
-        // Two failures: the next attempt goes now, and the one after it a second later.
-        assert_eq!(fail(&t, key, t0), go(Duration::ZERO, 2));
-        assert_eq!(fail(&t, key, t0), go(SECOND, 3));
-        // Turns queue: 1 s (failures=2) then 2 s (failures=3) after the first.
-        assert_eq!(t.admit(key, t0), go(3 * SECOND, 4));
+        let mut now = Instant::now();
+        let waits: Vec<u64> = (0..8).map(|_| fail(&t, key, &mut now).as_secs()).collect();
+        assert_eq!(waits, [0, 0, 1, 2, 4, 8, 8, 8]);
     }
 
     #[test]
-    fn a_queue_longer_than_the_cap_is_refused_without_counting() {
+    fn parallel_guesses_queue_and_past_the_cap_are_refused_without_counting() {
         let t = Throttle::new(config());
         let key = Key::user("admin", ip(1));
-        let t0 = Instant::now();
-        for _ in 0..6 {
-            fail(&t, key, t0);
+        let mut now = Instant::now();
+        fail(&t, key, &mut now);
+        fail(&t, key, &mut now);
+        // Two failures: turns one second apart, as many as fit in the cap.
+        for second in 1..=8 {
+            assert_eq!(t.admit(key, now), go(second * SECOND, 2));
         }
-        // Turns so far: 0, 0, 0, 1, 3, 7 s; the next is at 7 + 8 = 15 s, 7 s past the cap.
         assert_eq!(
-            t.admit(key, t0),
+            t.admit(key, now),
             Admission::Refused {
-                retry_after: 7 * SECOND
+                retry_after: SECOND
             }
         );
         assert_eq!(
-            t.admit(key, t0 + 7 * SECOND),
-            go(8 * SECOND, 6),
+            t.admit(key, now + SECOND),
+            go(8 * SECOND, 2),
             "once the queue is short enough, it waits at most the cap"
         );
     }
@@ -290,76 +295,78 @@ mod tests {
     fn success_forgets_the_pair() {
         let t = Throttle::new(config());
         let key = Key::user("admin", ip(1));
-        let t0 = Instant::now();
+        let mut now = Instant::now();
         for _ in 0..4 {
-            fail(&t, key, t0);
+            fail(&t, key, &mut now);
         }
-        let Admission::Go { wait, .. } = t.admit(key, t0) else {
+        let Admission::Go { wait, failures } = t.admit(key, now) else {
             panic!("admitted after its turn");
         };
-        assert!(wait > Duration::ZERO);
-        assert_eq!(t.finish(key, Some(true), t0 + wait), 0);
+        assert_eq!((wait, failures), (4 * SECOND, 4));
+        assert_eq!(t.finish(key, Some(true), now + wait), 0);
         assert_eq!(t.tracked(), 0);
-        assert_eq!(t.admit(key, t0 + wait), go(Duration::ZERO, 0));
+        assert_eq!(t.admit(key, now + wait), go(Duration::ZERO, 0));
     }
 
     #[test]
     fn other_addresses_and_other_names_are_not_slowed() {
         let t = Throttle::new(config());
-        let t0 = Instant::now();
+        let mut now = Instant::now();
         for _ in 0..5 {
-            fail(&t, Key::user("admin", ip(1)), t0);
+            fail(&t, Key::user("admin", ip(1)), &mut now);
         }
         assert_eq!(
-            t.admit(Key::user("admin", ip(2)), t0),
+            t.admit(Key::user("admin", ip(2)), now),
             go(Duration::ZERO, 0)
         );
         assert_eq!(
-            t.admit(Key::user("reader", ip(1)), t0),
+            t.admit(Key::user("reader", ip(1)), now),
             go(Duration::ZERO, 0)
         );
-        assert_eq!(t.admit(Key::token(ip(1)), t0), go(Duration::ZERO, 0));
+        assert_eq!(t.admit(Key::token(ip(1)), now), go(Duration::ZERO, 0));
     }
 
     #[test]
     fn a_quiet_window_forgets_the_pair() {
         let t = Throttle::new(config());
         let key = Key::user("mallory", ip(1));
-        let t0 = Instant::now();
-        for _ in 0..6 {
-            fail(&t, key, t0);
+        let mut now = Instant::now();
+        for _ in 0..3 {
+            fail(&t, key, &mut now);
         }
-        assert!(matches!(t.admit(key, t0), Admission::Refused { .. }));
-        // Refused attempts count as activity: the window runs from the last one.
-        let later = t0 + 60 * SECOND;
-        assert_eq!(t.admit(key, later), go(Duration::ZERO, 0));
+        let admission = t.admit(key, now + 59 * SECOND);
+        assert_eq!(admission, go(Duration::ZERO, 3), "still remembered");
+        t.finish(key, None, now + 59 * SECOND);
+        // Any attempt, refused or abandoned, counts as activity: the window restarts.
+        assert_eq!(t.admit(key, now + 118 * SECOND), go(Duration::ZERO, 3));
+        t.finish(key, None, now + 118 * SECOND);
+        assert_eq!(t.admit(key, now + 178 * SECOND), go(Duration::ZERO, 0));
     }
 
     #[test]
     fn parallel_attempts_in_the_free_zone_wait_for_each_other() {
         let t = Throttle::new(config());
         let key = Key::user("admin", ip(1));
-        let t0 = Instant::now();
-        assert_eq!(t.admit(key, t0), go(Duration::ZERO, 0));
-        assert_eq!(t.admit(key, t0), go(Duration::ZERO, 0));
-        assert_eq!(t.admit(key, t0), Admission::Busy);
+        let now = Instant::now();
+        assert_eq!(t.admit(key, now), go(Duration::ZERO, 0));
+        assert_eq!(t.admit(key, now), go(Duration::ZERO, 0));
+        assert_eq!(t.admit(key, now), Admission::Busy);
         // Both fail: the pair is now throttled, and the waiting attempt takes a turn.
-        t.finish(key, Some(false), t0);
-        t.finish(key, Some(false), t0);
-        assert_eq!(t.admit(key, t0), go(Duration::ZERO, 2));
-        assert_eq!(t.admit(key, t0), go(SECOND, 2));
+        t.finish(key, Some(false), now);
+        t.finish(key, Some(false), now);
+        assert_eq!(t.admit(key, now), go(SECOND, 2));
     }
 
     #[test]
     fn abandoned_attempts_free_their_slot_without_counting() {
         let t = Throttle::new(config());
         let key = Key::user("admin", ip(1));
-        let t0 = Instant::now();
-        t.admit(key, t0);
-        t.admit(key, t0);
-        assert_eq!(t.admit(key, t0), Admission::Busy);
-        assert_eq!(t.finish(key, None, t0), 0);
-        assert_eq!(t.admit(key, t0), go(Duration::ZERO, 0));
+        let now = Instant::now();
+        t.admit(key, now);
+        t.admit(key, now);
+        assert_eq!(t.admit(key, now), Admission::Busy);
+        assert_eq!(t.finish(key, None, now), 0);
+        assert_eq!(t.admit(key, now), go(Duration::ZERO, 0));
     }
 
     #[test]
@@ -368,14 +375,15 @@ mod tests {
             max_tracked: 10,
             ..config()
         });
-        let t0 = Instant::now();
+        let start = Instant::now();
         for i in 0..1000u32 {
-            fail(&t, Key::user(&i.to_string(), ip(1)), t0 + i * SECOND / 1000);
+            let mut now = start + i * SECOND / 1000;
+            fail(&t, Key::user(&i.to_string(), ip(1)), &mut now);
             assert!(t.tracked() <= 10);
         }
         // The newest pairs are the ones remembered.
         assert_eq!(
-            t.admit(Key::user("999", ip(1)), t0 + SECOND),
+            t.admit(Key::user("999", ip(1)), start + SECOND),
             go(Duration::ZERO, 1)
         );
     }

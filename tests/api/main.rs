@@ -3,12 +3,15 @@
 
 mod audit;
 mod auth;
+mod brute_force;
 mod conditional;
 mod config;
 mod durability;
 mod errors;
 mod helpers;
+mod hostile;
 mod images;
 mod listing;
 mod process;
 mod reload;
+mod secrets;
