@@ -1,8 +1,11 @@
 //! Credentials -> user. HTTP Basic is checked against argon2id hashes, Bearer tokens
 //! against their SHA-256. A successful Basic verification is remembered for a few
-//! minutes so steady traffic does not pay argon2 on every request.
+//! minutes so steady traffic does not pay argon2 on every request. Every attempt first
+//! passes the brute-force [`Throttle`].
 
 use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -17,8 +20,9 @@ use rand::RngCore;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::config::{Access, User};
+use crate::config::{Access, AuthConfig, User};
 use crate::error::ApiError;
+use crate::throttle::{Admission, Key, Throttle};
 
 /// How long a successful Basic verification is trusted without argon2.
 pub const VERIFIED_TTL: Duration = Duration::from_secs(300);
@@ -105,7 +109,8 @@ pub fn sha256(bytes: &[u8]) -> [u8; 32] {
     Sha256::digest(bytes).into()
 }
 
-/// The access table in force and the cache of verified passwords.
+/// The access table in force, the cache of verified passwords and the brute-force
+/// throttle.
 pub struct Authenticator {
     access: RwLock<Arc<Access>>,
     verified: Mutex<HashMap<[u8; 32], Instant>>,
@@ -113,20 +118,35 @@ pub struct Authenticator {
     cache_key: [u8; 64],
     /// Verified for unknown users, so they cost the same as a wrong password.
     decoy_hash: String,
+    throttle: Throttle,
+    /// Each argon2 verification holds ~19 MiB and a core for tens of ms: bounding how
+    /// many run at once bounds what a flood of made-up names can cost.
+    verifications: Arc<tokio::sync::Semaphore>,
+    failed_logins: AtomicU64,
 }
 
 impl Authenticator {
-    pub fn new(access: Access) -> Authenticator {
+    pub fn new(access: Access, throttle: AuthConfig) -> Authenticator {
         let mut cache_key = [0u8; 64];
         rand::rng().fill_bytes(&mut cache_key);
         let mut decoy = [0u8; 32];
         rand::rng().fill_bytes(&mut decoy);
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         Authenticator {
             access: RwLock::new(Arc::new(access)),
             verified: Mutex::new(HashMap::new()),
             cache_key,
             decoy_hash: hash_password(&decoy).unwrap_or_default(),
+            throttle: Throttle::new(throttle),
+            verifications: Arc::new(tokio::sync::Semaphore::new(cores.max(2))),
+            failed_logins: AtomicU64::new(0),
         }
+    }
+
+    /// Logins refused since start: wrong or unknown credentials, and attempts the
+    /// throttle turned away. Missing or malformed Authorization headers are not counted.
+    pub fn failed_logins(&self) -> u64 {
+        self.failed_logins.load(Ordering::Relaxed)
     }
 
     pub fn access(&self) -> Arc<Access> {
@@ -147,7 +167,68 @@ impl Authenticator {
             .clear();
     }
 
-    pub async fn authenticate(&self, credentials: Credentials) -> Result<Arc<User>, ApiError> {
+    /// Who `credentials` belong to, after the throttle has let the attempt through.
+    /// `client` is the peer address, which the throttle counts failures against.
+    pub async fn authenticate(
+        &self,
+        credentials: Credentials,
+        client: Option<IpAddr>,
+    ) -> Result<Arc<User>, ApiError> {
+        let (key, who) = match &credentials {
+            Credentials::Basic { user, .. } => (Key::user(user, client), self.shown_name(user)),
+            Credentials::Bearer(_) => (Key::token(client), "a Bearer token".to_owned()),
+        };
+        let from = client.map_or_else(|| "an unknown address".to_owned(), |ip| ip.to_string());
+        let mut ticket = self.wait_for_turn(key, &who, &from).await?;
+        let result = self.verify(credentials).await;
+        let failures = ticket.finish(Some(result.is_ok()));
+        if result.is_err() {
+            self.failed_logins.fetch_add(1, Ordering::Relaxed);
+            log::warn!("failed login for {who} from {from} ({failures} in a row)");
+        }
+        result
+    }
+
+    /// Waits until the throttle admits an attempt of `key`, or refuses it.
+    async fn wait_for_turn(&self, key: Key, who: &str, from: &str) -> Result<Ticket<'_>, ApiError> {
+        loop {
+            let mut changed = std::pin::pin!(self.throttle.changed());
+            changed.as_mut().enable();
+            match self.throttle.admit(key, Instant::now()) {
+                Admission::Go { wait, failures } => {
+                    // From here on the attempt is in flight: if the client leaves while
+                    // it waits, dropping the ticket tells the throttle.
+                    let ticket = Ticket {
+                        throttle: &self.throttle,
+                        key,
+                        finished: false,
+                    };
+                    if !wait.is_zero() {
+                        log::info!(
+                            "login for {who} from {from} waits {} ms after {failures} failures \
+                             in a row",
+                            wait.as_millis()
+                        );
+                        // Asleep on the timer, not on a worker thread.
+                        actix_web::rt::time::sleep(wait).await;
+                    }
+                    return Ok(ticket);
+                }
+                Admission::Busy => changed.await,
+                Admission::Refused { retry_after } => {
+                    self.failed_logins.fetch_add(1, Ordering::Relaxed);
+                    let retry_after_secs = retry_after.as_secs() + 1;
+                    log::warn!(
+                        "login for {who} from {from} refused: too many failures in a row; \
+                         the next is allowed in {retry_after_secs} s"
+                    );
+                    return Err(ApiError::TooManyFailedLogins { retry_after_secs });
+                }
+            }
+        }
+    }
+
+    async fn verify(&self, credentials: Credentials) -> Result<Arc<User>, ApiError> {
         let access = self.access();
         match credentials {
             Credentials::Bearer(token) => {
@@ -169,16 +250,25 @@ impl Authenticator {
                     .and_then(|u| u.password_hash.as_ref().map(|h| (u.clone(), h.clone())));
                 let Some((user, hash)) = found else {
                     let decoy = self.decoy_hash.clone();
-                    let _ = web::block(move || verify_password(&password, &decoy)).await;
+                    let slot = self.verification_slot().await;
+                    let _ = web::block(move || {
+                        let _slot = slot;
+                        verify_password(&password, &decoy)
+                    })
+                    .await;
                     return Err(ApiError::Unauthorized(BAD_CREDENTIALS));
                 };
                 let key = self.cache_entry(&user.name, &password, &hash);
                 if self.recently_verified(&key) {
                     return Ok(user);
                 }
-                let ok = web::block(move || verify_password(&password, &hash))
-                    .await
-                    .unwrap_or(false);
+                let slot = self.verification_slot().await;
+                let ok = web::block(move || {
+                    let _slot = slot;
+                    verify_password(&password, &hash)
+                })
+                .await
+                .unwrap_or(false);
                 if !ok {
                     return Err(ApiError::Unauthorized(BAD_CREDENTIALS));
                 }
@@ -186,6 +276,26 @@ impl Authenticator {
                 Ok(user)
             }
         }
+    }
+
+    /// A user name as the log shows it. A name that matches no user is often a
+    /// password typed into the wrong field, so it is shown only as a fingerprint
+    /// (stable for this process, so that repeated attempts can be told apart).
+    fn shown_name(&self, name: &str) -> String {
+        if self.access().user(name).is_some() {
+            return format!("user '{}'", name.escape_debug());
+        }
+        let mut mac = <Hmac<Sha256> as KeyInit>::new(&self.cache_key.into());
+        mac.update(b"log-fingerprint\0");
+        mac.update(name.as_bytes());
+        let digest = mac.finalize().into_bytes();
+        format!("unknown user name #{}", hex::encode(&digest[..4]))
+    }
+
+    /// A permit to run one argon2 verification. It moves into the blocking task, so a
+    /// client that leaves mid-verification does not free it before the work is done.
+    async fn verification_slot(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        self.verifications.clone().acquire_owned().await.ok()
     }
 
     fn cache_entry(&self, user: &str, password: &[u8], hash: &str) -> [u8; 32] {
@@ -214,6 +324,29 @@ impl Authenticator {
             }
         }
         verified.insert(key, Instant::now());
+    }
+}
+
+/// An admitted attempt; tells the throttle how it ended, also when dropped unanswered.
+struct Ticket<'a> {
+    throttle: &'a Throttle,
+    key: Key,
+    finished: bool,
+}
+
+impl Ticket<'_> {
+    /// `Some(ok)` once verified; `None` when abandoned. Returns the failures in a row.
+    fn finish(&mut self, outcome: Option<bool>) -> u32 {
+        self.finished = true;
+        self.throttle.finish(self.key, outcome, Instant::now())
+    }
+}
+
+impl Drop for Ticket<'_> {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.finish(None);
+        }
     }
 }
 
@@ -268,6 +401,42 @@ mod tests {
         assert!(!shown.contains("hunter2"));
         let shown = format!("{:?}", Credentials::parse(b"Bearer tok3n").unwrap());
         assert!(!shown.contains("tok3n"));
+    }
+
+    fn cheap_hash(password: &str) -> String {
+        let params = argon2::Params::new(8, 1, 1, None).unwrap();
+        let argon = Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+        let salt = SaltString::encode_b64(b"unit-test-salt16").unwrap();
+        argon
+            .hash_password(password.as_bytes(), &salt)
+            .unwrap()
+            .to_string()
+    }
+
+    #[test]
+    fn failed_logins_are_counted_and_successes_are_not() {
+        let text = format!(
+            "[policies]\nread_images = [\"r\"]\n\
+             [[users]]\nname = \"u\"\npassword_hash = \"{}\"\nroles = [\"r\"]\n\
+             [[users]]\nname = \"bot\"\ntoken_sha256 = \"{}\"\nroles = [\"r\"]\n",
+            cheap_hash("pw"),
+            hex::encode(sha256(b"tok"))
+        );
+        let config = crate::config::Config::parse(&text, std::path::Path::new("/")).unwrap();
+        let auth = Authenticator::new(config.access, config.auth);
+        let client = Some(IpAddr::from([127, 0, 0, 1]));
+        actix_web::rt::System::new().block_on(async {
+            for wrong in [basic("u:wrong"), basic("ghost:pw"), b"Bearer nope".to_vec()] {
+                let credentials = Credentials::parse(&wrong).unwrap();
+                assert!(auth.authenticate(credentials, client).await.is_err());
+            }
+            assert_eq!(auth.failed_logins(), 3);
+            for right in [basic("u:pw"), basic("u:pw"), b"Bearer tok".to_vec()] {
+                let credentials = Credentials::parse(&right).unwrap();
+                assert!(auth.authenticate(credentials, client).await.is_ok());
+            }
+            assert_eq!(auth.failed_logins(), 3);
+        });
     }
 
     #[test]

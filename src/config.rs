@@ -7,6 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use argon2::PasswordHash;
 use serde::Deserialize;
@@ -35,6 +36,7 @@ pub struct Config {
     pub providers: Vec<String>,
     pub server: ServerConfig,
     pub store: StoreConfig,
+    pub auth: AuthConfig,
     pub access: Access,
 }
 
@@ -44,6 +46,34 @@ pub struct ServerConfig {
     /// Already resolved against the config file's folder.
     pub data_dir: PathBuf,
     pub max_body_bytes: usize,
+    /// How long a new connection may take to send its first request head.
+    pub client_request_timeout: Duration,
+    /// How long a closing connection may take to acknowledge the close.
+    pub client_disconnect_timeout: Duration,
+    /// How long an idle connection stays open between requests; zero closes it after
+    /// each response.
+    pub keep_alive: Duration,
+    /// How long a request body may take to arrive once the handler reads it.
+    pub body_timeout: Duration,
+    /// Connections served at once; the ones past it are answered 503 and closed.
+    pub max_connections: usize,
+    /// Connections the kernel queues before the server accepts them.
+    pub backlog: u32,
+}
+
+/// The brute-force throttle (see `throttle`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthConfig {
+    /// Failures in a row of one (user, address) pair before its attempts are spaced.
+    pub free_failures: u32,
+    /// The first gap; it doubles with each further failure.
+    pub first_delay: Duration,
+    /// The largest gap; an attempt whose turn is further away than this is refused.
+    pub max_delay: Duration,
+    /// A pair with no attempt for this long is forgotten.
+    pub quiet_window: Duration,
+    /// How many pairs are remembered at most; the oldest go first.
+    pub max_tracked: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,6 +124,8 @@ struct RawConfig {
     #[serde(default)]
     store: RawStore,
     #[serde(default)]
+    auth: RawAuth,
+    #[serde(default)]
     policies: BTreeMap<String, Vec<String>>,
     #[serde(default)]
     users: Vec<Spanned<RawUser>>,
@@ -109,6 +141,12 @@ struct RawServer {
     bind: String,
     data_dir: PathBuf,
     max_body_bytes: usize,
+    client_request_timeout_ms: u64,
+    client_disconnect_timeout_ms: u64,
+    keep_alive_ms: u64,
+    body_timeout_ms: u64,
+    max_connections: usize,
+    backlog: u32,
 }
 
 impl Default for RawServer {
@@ -117,6 +155,34 @@ impl Default for RawServer {
             bind: "127.0.0.1:8080".into(),
             data_dir: "data".into(),
             max_body_bytes: 65536,
+            client_request_timeout_ms: 5000,
+            client_disconnect_timeout_ms: 1000,
+            keep_alive_ms: 5000,
+            body_timeout_ms: 10_000,
+            max_connections: 256,
+            backlog: 1024,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawAuth {
+    free_failures: u32,
+    first_delay_ms: u64,
+    max_delay_ms: u64,
+    quiet_window_secs: u64,
+    max_tracked: usize,
+}
+
+impl Default for RawAuth {
+    fn default() -> Self {
+        RawAuth {
+            free_failures: 3,
+            first_delay_ms: 1000,
+            max_delay_ms: 30_000,
+            quiet_window_secs: 900,
+            max_tracked: 10_000,
         }
     }
 }
@@ -160,25 +226,111 @@ impl Config {
     pub fn parse(text: &str, base: &Path) -> Result<Config, String> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| e.to_string())?;
         let providers = check_providers(raw.providers)?;
-        if raw.server.max_body_bytes == 0 {
-            return Err("[server] max_body_bytes must be at least 1".into());
+        let server = raw.server;
+        // A zero would switch the limit off in actix, or refuse every request.
+        for (name, value) in [
+            ("max_body_bytes", server.max_body_bytes as u64),
+            (
+                "client_request_timeout_ms",
+                server.client_request_timeout_ms,
+            ),
+            (
+                "client_disconnect_timeout_ms",
+                server.client_disconnect_timeout_ms,
+            ),
+            ("body_timeout_ms", server.body_timeout_ms),
+            ("max_connections", server.max_connections as u64),
+            ("backlog", u64::from(server.backlog)),
+        ] {
+            if value == 0 {
+                return Err(format!("[server] {name} must be at least 1"));
+            }
         }
         if raw.store.cache_mb == 0 {
             return Err("[store] cache_mb must be at least 1".into());
         }
+        let auth = check_auth(raw.auth)?;
         let access = build_access(text, raw.policies, raw.users)?;
         Ok(Config {
             providers,
             server: ServerConfig {
-                bind: raw.server.bind,
-                data_dir: base.join(raw.server.data_dir),
-                max_body_bytes: raw.server.max_body_bytes,
+                bind: server.bind,
+                data_dir: base.join(server.data_dir),
+                max_body_bytes: server.max_body_bytes,
+                client_request_timeout: Duration::from_millis(server.client_request_timeout_ms),
+                client_disconnect_timeout: Duration::from_millis(
+                    server.client_disconnect_timeout_ms,
+                ),
+                keep_alive: Duration::from_millis(server.keep_alive_ms),
+                body_timeout: Duration::from_millis(server.body_timeout_ms),
+                max_connections: server.max_connections,
+                backlog: server.backlog,
             },
             store: StoreConfig {
                 cache_mb: raw.store.cache_mb,
             },
+            auth,
             access,
         })
+    }
+}
+
+fn check_auth(raw: RawAuth) -> Result<AuthConfig, String> {
+    if raw.free_failures == 0 {
+        // Zero would space out every login, the first successful one included.
+        return Err("[auth] free_failures must be at least 1".into());
+    }
+    if raw.max_delay_ms < raw.first_delay_ms {
+        return Err(format!(
+            "[auth] max_delay_ms ({}) must not be smaller than first_delay_ms ({})",
+            raw.max_delay_ms, raw.first_delay_ms
+        ));
+    }
+    if raw.quiet_window_secs == 0 {
+        return Err("[auth] quiet_window_secs must be at least 1".into());
+    }
+    if raw.max_tracked == 0 {
+        return Err("[auth] max_tracked must be at least 1".into());
+    }
+    Ok(AuthConfig {
+        free_failures: raw.free_failures,
+        first_delay: Duration::from_millis(raw.first_delay_ms),
+        max_delay: Duration::from_millis(raw.max_delay_ms),
+        quiet_window: Duration::from_secs(raw.quiet_window_secs),
+        max_tracked: raw.max_tracked,
+    })
+}
+
+/// What is wrong with a config file's permission bits, if anything: it holds password
+/// hashes (which can be attacked offline) and decides who gets in.
+pub fn permission_problems(mode: u32) -> Vec<&'static str> {
+    let mut problems = Vec::new();
+    if mode & 0o004 != 0 {
+        problems.push("is readable by other users, who could attack its password hashes offline");
+    }
+    if mode & 0o022 != 0 {
+        problems.push("is writable by group or other users, who could grant themselves access");
+    }
+    problems
+}
+
+/// Logs a warning for each [`permission_problems`] of the config file at `path`.
+pub fn warn_insecure_permissions(path: &Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let Ok(metadata) = std::fs::metadata(path) else {
+            return;
+        };
+        let mode = metadata.permissions().mode();
+        for problem in permission_problems(mode) {
+            log::warn!(
+                "{} (mode {:03o}) {problem}; restrict it with: chmod 600 {}",
+                path.display(),
+                mode & 0o777,
+                path.display()
+            );
+        }
     }
 }
 
@@ -325,7 +477,89 @@ mod tests {
         assert_eq!(config.server.data_dir, Path::new("/etc/ic/data"));
         assert_eq!(config.server.max_body_bytes, 65536);
         assert_eq!(config.store.cache_mb, 64);
+        assert_eq!(config.server.client_request_timeout, Duration::from_secs(5));
+        assert_eq!(
+            config.server.client_disconnect_timeout,
+            Duration::from_secs(1)
+        );
+        assert_eq!(config.server.keep_alive, Duration::from_secs(5));
+        assert_eq!(config.server.body_timeout, Duration::from_secs(10));
+        assert_eq!(config.server.max_connections, 256);
+        assert_eq!(config.server.backlog, 1024);
+        assert_eq!(
+            config.auth,
+            AuthConfig {
+                free_failures: 3,
+                first_delay: Duration::from_secs(1),
+                max_delay: Duration::from_secs(30),
+                quiet_window: Duration::from_secs(900),
+                max_tracked: 10_000,
+            }
+        );
         assert!(config.access.users().is_empty());
+    }
+
+    #[test]
+    fn limits_are_read_and_zero_is_refused() {
+        let config = parse(
+            "[server]\nclient_request_timeout_ms = 250\nkeep_alive_ms = 0\nbody_timeout_ms = 75\n\
+             max_connections = 3\nbacklog = 8\n[auth]\nfree_failures = 1\nfirst_delay_ms = 10\n\
+             max_delay_ms = 20\nquiet_window_secs = 2\nmax_tracked = 5",
+        )
+        .unwrap();
+        assert_eq!(
+            config.server.client_request_timeout,
+            Duration::from_millis(250)
+        );
+        assert_eq!(config.server.keep_alive, Duration::ZERO);
+        assert_eq!(config.server.body_timeout, Duration::from_millis(75));
+        assert_eq!(config.server.max_connections, 3);
+        assert_eq!(config.server.backlog, 8);
+        assert_eq!(config.auth.max_delay, Duration::from_millis(20));
+        assert_eq!(config.auth.max_tracked, 5);
+        for (text, expected) in [
+            (
+                "[server]\nbody_timeout_ms = 0",
+                "body_timeout_ms must be at least 1",
+            ),
+            (
+                "[server]\nclient_request_timeout_ms = 0",
+                "client_request_timeout_ms must be at least 1",
+            ),
+            (
+                "[server]\nmax_connections = 0",
+                "max_connections must be at least 1",
+            ),
+            (
+                "[auth]\nfree_failures = 0",
+                "free_failures must be at least 1",
+            ),
+            (
+                "[auth]\nfirst_delay_ms = 10\nmax_delay_ms = 5",
+                "max_delay_ms (5) must not be smaller",
+            ),
+            ("[auth]\nmax_tracked = 0", "max_tracked must be at least 1"),
+            ("[auth]\nlockout = 1", "unknown field"),
+        ] {
+            let err = parse(text).unwrap_err();
+            assert!(
+                err.contains(expected),
+                "{err:?} should contain {expected:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn permission_problems_follow_the_mode_bits() {
+        assert!(permission_problems(0o100600).is_empty());
+        assert!(permission_problems(0o100640).is_empty());
+        let readable = permission_problems(0o100644);
+        assert_eq!(readable.len(), 1);
+        assert!(readable[0].contains("readable by other users"));
+        let writable = permission_problems(0o100620);
+        assert_eq!(writable.len(), 1);
+        assert!(writable[0].contains("writable by group or other users"));
+        assert_eq!(permission_problems(0o100666).len(), 2);
     }
 
     #[test]

@@ -39,6 +39,14 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     #[error("the store is unavailable, nothing was changed; retry later")]
     StoreUnavailable,
+    #[error("the request body did not arrive within {ms} ms; send the whole body at once")]
+    BodyTimeout { ms: u128 },
+    #[error(
+        "too many failed logins for this user name from your address; retry in {retry_after_secs} s"
+    )]
+    TooManyFailedLogins { retry_after_secs: u64 },
+    #[error("the server is serving as many connections as it may ({limit}); retry in a moment")]
+    TooManyConnections { limit: usize },
 }
 
 impl ApiError {
@@ -101,6 +109,9 @@ impl ResponseError for ApiError {
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
+            ApiError::TooManyFailedLogins { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::TooManyConnections { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -113,6 +124,17 @@ impl ResponseError for ApiError {
             }
             ApiError::MethodNotAllowed { allow, .. } => {
                 response.insert_header((header::ALLOW, *allow));
+            }
+            ApiError::TooManyFailedLogins { retry_after_secs } => {
+                response.insert_header((header::RETRY_AFTER, *retry_after_secs));
+            }
+            ApiError::TooManyConnections { .. } => {
+                // A connection over the limit is not kept for a next request.
+                response.insert_header((header::RETRY_AFTER, 1));
+                response.force_close();
+            }
+            ApiError::BodyTimeout { .. } => {
+                response.force_close();
             }
             _ => {}
         }

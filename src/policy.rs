@@ -74,8 +74,9 @@ impl<P: Policy> FromRequest for Authorized<P> {
                 .app_data::<web::Data<AppState>>()
                 .cloned()
                 .ok_or(ApiError::StoreUnavailable)?;
+            let client = req.peer_addr().map(|a| a.ip());
             let authenticated = match Credentials::from_headers(req.headers()) {
-                Ok(credentials) => state.auth.authenticate(credentials).await,
+                Ok(credentials) => state.auth.authenticate(credentials, client).await,
                 Err(e) => Err(e),
             };
             let user = authenticated.inspect_err(|_| state.metrics.auth_failed())?;

@@ -5,7 +5,7 @@
 
 use std::net::TcpListener;
 use std::path::PathBuf;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{Server, ServiceRequest, ServiceResponse};
@@ -14,9 +14,10 @@ use actix_web::middleware::{Next, from_fn};
 use actix_web::{App, HttpMessage, HttpServer, ResponseError, web};
 
 use crate::auth::Authenticator;
-use crate::config::{Config, DEMO_PASSWORDS};
+use crate::config::{Config, DEMO_PASSWORDS, ServerConfig};
 use crate::error::ApiError;
 use crate::headers;
+use crate::limits::{self, ConnectionCounter};
 use crate::metrics::{Metrics, UNMATCHED};
 use crate::policy::AuthenticatedUser;
 use crate::routes::{self, RoutePattern};
@@ -34,6 +35,8 @@ pub struct AppState {
     pub openapi: actix_web::web::Bytes,
     pub providers: Vec<String>,
     pub max_body_bytes: usize,
+    /// How long a handler waits for a request body to arrive.
+    pub body_timeout: Duration,
     /// The config as loaded at start, to tell what a reload cannot change.
     config: Config,
     config_path: Option<PathBuf>,
@@ -51,15 +54,17 @@ impl AppState {
             log::warn!("reload asked, but this server was not started from a config file");
             return;
         };
+        crate::config::warn_insecure_permissions(path);
         match Config::load(path) {
             Ok(next) => {
                 if next.server != self.config.server
                     || next.store != self.config.store
+                    || next.auth != self.config.auth
                     || next.providers != self.config.providers
                 {
                     log::warn!(
-                        "config reload: changes to [server], [store] and providers take effect \
-                         only after a restart; users, roles and policies are applied now"
+                        "config reload: changes to [server], [store], [auth] and providers take \
+                         effect only after a restart; users, roles and policies are applied now"
                     );
                 }
                 let users = next.access.users().len();
@@ -95,9 +100,11 @@ impl Application {
     /// running. `config_path` is what SIGHUP re-reads.
     pub fn build(config: Config, config_path: Option<PathBuf>) -> Result<Application, StartError> {
         let listener =
-            TcpListener::bind(&config.server.bind).map_err(|source| StartError::Bind {
-                bind: config.server.bind.clone(),
-                source,
+            limits::listen(&config.server.bind, config.server.backlog).map_err(|source| {
+                StartError::Bind {
+                    bind: config.server.bind.clone(),
+                    source,
+                }
             })?;
         let address = listener.local_addr().map_err(|source| StartError::Bind {
             bind: config.server.bind.clone(),
@@ -109,12 +116,13 @@ impl Application {
             .into();
         let state = web::Data::new(AppState {
             store,
-            auth: Authenticator::new(config.access.clone()),
+            auth: Authenticator::new(config.access.clone(), config.auth.clone()),
             metrics: Metrics::new()?,
             pages: Default::default(),
             openapi,
             providers: config.providers.clone(),
             max_body_bytes: config.server.max_body_bytes,
+            body_timeout: config.server.body_timeout,
             config,
             config_path,
         });
@@ -172,13 +180,24 @@ impl Application {
 }
 
 fn run(listener: TcpListener, state: web::Data<AppState>) -> std::io::Result<Server> {
+    let limits: ServerConfig = state.config.server.clone();
+    let connections = ConnectionCounter::new(limits.max_connections);
     let server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
             .configure(routes::configure)
             .default_service(web::to(routes::not_found))
+            .wrap(from_fn(limits::refuse_over_limit))
             .wrap(from_fn(access_log))
+            .wrap(from_fn(limits::close_on_unread_body))
     })
+    .on_connect(move |io, data| connections.on_connect(io, data))
+    // A client that is slow to send its request head, to go away, or that idles
+    // between requests holds a connection slot, not a worker; these bound how long.
+    .client_request_timeout(limits.client_request_timeout)
+    .client_disconnect_timeout(limits.client_disconnect_timeout)
+    .keep_alive(limits.keep_alive)
+    .max_connections(limits::per_worker_cap(limits.max_connections))
     // Signals are the command line's business (see `cli`): actix would treat SIGINT
     // as a hard stop, and tests run servers in-process.
     .disable_signals()
@@ -205,16 +224,15 @@ async fn access_log(
     let method = req.method().clone();
     let state = req.app_data::<web::Data<AppState>>().cloned();
     let accept = req.headers().get(header::ACCEPT);
-    let mut response = if req.path() != "/metrics"
-        && !headers::accepts_json(accept.map(|v| v.as_bytes()))
-    {
-        let shown = accept
-            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-            .unwrap_or_default();
-        req.into_response(ApiError::NotAcceptable(shown).error_response())
-    } else {
-        next.call(req).await?.map_into_boxed_body()
-    };
+    let mut response =
+        if req.path() != "/metrics" && !headers::accepts_json(accept.map(|v| v.as_bytes())) {
+            let shown = accept
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                .unwrap_or_default();
+            req.into_response(ApiError::NotAcceptable(shown).error_response())
+        } else {
+            next.call(req).await?.map_into_boxed_body()
+        };
     let elapsed = started.elapsed();
     let status = response.status().as_u16();
     {

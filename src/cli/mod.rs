@@ -108,6 +108,7 @@ fn serve(
     data_dir: Option<PathBuf>,
 ) -> Result<(), CliError> {
     let mut config = Config::load(&config_path)?;
+    crate::config::warn_insecure_permissions(&config_path);
     if let Some(bind) = bind {
         config.server.bind = bind;
     }
@@ -118,13 +119,16 @@ fn serve(
     actix_web::rt::System::new().block_on(async move {
         let app = Application::build(config, Some(config_path))
             .map_err(|e| CliError::Runtime(e.to_string()))?;
+        // Listening for signals before saying where we listen: a SIGHUP sent as soon
+        // as the address is known must reload, not kill with the default action.
+        let signals = Signals::listen();
         log::info!(
             "image-catalog listening on http://{} (data in {})",
             app.address(),
             app.state().data_dir().display()
         );
         std::thread::spawn(move || warn_demo_passwords(&demo_check));
-        actix_web::rt::spawn(handle_signals(app.state(), app.handle()));
+        actix_web::rt::spawn(handle_signals(signals, app.state(), app.handle()));
         app.run_until_stopped()
             .await
             .map_err(|e| CliError::Runtime(e.to_string()))?;
@@ -133,18 +137,37 @@ fn serve(
     })
 }
 
+/// The signals the server reacts to, listened for from the moment this exists.
+struct Signals {
+    hangup: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn listen() -> Option<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Some(Signals {
+            hangup: signal(SignalKind::hangup()).ok()?,
+            terminate: signal(SignalKind::terminate()).ok()?,
+            interrupt: signal(SignalKind::interrupt()).ok()?,
+        })
+    }
+}
+
 /// SIGHUP reloads config; SIGTERM and SIGINT both stop gracefully: no new
 /// connections, in-flight requests finish, then the store is flushed.
 async fn handle_signals(
+    signals: Option<Signals>,
     state: actix_web::web::Data<crate::startup::AppState>,
     server: actix_web::dev::ServerHandle,
 ) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut hangup), Ok(mut terminate), Ok(mut interrupt)) = (
-        signal(SignalKind::hangup()),
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
+    let Some(Signals {
+        mut hangup,
+        mut terminate,
+        mut interrupt,
+    }) = signals
+    else {
         log::error!("cannot listen for signals; stop the server with SIGKILL");
         return;
     };
@@ -272,4 +295,21 @@ fn print_table(rows: &[Vec<String>]) {
 
 fn or_none(s: &str) -> &str {
     if s.is_empty() { "(none)" } else { s }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_tokens_carry_256_random_bits_and_their_digest() {
+        let (token, digest) = new_token();
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(&token)
+            .unwrap();
+        assert_eq!(bytes.len(), 32, "256 bits");
+        assert_eq!(digest, hex::encode(crate::auth::sha256(token.as_bytes())));
+        let (other, _) = new_token();
+        assert_ne!(token, other);
+    }
 }

@@ -3,6 +3,7 @@
 //! 405 answers.
 
 use std::future::{Ready, ready};
+use std::time::Duration;
 
 use actix_web::dev::Payload;
 use actix_web::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
@@ -111,6 +112,7 @@ pub struct JsonBody {
     content_type: Option<Vec<u8>>,
     content_length: Option<usize>,
     limit: usize,
+    timeout: Duration,
     payload: Payload,
 }
 
@@ -119,16 +121,16 @@ impl FromRequest for JsonBody {
     type Future = Ready<Result<Self, ApiError>>;
 
     fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
-        let limit = req
-            .app_data::<web::Data<AppState>>()
-            .map(|s| s.max_body_bytes)
-            .unwrap_or(65536);
+        let state = req.app_data::<web::Data<AppState>>();
+        let limit = state.map_or(65536, |s| s.max_body_bytes);
+        let timeout = state.map_or(Duration::from_secs(10), |s| s.body_timeout);
         let header = |name| req.headers().get(name).map(|v| v.as_bytes());
         ready(Ok(JsonBody {
             content_type: header(CONTENT_TYPE).map(<[u8]>::to_vec),
             content_length: header(CONTENT_LENGTH)
                 .and_then(|v| std::str::from_utf8(v).ok()?.trim().parse().ok()),
             limit,
+            timeout,
             payload: payload.take(),
         }))
     }
@@ -146,20 +148,29 @@ impl JsonBody {
             }
             None => return Err(ApiError::UnsupportedMediaType("no Content-Type".into())),
         }
-        let too_large = ApiError::PayloadTooLarge { limit: self.limit };
         if self.content_length.is_some_and(|n| n > self.limit) {
-            return Err(too_large);
+            return Err(ApiError::PayloadTooLarge { limit: self.limit });
         }
-        let mut body = BytesMut::new();
-        while let Some(chunk) = self.payload.next().await {
-            let chunk = chunk.map_err(|e| {
-                ApiError::bad_request(format!("the request body could not be read: {e}"))
-            })?;
-            if body.len() + chunk.len() > self.limit {
-                return Err(too_large);
-            }
-            body.extend_from_slice(&chunk);
-        }
-        Ok(body.freeze())
+        // One deadline for the whole body, so a client trickling a byte at a time is
+        // cut off as surely as one that stops.
+        actix_web::rt::time::timeout(self.timeout, collect(&mut self.payload, self.limit))
+            .await
+            .unwrap_or(Err(ApiError::BodyTimeout {
+                ms: self.timeout.as_millis(),
+            }))
     }
+}
+
+async fn collect(payload: &mut Payload, limit: usize) -> Result<Bytes, ApiError> {
+    let mut body = BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| {
+            ApiError::bad_request(format!("the request body could not be read: {e}"))
+        })?;
+        if body.len() + chunk.len() > limit {
+            return Err(ApiError::PayloadTooLarge { limit });
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
 }

@@ -88,6 +88,16 @@ cache_mb = 8
     )
 }
 
+/// The default test config with `server` added to its `[server]` table and `extra`
+/// (more tables) at its end.
+pub fn config_with(server: &str, extra: &str) -> String {
+    let text = config_text(DEFAULT_POLICIES, &default_users()).replace(
+        &format!("max_body_bytes = {MAX_BODY}\n"),
+        &format!("max_body_bytes = {MAX_BODY}\n{server}\n"),
+    );
+    format!("{text}\n{extra}\n")
+}
+
 pub struct TestApp {
     pub address: String,
     pub client: reqwest::Client,
@@ -116,6 +126,11 @@ pub async fn spawn_app_with(config: &str) -> TestApp {
 }
 
 impl TestApp {
+    /// `host:port` of the server, for raw sockets.
+    pub fn socket_address(&self) -> &str {
+        self.address.trim_start_matches("http://")
+    }
+
     pub fn request(&self, method: Method, path: &str) -> RequestBuilder {
         self.client
             .request(method, format!("{}{}", self.address, path))

@@ -3,14 +3,17 @@
 
 mod audit;
 mod auth;
+mod brute_force;
 mod conditional;
 mod config;
 mod durability;
 mod errors;
 mod helpers;
+mod hostile;
 mod images;
 mod listing;
 mod operations;
 mod process;
 mod reload;
+mod secrets;
 mod transfer;

@@ -9,7 +9,21 @@ use tokio::sync::mpsc;
 pub struct ChildServer {
     pub child: Child,
     pub address: String,
+    /// What the server logged before it said where it listens.
+    pub startup_log: Vec<String>,
     logs: mpsc::UnboundedReceiver<String>,
+}
+
+/// Sends each line that `from` produces to `to`, from a thread of its own.
+fn forward_lines(from: impl std::io::Read + Send + 'static, to: mpsc::UnboundedSender<String>) {
+    std::thread::spawn(move || {
+        for line in BufReader::new(from).lines() {
+            let Ok(line) = line else { break };
+            if to.send(line).is_err() {
+                break;
+            }
+        }
+    });
 }
 
 pub fn binary() -> Command {
@@ -26,36 +40,42 @@ pub fn write_config(dir: &Path, config: &str) -> PathBuf {
 impl ChildServer {
     /// Starts `serve` on the config and waits for the log line that gives its address.
     pub async fn start(config: &Path) -> ChildServer {
+        ChildServer::start_logging(config, "info").await
+    }
+
+    /// [`ChildServer::start`] with the `RUST_LOG` filter `filter`. Both stdout and
+    /// stderr are read as log lines.
+    pub async fn start_logging(config: &Path, filter: &str) -> ChildServer {
         let mut child = binary()
             .arg("--config")
             .arg(config)
             .arg("serve")
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", filter)
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let stderr = child.stderr.take().unwrap();
         let (sender, mut logs) = mpsc::unbounded_channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if sender.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let stdout = child.stdout.take().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        forward_lines(stdout, sender.clone());
+        forward_lines(stderr, sender);
         let mut address = None;
+        let mut startup_log = Vec::new();
         while let Some(line) = logs.recv().await {
             if let Some(rest) = line.split("listening on ").nth(1) {
                 address = rest.split_whitespace().next().map(str::to_owned);
                 break;
             }
+            startup_log.push(line);
         }
         ChildServer {
             child,
-            address: address.expect("the server logged its address before exiting"),
+            address: address.unwrap_or_else(|| {
+                panic!("the server exited before logging its address: {startup_log:#?}")
+            }),
+            startup_log,
             logs,
         }
     }

@@ -1,0 +1,349 @@
+//! Hostile clients: silent and trickled request heads, trickled and endless bodies,
+//! oversize heads and more connections than the server serves are each cut off or
+//! refused, while other clients keep being served.
+//!
+//! The tests wait for events — a response, the server closing the socket — never for
+//! time to pass. The only timers pace the slow clients' own bytes, and a one-minute
+//! guard turns a server that never acts into a failure instead of a hung test.
+
+use std::future::Future;
+use std::time::Duration;
+
+use base64::Engine;
+use reqwest::Method;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::helpers::{ADMIN, TestApp, config_with, spawn_app, spawn_app_with};
+
+/// One response read off a raw socket.
+#[derive(Debug)]
+struct RawResponse {
+    status: u16,
+    head: String,
+    body: String,
+}
+
+async fn connect(app: &TestApp) -> TcpStream {
+    TcpStream::connect(app.socket_address()).await.unwrap()
+}
+
+/// Fails the test, rather than hanging it, if `event` has not happened in a minute.
+async fn guard<T>(event: &str, future: impl Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(60), future)
+        .await
+        .unwrap_or_else(|_| panic!("gave up after a minute waiting for: {event}"))
+}
+
+/// Reads one response, or `None` if the connection ends first.
+async fn read_response(stream: &mut (impl AsyncRead + Unpin)) -> Option<RawResponse> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let head_end = loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break end;
+        }
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let status = head.split(' ').nth(1)?.parse().ok()?;
+    let length: usize = head
+        .lines()
+        .filter_map(|line| line.split_once(':'))
+        .find(|(name, _)| name.eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, value)| value.trim().parse().ok())
+        .unwrap_or(0);
+    let body_start = head_end + 4;
+    while buf.len() < body_start + length {
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    let body = String::from_utf8_lossy(&buf[body_start..body_start + length]).into_owned();
+    Some(RawResponse { status, head, body })
+}
+
+/// Returns once the server has closed the connection (end of stream, or a reset),
+/// discarding whatever else it sends.
+async fn closed_by_server(stream: &mut (impl AsyncRead + Unpin)) {
+    let mut chunk = [0u8; 4096];
+    while let Ok(n) = stream.read(&mut chunk).await {
+        if n == 0 {
+            return;
+        }
+    }
+}
+
+/// Sends a GET /healthz on a raw connection and reads the answer.
+async fn get_healthz(stream: &mut (impl AsyncRead + AsyncWrite + Unpin)) -> RawResponse {
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n")
+        .await
+        .unwrap();
+    guard("an answer to GET /healthz", read_response(stream))
+        .await
+        .expect("an answer to GET /healthz")
+}
+
+/// A well-behaved client is served while the hostile ones are connected.
+async fn assert_others_served(app: &TestApp) {
+    for _ in 0..3 {
+        let response = guard(
+            "a well-behaved client's answer",
+            app.request(Method::GET, "/healthz").send(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(response.status(), 200);
+    }
+}
+
+fn admin_authorization() -> String {
+    let pair = format!("{}:{}", ADMIN.0, ADMIN.1);
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(pair)
+    )
+}
+
+/// Sends `head` one byte at a time until the server answers or closes; returns the
+/// bytes sent and the answer's status.
+async fn trickle(stream: TcpStream, head: String) -> (usize, Option<u16>) {
+    let (mut reader, mut writer) = stream.into_split();
+    let reading = tokio::spawn(async move {
+        let status = read_response(&mut reader).await.map(|r| r.status);
+        closed_by_server(&mut reader).await;
+        status
+    });
+    // Paces the slow client's own bytes; the test waits on the server, not on this.
+    let mut pace = tokio::time::interval(Duration::from_millis(20));
+    let mut sent = 0;
+    for byte in head.as_bytes() {
+        if reading.is_finished() {
+            break;
+        }
+        pace.tick().await;
+        if writer.write_all(&[*byte]).await.is_err() {
+            break;
+        }
+        sent += 1;
+    }
+    let status = guard("the server to close a trickling connection", reading)
+        .await
+        .unwrap();
+    (sent, status)
+}
+
+#[tokio::test]
+async fn silent_and_trickled_request_heads_are_cut_off_with_408() {
+    let app = spawn_app_with(&config_with("client_request_timeout_ms = 300", "")).await;
+    // More slow clients than worker threads: if they tied up workers, nobody else
+    // would be served.
+    let mut silent = Vec::new();
+    for _ in 0..10 {
+        silent.push(connect(&app).await);
+    }
+    let mut trickling = Vec::new();
+    for _ in 0..10 {
+        // Long enough that, sent in full, it would take the client a minute.
+        let head = format!(
+            "GET /healthz HTTP/1.1\r\nHost: test\r\nX-Pad: {}\r\n\r\n",
+            "a".repeat(3000)
+        );
+        trickling.push(tokio::spawn(trickle(connect(&app).await, head)));
+    }
+    assert_others_served(&app).await;
+    for mut stream in silent {
+        let response = guard("a 408 to a silent client", read_response(&mut stream))
+            .await
+            .expect("a 408 before the close");
+        assert_eq!(response.status, 408);
+        guard("the close", closed_by_server(&mut stream)).await;
+    }
+    for task in trickling {
+        let (sent, status) = task.await.unwrap();
+        assert_eq!(status, Some(408), "after {sent} bytes of the head");
+    }
+}
+
+#[tokio::test]
+async fn idle_keep_alive_connections_are_closed() {
+    let app = spawn_app_with(&config_with("keep_alive_ms = 200", "")).await;
+    let mut stream = connect(&app).await;
+    assert_eq!(get_healthz(&mut stream).await.status, 200);
+    guard(
+        "the close of an idle connection",
+        closed_by_server(&mut stream),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_trickled_body_is_cut_off_with_408_and_the_connection_closed() {
+    let app = spawn_app_with(&config_with(
+        "body_timeout_ms = 300\nclient_disconnect_timeout_ms = 200",
+        "",
+    ))
+    .await;
+    let length = 3000;
+    let mut stream = connect(&app).await;
+    let head = format!(
+        "POST /v3/image HTTP/1.1\r\nHost: test\r\nAuthorization: {}\r\n\
+         Content-Type: application/json\r\nContent-Length: {length}\r\n\r\n",
+        admin_authorization()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let (mut reader, mut writer) = stream.into_split();
+    let reading = tokio::spawn(async move {
+        let response = read_response(&mut reader).await;
+        closed_by_server(&mut reader).await;
+        response
+    });
+    let mut pace = tokio::time::interval(Duration::from_millis(20));
+    let mut sent = 0;
+    while sent < length && !reading.is_finished() {
+        pace.tick().await;
+        if writer.write_all(b" ").await.is_err() {
+            break;
+        }
+        sent += 1;
+        if sent == 3 {
+            // The slow body is being read now; others are served meanwhile.
+            assert_others_served(&app).await;
+        }
+    }
+    let response = guard("the answer and the close", reading)
+        .await
+        .unwrap()
+        .expect("an answer before the close");
+    assert_eq!(response.status, 408, "after {sent} bytes: {response:?}");
+    assert!(
+        response.body.contains("did not arrive within 300 ms"),
+        "{}",
+        response.body
+    );
+}
+
+#[tokio::test]
+async fn an_endless_body_is_refused_and_its_connection_closed() {
+    let app = spawn_app_with(&config_with("client_disconnect_timeout_ms = 200", "")).await;
+    // With credentials the body is read until it passes max_body_bytes (413); without,
+    // it is never read (401). Either way actix would otherwise drain it for as long as
+    // the client sends.
+    for (authorization, status) in [(Some(admin_authorization()), 413), (None, 401)] {
+        let stream = connect(&app).await;
+        let (mut reader, mut writer) = stream.into_split();
+        let authorization = authorization
+            .map(|value| format!("Authorization: {value}\r\n"))
+            .unwrap_or_default();
+        let head = format!(
+            "POST /v3/image HTTP/1.1\r\nHost: test\r\n{authorization}\
+             Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+        );
+        writer.write_all(head.as_bytes()).await.unwrap();
+        let reading = tokio::spawn(async move {
+            let response = read_response(&mut reader).await;
+            closed_by_server(&mut reader).await;
+            response
+        });
+        let chunk = format!("2000\r\n{}\r\n", " ".repeat(0x2000));
+        // A bound in bytes, so that a server that never closes fails the test.
+        let bound: u64 = 1 << 30;
+        let mut sent = 0u64;
+        while sent < bound && !reading.is_finished() {
+            if writer.write_all(chunk.as_bytes()).await.is_err() {
+                break;
+            }
+            sent += chunk.len() as u64;
+            if sent == 16 * chunk.len() as u64 {
+                assert_others_served(&app).await;
+            }
+        }
+        // Ends the body at last, in case the server was still reading it.
+        drop(writer);
+        let response = guard("the answer and the close", reading)
+            .await
+            .unwrap()
+            .expect("an answer before the close");
+        assert_eq!(response.status, status, "{response:?}");
+        assert!(
+            sent < bound,
+            "the server read {sent} bytes of an endless body without closing"
+        );
+    }
+}
+
+#[tokio::test]
+async fn oversize_request_heads_are_refused_with_431() {
+    let app = spawn_app().await;
+    let one_huge_header = format!(
+        "GET /healthz HTTP/1.1\r\nHost: test\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(256 * 1024)
+    );
+    let many_headers = format!(
+        "GET /healthz HTTP/1.1\r\nHost: test\r\n{}\r\n",
+        (0..200)
+            .map(|i| format!("X-H{i}: v\r\n"))
+            .collect::<String>()
+    );
+    for head in [one_huge_header, many_headers] {
+        let (mut reader, mut writer) = connect(&app).await.into_split();
+        // The server may stop reading before the head ends: write from elsewhere.
+        let writing = tokio::spawn(async move {
+            let _ = writer.write_all(head.as_bytes()).await;
+            writer
+        });
+        let response = guard("the answer to an oversize head", read_response(&mut reader))
+            .await
+            .expect("an answer before the close");
+        assert_eq!(response.status, 431, "{response:?}");
+        guard("the close", closed_by_server(&mut reader)).await;
+        drop(writing);
+        assert_others_served(&app).await;
+    }
+}
+
+#[tokio::test]
+async fn connections_past_the_limit_get_503_while_the_others_are_served() {
+    let app = spawn_app_with(&config_with(
+        "max_connections = 4\nkeep_alive_ms = 600000\nclient_request_timeout_ms = 600000",
+        "",
+    ))
+    .await;
+    // Four connections, each proven counted by an answer, then kept open.
+    let mut admitted = Vec::new();
+    for _ in 0..4 {
+        let mut stream = connect(&app).await;
+        assert_eq!(get_healthz(&mut stream).await.status, 200);
+        admitted.push(stream);
+    }
+    for _ in 0..3 {
+        let mut extra = connect(&app).await;
+        let response = get_healthz(&mut extra).await;
+        assert_eq!(response.status, 503, "{response:?}");
+        assert!(
+            response
+                .head
+                .to_ascii_lowercase()
+                .contains("connection: close"),
+            "{response:?}"
+        );
+        assert!(
+            response.body.contains("as many connections as it may (4)"),
+            "{}",
+            response.body
+        );
+        guard(
+            "the close of a refused connection",
+            closed_by_server(&mut extra),
+        )
+        .await;
+    }
+    for stream in &mut admitted {
+        assert_eq!(get_healthz(stream).await.status, 200);
+    }
+}
