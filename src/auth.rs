@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use actix_web::http::header::{AUTHORIZATION, HeaderMap};
@@ -113,7 +113,7 @@ pub fn sha256(bytes: &[u8]) -> [u8; 32] {
 /// throttle.
 pub struct Authenticator {
     access: RwLock<Arc<Access>>,
-    verified: Mutex<HashMap<[u8; 32], Instant>>,
+    verified: RwLock<HashMap<[u8; 32], Instant>>,
     /// Per-process key of the cache, so its keys say nothing outside this process.
     cache_key: [u8; 64],
     /// Verified for unknown users, so they cost the same as a wrong password.
@@ -134,7 +134,7 @@ impl Authenticator {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         Authenticator {
             access: RwLock::new(Arc::new(access)),
-            verified: Mutex::new(HashMap::new()),
+            verified: RwLock::new(HashMap::new()),
             cache_key,
             decoy_hash: hash_password(&decoy).unwrap_or_default(),
             throttle: Throttle::new(throttle),
@@ -162,7 +162,7 @@ impl Authenticator {
         *guard = Arc::new(access);
         drop(guard);
         self.verified
-            .lock()
+            .write()
             .unwrap_or_else(|p| p.into_inner())
             .clear();
     }
@@ -174,6 +174,11 @@ impl Authenticator {
         credentials: Credentials,
         client: Option<IpAddr>,
     ) -> Result<Arc<User>, ApiError> {
+        // Proven credentials skip the throttle, which is there to slow guesses: a
+        // guess never is proven (failures are not remembered).
+        if let Some(user) = self.proven(&credentials) {
+            return Ok(user);
+        }
         let (key, who) = match &credentials {
             Credentials::Basic { user, .. } => (Key::user(user, client), self.shown_name(user)),
             Credentials::Bearer(_) => (Key::token(client), "a Bearer token".to_owned()),
@@ -232,17 +237,7 @@ impl Authenticator {
         let access = self.access();
         match credentials {
             Credentials::Bearer(token) => {
-                let digest = sha256(&token);
-                // Compare against every token, without stopping early, in constant time.
-                let mut found = None;
-                for user in access.users() {
-                    if let Some(expected) = &user.token_sha256
-                        && bool::from(expected.ct_eq(&digest))
-                    {
-                        found = Some(user.clone());
-                    }
-                }
-                found.ok_or(ApiError::Unauthorized(BAD_CREDENTIALS))
+                token_user(&access, &token).ok_or(ApiError::Unauthorized(BAD_CREDENTIALS))
             }
             Credentials::Basic { user, password } => {
                 let found = access
@@ -278,6 +273,22 @@ impl Authenticator {
         }
     }
 
+    /// The user of credentials proven already: a valid Bearer token (one SHA-256), or
+    /// a Basic password verified in the last `VERIFIED_TTL` against the user's current
+    /// hash. This is the path of steady traffic: no argon2, no throttle.
+    fn proven(&self, credentials: &Credentials) -> Option<Arc<User>> {
+        let access = self.access();
+        match credentials {
+            Credentials::Bearer(token) => token_user(&access, token),
+            Credentials::Basic { user, password } => {
+                let user = access.user(user)?;
+                let hash = user.password_hash.as_ref()?;
+                let key = self.cache_entry(&user.name, password, hash);
+                self.recently_verified(&key).then(|| user.clone())
+            }
+        }
+    }
+
     /// A user name as the log shows it. A name that matches no user is often a
     /// password typed into the wrong field, so it is shown only as a fingerprint
     /// (stable for this process, so that repeated attempts can be told apart).
@@ -309,14 +320,14 @@ impl Authenticator {
     }
 
     fn recently_verified(&self, key: &[u8; 32]) -> bool {
-        let verified = self.verified.lock().unwrap_or_else(|p| p.into_inner());
+        let verified = self.verified.read().unwrap_or_else(|p| p.into_inner());
         verified
             .get(key)
             .is_some_and(|at| at.elapsed() < VERIFIED_TTL)
     }
 
     fn remember(&self, key: [u8; 32]) {
-        let mut verified = self.verified.lock().unwrap_or_else(|p| p.into_inner());
+        let mut verified = self.verified.write().unwrap_or_else(|p| p.into_inner());
         if verified.len() >= VERIFIED_MAX_ENTRIES {
             verified.retain(|_, at| at.elapsed() < VERIFIED_TTL);
             if verified.len() >= VERIFIED_MAX_ENTRIES {
@@ -325,6 +336,21 @@ impl Authenticator {
         }
         verified.insert(key, Instant::now());
     }
+}
+
+/// The user whose token has this SHA-256, compared against every token without
+/// stopping early, each in constant time.
+fn token_user(access: &Access, token: &[u8]) -> Option<Arc<User>> {
+    let digest = sha256(token);
+    let mut found = None;
+    for user in access.users() {
+        if let Some(expected) = &user.token_sha256
+            && bool::from(expected.ct_eq(&digest))
+        {
+            found = Some(user.clone());
+        }
+    }
+    found
 }
 
 /// An admitted attempt; tells the throttle how it ended, also when dropped unanswered.

@@ -196,6 +196,10 @@ impl Store {
         let db = sled::Config::new()
             .path(dir)
             .cache_capacity(cache_mb.saturating_mul(1024 * 1024))
+            // Every change is flushed before it is acknowledged; sled's own periodic
+            // flusher would only add a thread that holds the data dir's lock for a
+            // while after the store is dropped.
+            .flush_every_ms(None)
             .open()
             .map_err(|e| match e {
                 sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => {
