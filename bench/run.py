@@ -37,6 +37,7 @@ BARE = os.path.join(RELEASE, "examples", "bare")
 SLED_FLUSH = os.path.join(RELEASE, "examples", "sled_flush")
 POST_LUA = os.path.join(ROOT, "bench", "post.lua")
 PAGE_RANDOM_LUA = os.path.join(ROOT, "bench", "page_random.lua")
+GET_RANDOM_LUA = os.path.join(ROOT, "bench", "get_random.lua")
 PASSWORD = "bench-password"
 AUTH = "Basic " + base64.b64encode(f"admin:{PASSWORD}".encode()).decode()
 
@@ -293,7 +294,10 @@ def main():
         ("bare_page", f"{bare_base}/images", None),
         ("page", f"{small_server.base}/v3/images?{page_query}", None),
         ("page_big", f"{big_server.base}/v3/images?limit=100&marker={big_marker}", None),
-        # Pages from random markers: what the page cache cannot help.
+        # Random ids and pages from random markers: reads spread over the whole store,
+        # which neither sled's cache nor the page cache can keep hot at a million.
+        ("get_cold", f"{small_server.base}/v3/image", (GET_RANDOM_LUA, ("1000",))),
+        ("get_cold_big", f"{big_server.base}/v3/image", (GET_RANDOM_LUA, (str(args.big),))),
         ("page_cold", f"{small_server.base}/v3/images", (PAGE_RANDOM_LUA, ("1000",))),
         ("page_cold_big", f"{big_server.base}/v3/images", (PAGE_RANDOM_LUA, (str(args.big),))),
     ]
@@ -343,6 +347,7 @@ def main():
             "get_image_big_vs_small": m("get_image_big") / m("get_image"),
             "page_big_vs_small": m("page_big") / m("page"),
             "page_cold_big_vs_small": m("page_cold_big") / m("page_cold"),
+            "get_cold_big_vs_small": m("get_cold_big") / m("get_cold"),
         },
         **report,
     }
@@ -355,7 +360,8 @@ def main():
         ("POST rises with connections", m("post_c1") < m("post_c8") < m("post_c64")),
         ("big GET within 20% of small", results["ratios"]["get_image_big_vs_small"] >= 0.8),
         ("big page within 20% of small", results["ratios"]["page_big_vs_small"] >= 0.8),
-        ("big cold page within 20% of small", results["ratios"]["page_cold_big_vs_small"] >= 0.8),
+        ("big cold GET within 20% of small (stretch)", results["ratios"]["get_cold_big_vs_small"] >= 0.8),
+        ("big cold page within 20% of small (stretch)", results["ratios"]["page_cold_big_vs_small"] >= 0.8),
         ("ready < 2 s with big store", report["ready_big_s"] < 2.0),
         ("stream RSS growth < 10 MB", report["stream"]["rss_growth_mb"] < 10),
         ("peak RSS < 200 MB with big store", report["rss_big_peak_mb"] < 200),
