@@ -56,6 +56,12 @@ pub fn document(providers: &[String]) -> Value {
         "bearer": {"type": "http", "scheme": "bearer"},
     });
     doc["components"]["schemas"]["Provider"]["enum"] = json!(providers);
+    let error = |description: &str| {
+        json!({
+            "description": description,
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
+        })
+    };
     for route in TABLE {
         let operation = &mut doc["paths"][route.path][route.method.to_ascii_lowercase()];
         if !operation.is_object() {
@@ -63,8 +69,27 @@ pub fn document(providers: &[String]) -> Value {
             // document catches it.
             continue;
         }
+        // The answers every route shares are added here rather than repeated in each
+        // handler's annotation.
+        if route.path != "/metrics" {
+            operation["responses"]["406"] = error("Accept rules out application/json");
+        }
+        if operation["responses"]["503"].is_null() {
+            operation["responses"]["503"] =
+                error("The server holds as many connections as it may; retry in a moment");
+        }
+        if operation["requestBody"].is_object() {
+            operation["responses"]["408"] = error("The request body did not arrive in time");
+        }
         match route.policy {
             Some(policy) => {
+                operation["responses"]["401"] =
+                    error("No, malformed or wrong credentials; comes with WWW-Authenticate");
+                operation["responses"]["403"] =
+                    error(&format!("The user does not hold the policy {policy}"));
+                operation["responses"]["429"] = error(
+                    "Too many failed logins for this user from this address; see Retry-After",
+                );
                 operation["x-policy"] = json!(policy);
                 operation["security"] = json!([{"basic": []}, {"bearer": []}]);
                 let described = operation["description"].as_str().unwrap_or_default();

@@ -30,9 +30,6 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         (status = 200, description = "Audit records, newest first", body = Vec<AuditRecord>,
             headers(("Link" = String, description = "The next page, while more remain"))),
         (status = 400, description = "A bad query parameter", body = ErrorBody),
-        (status = 401, description = "No or wrong credentials", body = ErrorBody),
-        (status = 403, description = "The user lacks the policy", body = ErrorBody),
-        (status = 406, description = "Accept rules out JSON", body = ErrorBody),
         (status = 503, description = "The store failed", body = ErrorBody),
     )
 )]

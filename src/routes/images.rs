@@ -91,9 +91,6 @@ fn to_json(value: &impl serde::Serialize) -> Result<Vec<u8>, ApiError> {
         (status = 200, description = "The images, sorted by id", body = Vec<Image>,
             headers(("Link" = String, description = "The next page, while more remain"))),
         (status = 400, description = "A bad query parameter", body = ErrorBody),
-        (status = 401, description = "No or wrong credentials", body = ErrorBody),
-        (status = 403, description = "The user lacks the policy", body = ErrorBody),
-        (status = 406, description = "Accept rules out JSON", body = ErrorBody),
         (status = 503, description = "The store failed", body = ErrorBody),
     )
 )]
@@ -170,9 +167,6 @@ pub(crate) async fn list(
         (status = 200, description = "Created", body = IdMessage,
             example = json!({"id": "ami-0abc", "message": "Created"})),
         (status = 400, description = "A field breaks its rule, or the body is not a JSON object", body = ErrorBody),
-        (status = 401, description = "No or wrong credentials", body = ErrorBody),
-        (status = 403, description = "The user lacks the policy", body = ErrorBody),
-        (status = 406, description = "Accept rules out JSON", body = ErrorBody),
         (status = 409, description = "An image with this id exists", body = ErrorBody),
         (status = 413, description = "The body is too large", body = ErrorBody),
         (status = 415, description = "Content-Type is not application/json", body = ErrorBody),
@@ -211,10 +205,7 @@ pub(crate) async fn create(
         (status = 304, description = "The client's copy is current",
             headers(("ETag" = String, description = "Strong validator of the record"))),
         (status = 400, description = "The id breaks its rule", body = ErrorBody),
-        (status = 401, description = "No or wrong credentials", body = ErrorBody),
-        (status = 403, description = "The user lacks the policy", body = ErrorBody),
         (status = 404, description = "No image with this id", body = ErrorBody),
-        (status = 406, description = "Accept rules out JSON", body = ErrorBody),
         (status = 503, description = "The store failed", body = ErrorBody),
     )
 )]
@@ -256,10 +247,7 @@ pub(crate) async fn show(
         (status = 200, description = "Updated", body = Updated,
             headers(("ETag" = String, description = "Strong validator of the new record"))),
         (status = 400, description = "A field breaks its rule, or tries to change id or provider", body = ErrorBody),
-        (status = 401, description = "No or wrong credentials", body = ErrorBody),
-        (status = 403, description = "The user lacks the policy", body = ErrorBody),
         (status = 404, description = "No image with this id", body = ErrorBody),
-        (status = 406, description = "Accept rules out JSON", body = ErrorBody),
         (status = 412, description = "If-Match does not match; nothing changed", body = ErrorBody),
         (status = 413, description = "The body is too large", body = ErrorBody),
         (status = 415, description = "Content-Type is not application/json", body = ErrorBody),
@@ -307,10 +295,7 @@ pub(crate) async fn update(
         (status = 200, description = "Deleted", body = IdMessage,
             example = json!({"id": "ami-0abc", "message": "Deleted"})),
         (status = 400, description = "The id breaks its rule", body = ErrorBody),
-        (status = 401, description = "No or wrong credentials", body = ErrorBody),
-        (status = 403, description = "The user lacks the policy", body = ErrorBody),
         (status = 404, description = "No image with this id", body = ErrorBody),
-        (status = 406, description = "Accept rules out JSON", body = ErrorBody),
         (status = 412, description = "If-Match does not match; nothing changed", body = ErrorBody),
         (status = 503, description = "The store failed; nothing was changed", body = ErrorBody),
     )

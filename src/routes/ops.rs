@@ -28,7 +28,6 @@ pub struct Health {
     tag = "operations",
     responses(
         (status = 200, description = "The store is open", body = Health),
-        (status = 406, description = "Accept rules out JSON", body = ErrorBody),
         (status = 503, description = "The store failed", body = ErrorBody),
     )
 )]
@@ -74,7 +73,6 @@ pub(crate) async fn metrics(state: web::Data<AppState>) -> Result<HttpResponse, 
     tag = "operations",
     responses(
         (status = 200, description = "OpenAPI 3 document", body = Object),
-        (status = 406, description = "Accept rules out JSON", body = ErrorBody),
     )
 )]
 pub(crate) async fn openapi(state: web::Data<AppState>) -> HttpResponse {
