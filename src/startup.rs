@@ -85,6 +85,8 @@ pub enum StartError {
     },
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("cannot start a thread: {0}")]
+    Thread(std::io::Error),
     #[error("cannot set up metrics: {0}")]
     Metrics(#[from] prometheus::Error),
 }
@@ -139,12 +141,9 @@ impl Application {
                     Err(e) => log::warn!("warming the store failed: {e}"),
                 }
             })
-            .map_err(|source| StartError::Bind {
-                bind: "store-warm thread".into(),
-                source,
-            })?;
+            .map_err(StartError::Thread)?;
         let server = run(listener, state.clone()).map_err(|source| StartError::Bind {
-            bind: "listener".into(),
+            bind: state.config.server.bind.clone(),
             source,
         })?;
         Ok(Application {
