@@ -592,4 +592,186 @@ mod tests {
             .unwrap_err();
         assert!(err.0.contains("'provider' cannot be changed"));
     }
+
+    /// Properties over generated input: what parses serialises back to the same JSON,
+    /// and every refusal names the field at fault.
+    mod properties {
+        use proptest::prelude::*;
+        use serde_json::{Value, json};
+
+        use super::*;
+
+        const FIELDS: [&str; 4] = ["id", "provider", "remote_user", "name"];
+
+        /// Characters that sit on the edges of the field rules, mixed with any at all.
+        fn edgy_char() -> impl Strategy<Value = char> {
+            prop_oneof![
+                4 => prop::char::range('a', 'z'),
+                1 => any::<char>(),
+                1 => prop::sample::select(vec![
+                    ' ', '\t', '\n', '\u{0}', '\u{7f}', '\u{a0}', '\u{2028}', ':', '/', '?',
+                    '#', '%', '.', 'é', 'イ', '😀',
+                ]),
+            ]
+        }
+
+        /// Mostly plain text (which every field accepts), else short strings of edge
+        /// characters, else strings around the length limits.
+        fn text() -> impl Strategy<Value = String> {
+            prop_oneof![
+                4 => prop::collection::vec(prop::char::range('a', 'z'), 1..20)
+                    .prop_map(String::from_iter),
+                3 => prop::collection::vec(edgy_char(), 0..12).prop_map(String::from_iter),
+                1 => (250usize..=260, prop::sample::select(vec!["a", "é"]))
+                    .prop_map(|(n, c)| c.repeat(n)),
+                1 => (60usize..=70).prop_map(|n| "u".repeat(n)),
+            ]
+        }
+
+        /// Any JSON a client could put in a field, strings most often.
+        fn field_value() -> impl Strategy<Value = Value> {
+            prop_oneof![
+                6 => text().prop_map(Value::String),
+                1 => Just(Value::Null),
+                1 => any::<bool>().prop_map(Value::Bool),
+                1 => any::<i64>().prop_map(Value::from),
+                1 => Just(json!(["ec2"])),
+                1 => Just(json!({"id": "a"})),
+            ]
+        }
+
+        fn provider_value() -> impl Strategy<Value = Value> {
+            prop_oneof![
+                3 => prop::sample::select(vec!["ec2", "openstack", "static"])
+                    .prop_map(Value::from),
+                1 => field_value(),
+            ]
+        }
+
+        /// A body with any subset of the fields, sometimes an unknown one too.
+        fn body() -> impl Strategy<Value = Value> {
+            (
+                prop::option::weighted(0.9, field_value()),
+                prop::option::weighted(0.9, provider_value()),
+                prop::option::weighted(0.9, field_value()),
+                prop::option::weighted(0.7, field_value()),
+                prop::option::weighted(0.05, field_value()),
+            )
+                .prop_map(|(id, provider, remote_user, name, unknown)| {
+                    let mut object = serde_json::Map::new();
+                    for (key, value) in [
+                        ("id", id),
+                        ("provider", provider),
+                        ("remote_user", remote_user),
+                        ("name", name),
+                        ("extra", unknown),
+                    ] {
+                        if let Some(value) = value {
+                            object.insert(key.to_owned(), value);
+                        }
+                    }
+                    Value::Object(object)
+                })
+        }
+
+        fn names_field(message: &str, field: &str) -> bool {
+            message.starts_with(&format!("{field} ")) || message.contains(&format!("'{field}'"))
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+
+            #[test]
+            fn field_types_keep_what_they_accept_and_name_themselves_when_refusing(
+                value in text(),
+            ) {
+                match ImageId::parse(value.clone()) {
+                    Ok(id) => prop_assert_eq!(id.as_str(), value.as_str()),
+                    Err(e) => prop_assert!(e.0.starts_with("id "), "{}", e),
+                }
+                match RemoteUser::parse(value.clone()) {
+                    Ok(user) => prop_assert_eq!(user.as_str(), value.as_str()),
+                    Err(e) => prop_assert!(e.0.starts_with("remote_user "), "{}", e),
+                }
+                match ImageName::parse(value.clone()) {
+                    Ok(name) => prop_assert_eq!(name.as_str(), value.as_str()),
+                    Err(e) => prop_assert!(e.0.starts_with("name "), "{}", e),
+                }
+                match Provider::parse(&value, &providers()) {
+                    Ok(provider) => prop_assert_eq!(provider.as_str(), value.as_str()),
+                    Err(e) => prop_assert!(e.0.starts_with("provider "), "{}", e),
+                }
+            }
+
+            #[test]
+            fn what_parses_serialises_back_to_the_same_json(body in body()) {
+                let bytes = serde_json::to_vec(&body).unwrap();
+                match Image::from_json(&bytes, &providers()) {
+                    Ok(image) => {
+                        let mut expected = body.clone();
+                        expected
+                            .as_object_mut()
+                            .unwrap()
+                            .entry("name")
+                            .or_insert(json!(""));
+                        let written: Value = serde_json::from_slice(&image.to_json()).unwrap();
+                        prop_assert_eq!(written, expected);
+                        // And the stored form reads back as the same image.
+                        let stored: Image = serde_json::from_slice(&image.to_json()).unwrap();
+                        prop_assert_eq!(stored, image);
+                    }
+                    Err(e) => {
+                        prop_assert!(
+                            FIELDS.iter().any(|f| names_field(&e.0, f))
+                                || e.0.contains("unknown field 'extra'"),
+                            "{}", e
+                        );
+                    }
+                }
+            }
+
+            #[test]
+            fn a_refusal_names_the_one_bad_field(
+                field in prop::sample::select(FIELDS.to_vec()),
+                value in field_value(),
+            ) {
+                let mut body = json!({
+                    "id": "ami-1", "provider": "ec2", "remote_user": "ubuntu", "name": "n"
+                });
+                body[field] = value;
+                let bytes = serde_json::to_vec(&body).unwrap();
+                if let Err(e) = Image::from_json(&bytes, &providers()) {
+                    prop_assert!(!e.0.is_empty());
+                    prop_assert!(names_field(&e.0, field), "{} should name {}", e, field);
+                }
+            }
+
+            #[test]
+            fn an_update_applies_what_it_says_or_names_the_field(body in body()) {
+                let stored = Image::from_json(
+                    br#"{"id":"ami-1","provider":"ec2","remote_user":"ubuntu","name":"n"}"#,
+                    &providers(),
+                )
+                .unwrap();
+                let bytes = serde_json::to_vec(&body).unwrap();
+                let applied = ImagePatch::from_json(&bytes).and_then(|p| p.apply(&stored));
+                match applied {
+                    Ok(next) => {
+                        let written: Value = serde_json::from_slice(&next.to_json()).unwrap();
+                        for field in FIELDS {
+                            let expected = body.get(field).unwrap_or(&written[field]);
+                            prop_assert_eq!(&written[field], expected, "{}", field);
+                        }
+                        prop_assert_eq!(next.id, stored.id);
+                    }
+                    Err(e) => prop_assert!(
+                        FIELDS.iter().any(|f| names_field(&e.0, f))
+                            || e.0.contains("remote_user and/or name")
+                            || e.0.contains("unknown field 'extra'"),
+                        "{}", e
+                    ),
+                }
+            }
+        }
+    }
 }

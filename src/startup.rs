@@ -179,8 +179,8 @@ impl Application {
 }
 
 fn run(listener: TcpListener, state: web::Data<AppState>) -> std::io::Result<Server> {
-    let limits: ServerConfig = state.config.server.clone();
-    let connections = ConnectionCounter::new(limits.max_connections);
+    let settings: ServerConfig = state.config.server.clone();
+    let connections = ConnectionCounter::new(settings.max_connections);
     let server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
@@ -193,10 +193,10 @@ fn run(listener: TcpListener, state: web::Data<AppState>) -> std::io::Result<Ser
     .on_connect(move |io, data| connections.on_connect(io, data))
     // A client that is slow to send its request head, to go away, or that idles
     // between requests holds a connection slot, not a worker; these bound how long.
-    .client_request_timeout(limits.client_request_timeout)
-    .client_disconnect_timeout(limits.client_disconnect_timeout)
-    .keep_alive(limits.keep_alive)
-    .max_connections(limits::per_worker_cap(limits.max_connections))
+    .client_request_timeout(settings.client_request_timeout)
+    .client_disconnect_timeout(settings.client_disconnect_timeout)
+    .keep_alive(settings.keep_alive)
+    .max_connections(limits::per_worker_cap(settings.max_connections))
     // Signals are the command line's business (see `cli`): actix would treat SIGINT
     // as a hard stop, and tests run servers in-process.
     .disable_signals()
