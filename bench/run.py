@@ -57,12 +57,12 @@ def hash_password():
     return out.stdout.decode().strip()
 
 
-def write_config(folder, port, hash_line):
+def write_config(folder, port, hash_line, cache_mb):
     path = os.path.join(folder, "config.toml")
     with open(path, "w") as f:
         f.write(
             f'[server]\nbind = "127.0.0.1:{port}"\ndata_dir = "data"\n\n'
-            "[store]\ncache_mb = 64\n\n"
+            f"[store]\ncache_mb = {cache_mb}\n\n"
             '[policies]\nread_images = ["admin"]\ncreate_image = ["admin"]\n'
             'delete_image = ["admin"]\nread_audit = ["admin"]\n\n'
             f'[[users]]\nname = "admin"\n{hash_line}\nroles = ["admin"]\n'
@@ -221,6 +221,7 @@ def main():
     parser.add_argument("--write-seconds", type=int, default=5)
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--big", type=int, default=1_000_000, help="images in the large store")
+    parser.add_argument("--cache-mb", type=int, default=32, help="[store] cache_mb (the default)")
     parser.add_argument("--out", help="also write the figures as JSON here")
     args = parser.parse_args()
 
@@ -234,7 +235,7 @@ def main():
     # Idle RSS of an empty store.
     empty = os.path.join(work, "empty")
     os.makedirs(empty)
-    write_config(empty, free_port(), hash_line)
+    write_config(empty, free_port(), hash_line, args.cache_mb)
     server = Server(empty, "empty")
     server.wait_warm()
     time.sleep(1)
@@ -247,7 +248,7 @@ def main():
     big = os.path.join(work, "big")
     for folder, count in [(small, 1000), (big, args.big)]:
         os.makedirs(folder)
-        write_config(folder, free_port(), hash_line)
+        write_config(folder, free_port(), hash_line, args.cache_mb)
         write_images(os.path.join(folder, "images.jsonl"), count)
         started = time.monotonic()
         subprocess.run(

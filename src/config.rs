@@ -195,7 +195,7 @@ struct RawStore {
 
 impl Default for RawStore {
     fn default() -> Self {
-        RawStore { cache_mb: 64 }
+        RawStore { cache_mb: 32 }
     }
 }
 
@@ -476,7 +476,7 @@ mod tests {
         assert_eq!(config.server.bind, "127.0.0.1:8080");
         assert_eq!(config.server.data_dir, Path::new("/etc/ic/data"));
         assert_eq!(config.server.max_body_bytes, 65536);
-        assert_eq!(config.store.cache_mb, 64);
+        assert_eq!(config.store.cache_mb, 32);
         assert_eq!(config.server.client_request_timeout, Duration::from_secs(5));
         assert_eq!(
             config.server.client_disconnect_timeout,

@@ -20,7 +20,7 @@ use actix_web::dev::{Extensions, Payload, ServiceRequest, ServiceResponse};
 use actix_web::error::PayloadError;
 use actix_web::middleware::Next;
 use actix_web::web::Bytes;
-use actix_web::{Error, ResponseError};
+use actix_web::Error;
 use futures_util::Stream;
 use socket2::{Domain, Protocol, Socket, Type};
 
@@ -106,19 +106,12 @@ impl Drop for ConnectionSlot {
     }
 }
 
-/// Answers 503 and closes a connection that was opened past `max_connections`, before
-/// any work is done for it.
-pub async fn refuse_over_limit(
-    req: ServiceRequest,
-    next: Next<impl MessageBody + 'static>,
-) -> Result<ServiceResponse<BoxBody>, Error> {
-    if let Some(slot) = req.conn_data::<ConnectionSlot>()
-        && slot.over_limit
-    {
-        let response = ApiError::TooManyConnections { limit: slot.limit }.error_response();
-        return Ok(req.into_response(response));
-    }
-    Ok(next.call(req).await?.map_into_boxed_body())
+/// The 503 for a request on a connection that was opened past `max_connections`; it
+/// is answered before any work is done for it, and the connection closed.
+pub fn over_limit(req: &ServiceRequest) -> Option<ApiError> {
+    let slot = req.conn_data::<ConnectionSlot>()?;
+    slot.over_limit
+        .then_some(ApiError::TooManyConnections { limit: slot.limit })
 }
 
 /// Closes the connection when a request's body was not read to its end.

@@ -186,7 +186,6 @@ fn run(listener: TcpListener, state: web::Data<AppState>) -> std::io::Result<Ser
             .app_data(state.clone())
             .configure(routes::configure)
             .default_service(web::to(routes::not_found))
-            .wrap(from_fn(limits::refuse_over_limit))
             .wrap(from_fn(access_log))
             .wrap(from_fn(limits::close_on_unread_body))
     })
@@ -205,8 +204,8 @@ fn run(listener: TcpListener, state: web::Data<AppState>) -> std::io::Result<Ser
     Ok(server)
 }
 
-/// Wraps every request: refuses an Accept that rules out JSON (406) before any work
-/// is done (`/metrics` speaks Prometheus text and is exempt), gives every response an
+/// Wraps every request: refuses a connection past `max_connections` (503) and an
+/// Accept that rules out JSON (406) before any work is done (`/metrics` speaks Prometheus text and is exempt), gives every response an
 /// `X-Request-Id`, counts the request in the metrics and writes its access-log line.
 /// Credentials never reach the line: only the authenticated user's name does.
 async fn access_log(
@@ -223,15 +222,16 @@ async fn access_log(
     let method = req.method().clone();
     let state = req.app_data::<web::Data<AppState>>().cloned();
     let accept = req.headers().get(header::ACCEPT);
-    let mut response =
-        if req.path() != "/metrics" && !headers::accepts_json(accept.map(|v| v.as_bytes())) {
-            let shown = accept
-                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-                .unwrap_or_default();
-            req.into_response(ApiError::NotAcceptable(shown).error_response())
-        } else {
-            next.call(req).await?.map_into_boxed_body()
-        };
+    let mut response = if let Some(refusal) = limits::over_limit(&req) {
+        req.into_response(refusal.error_response())
+    } else if req.path() != "/metrics" && !headers::accepts_json(accept.map(|v| v.as_bytes())) {
+        let shown = accept
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .unwrap_or_default();
+        req.into_response(ApiError::NotAcceptable(shown).error_response())
+    } else {
+        next.call(req).await?.map_into_boxed_body()
+    };
     let elapsed = started.elapsed();
     let status = response.status().as_u16();
     {
