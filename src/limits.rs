@@ -18,9 +18,7 @@ use std::task::{Context, Poll};
 use actix_web::body::{BodySize, BoxBody, MessageBody};
 use actix_web::dev::{Extensions, Payload, ServiceRequest, ServiceResponse};
 use actix_web::error::PayloadError;
-use actix_web::middleware::Next;
 use actix_web::web::Bytes;
-use actix_web::Error;
 use futures_util::Stream;
 use socket2::{Domain, Protocol, Socket, Type};
 
@@ -122,28 +120,37 @@ pub fn over_limit(req: &ServiceRequest) -> Option<ApiError> {
 /// forever. While the body is still held when the response is written, actix instead
 /// closes the connection after `client_disconnect_timeout`. So the body is kept here,
 /// and the handlers read it through a handle.
-pub async fn close_on_unread_body(
-    mut req: ServiceRequest,
-    next: Next<impl MessageBody + 'static>,
-) -> Result<ServiceResponse<BoxBody>, Error> {
+/// Takes the request's body into a hold (none for a request without one); the
+/// handlers then read it through a handle. See [`keep_until_written`].
+pub fn hold_body(req: &mut ServiceRequest) -> Option<BodyHold> {
     let body = req.parts_mut().1.take();
     if matches!(body, Payload::None) {
-        return Ok(next.call(req).await?.map_into_boxed_body());
+        return None;
     }
     let held = Rc::new(RefCell::new(body));
     req.set_payload(Payload::Stream {
         payload: Box::pin(SharedPayload(held.clone())),
     });
-    let response = next.call(req).await?;
-    Ok(response.map_body(|_, body| {
-        BoxBody::new(HoldingBody {
-            body: body.boxed(),
-            _request_body: held,
-        })
-    }))
+    Some(BodyHold(held))
 }
 
-/// The handlers' handle on the request body that [`close_on_unread_body`] holds.
+/// Keeps the held request body alive until the response has been written.
+pub fn keep_until_written(
+    response: ServiceResponse<BoxBody>,
+    hold: BodyHold,
+) -> ServiceResponse<BoxBody> {
+    response.map_body(|_, body| {
+        BoxBody::new(HoldingBody {
+            body,
+            _request_body: hold.0,
+        })
+    })
+}
+
+/// A request body taken by [`hold_body`].
+pub struct BodyHold(Rc<RefCell<Payload>>);
+
+/// The handlers' handle on the request body that [`hold_body`] holds.
 struct SharedPayload(Rc<RefCell<Payload>>);
 
 impl Stream for SharedPayload {

@@ -7,10 +7,12 @@
 use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use actix_web::{FromRequest, HttpMessage, HttpRequest, dev::Payload, web};
 
 use crate::auth::Credentials;
+use crate::config::User;
 use crate::error::ApiError;
 use crate::startup::AppState;
 use crate::store::Store;
@@ -40,18 +42,18 @@ policies! {
 
 /// The authenticated user's name, left in the request for the access log.
 #[derive(Clone, Debug)]
-pub struct AuthenticatedUser(pub String);
+pub struct AuthenticatedUser(pub Arc<User>);
 
 /// Proof that the caller authenticated and holds policy `P`.
 pub struct Authorized<P: Policy> {
-    user: String,
+    user: Arc<User>,
     state: web::Data<AppState>,
     _policy: PhantomData<P>,
 }
 
 impl<P: Policy> Authorized<P> {
     pub fn user(&self) -> &str {
-        &self.user
+        &self.user.name
     }
 
     pub fn store(&self) -> &Store {
@@ -81,7 +83,7 @@ impl<P: Policy> FromRequest for Authorized<P> {
             };
             let user = authenticated.inspect_err(|_| state.metrics.auth_failed())?;
             req.extensions_mut()
-                .insert(AuthenticatedUser(user.name.clone()));
+                .insert(AuthenticatedUser(user.clone()));
             if !user.holds(P::NAME) {
                 return Err(ApiError::Forbidden {
                     user: user.name.clone(),
@@ -89,7 +91,7 @@ impl<P: Policy> FromRequest for Authorized<P> {
                 });
             }
             Ok(Authorized {
-                user: user.name.clone(),
+                user,
                 state,
                 _policy: PhantomData,
             })

@@ -187,7 +187,6 @@ fn run(listener: TcpListener, state: web::Data<AppState>) -> std::io::Result<Ser
             .configure(routes::configure)
             .default_service(web::to(routes::not_found))
             .wrap(from_fn(access_log))
-            .wrap(from_fn(limits::close_on_unread_body))
     })
     .on_connect(move |io, data| connections.on_connect(io, data))
     // A client that is slow to send its request head, to go away, or that idles
@@ -209,7 +208,7 @@ fn run(listener: TcpListener, state: web::Data<AppState>) -> std::io::Result<Ser
 /// `X-Request-Id`, counts the request in the metrics and writes its access-log line.
 /// Credentials never reach the line: only the authenticated user's name does.
 async fn access_log(
-    req: ServiceRequest,
+    mut req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
     let started = Instant::now();
@@ -230,7 +229,16 @@ async fn access_log(
             .unwrap_or_default();
         req.into_response(ApiError::NotAcceptable(shown).error_response())
     } else {
-        next.call(req).await?.map_into_boxed_body()
+        // When a handler drops a chunked body unread (a 401 before it, a 413 halfway),
+        // actix would read and discard the rest for as long as the client sends it;
+        // holding the body until the response is written makes it close instead.
+        match limits::hold_body(&mut req) {
+            None => next.call(req).await?.map_into_boxed_body(),
+            Some(hold) => {
+                let response = next.call(req).await?.map_into_boxed_body();
+                limits::keep_until_written(response, hold)
+            }
+        }
     };
     let elapsed = started.elapsed();
     let status = response.status().as_u16();
@@ -247,7 +255,7 @@ async fn access_log(
         let extensions = request.extensions();
         let user = extensions
             .get::<AuthenticatedUser>()
-            .map_or("-", |u| u.0.as_str());
+            .map_or("-", |u| u.0.name.as_str());
         let route = pattern.unwrap_or_else(|| request.path());
         crate::logging::access(method.as_str(), route, status, elapsed, user, &request_id);
     }
