@@ -82,8 +82,7 @@ impl<P: Policy> FromRequest for Authorized<P> {
                 Err(e) => Err(e),
             };
             let user = authenticated.inspect_err(|_| state.metrics.auth_failed())?;
-            req.extensions_mut()
-                .insert(AuthenticatedUser(user.clone()));
+            req.extensions_mut().insert(AuthenticatedUser(user.clone()));
             if !user.holds(P::NAME) {
                 return Err(ApiError::Forbidden {
                     user: user.name.clone(),
