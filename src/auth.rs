@@ -9,7 +9,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use actix_web::http::header::{AUTHORIZATION, HeaderMap};
 use actix_web::web;
 use argon2::Argon2;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
@@ -51,13 +50,6 @@ impl std::fmt::Debug for Credentials {
 }
 
 impl Credentials {
-    pub fn from_headers(headers: &HeaderMap) -> Result<Credentials, ApiError> {
-        let value = headers
-            .get(AUTHORIZATION)
-            .ok_or(ApiError::Unauthorized(NO_CREDENTIALS))?;
-        Credentials::parse(value.as_bytes())
-    }
-
     /// Parses an Authorization header value.
     pub fn parse(value: &[u8]) -> Result<Credentials, ApiError> {
         let malformed = ApiError::Unauthorized(MALFORMED);
@@ -109,11 +101,17 @@ pub fn sha256(bytes: &[u8]) -> [u8; 32] {
     Sha256::digest(bytes).into()
 }
 
+/// When an Authorization header value last authenticated, and as whom.
+type ProvenHeader = (Instant, Arc<User>);
+
 /// The access table in force, the cache of verified passwords and the brute-force
 /// throttle.
 pub struct Authenticator {
     access: RwLock<Arc<Access>>,
     verified: RwLock<HashMap<[u8; 32], Instant>>,
+    /// Authorization header values that authenticated recently, by their keyed hash:
+    /// steady traffic skips decoding and every lookup. Cleared with the access table.
+    proven_headers: RwLock<HashMap<[u8; 32], ProvenHeader>>,
     /// Per-process key of the cache, so its keys say nothing outside this process.
     cache_key: [u8; 64],
     /// Verified for unknown users, so they cost the same as a wrong password.
@@ -135,6 +133,7 @@ impl Authenticator {
         Authenticator {
             access: RwLock::new(Arc::new(access)),
             verified: RwLock::new(HashMap::new()),
+            proven_headers: RwLock::new(HashMap::new()),
             cache_key,
             decoy_hash: hash_password(&decoy).unwrap_or_default(),
             throttle: Throttle::new(throttle),
@@ -165,6 +164,49 @@ impl Authenticator {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .clear();
+        self.proven_headers
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+
+    /// Who an `Authorization` header value belongs to. A value that authenticated in
+    /// the last `VERIFIED_TTL` is recognised by its keyed hash alone; any other is
+    /// parsed and goes through [`Authenticator::authenticate`].
+    pub async fn authenticate_header(
+        &self,
+        value: Option<&[u8]>,
+        client: Option<IpAddr>,
+    ) -> Result<Arc<User>, ApiError> {
+        let value = value.ok_or(ApiError::Unauthorized(NO_CREDENTIALS))?;
+        let key = self.keyed_hash(&[value]);
+        if let Some(user) = self.proven_header(&key) {
+            return Ok(user);
+        }
+        let user = self
+            .authenticate(Credentials::parse(value)?, client)
+            .await?;
+        let mut proven = self
+            .proven_headers
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        if proven.len() >= VERIFIED_MAX_ENTRIES {
+            proven.retain(|_, (at, _)| at.elapsed() < VERIFIED_TTL);
+            if proven.len() >= VERIFIED_MAX_ENTRIES {
+                proven.clear();
+            }
+        }
+        proven.insert(key, (Instant::now(), user.clone()));
+        Ok(user)
+    }
+
+    fn proven_header(&self, key: &[u8; 32]) -> Option<Arc<User>> {
+        let proven = self
+            .proven_headers
+            .read()
+            .unwrap_or_else(|p| p.into_inner());
+        let (at, user) = proven.get(key)?;
+        (at.elapsed() < VERIFIED_TTL).then(|| user.clone())
     }
 
     /// Who `credentials` belong to, after the throttle has let the attempt through.
@@ -310,9 +352,14 @@ impl Authenticator {
     }
 
     fn cache_entry(&self, user: &str, password: &[u8], hash: &str) -> [u8; 32] {
+        self.keyed_hash(&[user.as_bytes(), password, hash.as_bytes()])
+    }
+
+    /// HMAC-SHA256 under the per-process key. Length prefixes keep ("ab", "c") and
+    /// ("a", "bc") apart.
+    fn keyed_hash(&self, parts: &[&[u8]]) -> [u8; 32] {
         let mut mac = <Hmac<Sha256> as KeyInit>::new(&self.cache_key.into());
-        // Length prefixes keep ("ab", "c") and ("a", "bc") apart.
-        for part in [user.as_bytes(), password, hash.as_bytes()] {
+        for part in parts {
             mac.update(&(part.len() as u64).to_le_bytes());
             mac.update(part);
         }

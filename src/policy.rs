@@ -9,9 +9,9 @@ use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use actix_web::http::header::AUTHORIZATION;
 use actix_web::{FromRequest, HttpMessage, HttpRequest, dev::Payload, web};
 
-use crate::auth::Credentials;
 use crate::config::User;
 use crate::error::ApiError;
 use crate::startup::AppState;
@@ -77,11 +77,12 @@ impl<P: Policy> FromRequest for Authorized<P> {
                 .cloned()
                 .ok_or(ApiError::StoreUnavailable)?;
             let client = req.peer_addr().map(|a| a.ip());
-            let authenticated = match Credentials::from_headers(req.headers()) {
-                Ok(credentials) => state.auth.authenticate(credentials, client).await,
-                Err(e) => Err(e),
-            };
-            let user = authenticated.inspect_err(|_| state.metrics.auth_failed())?;
+            let header = req.headers().get(AUTHORIZATION).map(|v| v.as_bytes());
+            let user = state
+                .auth
+                .authenticate_header(header, client)
+                .await
+                .inspect_err(|_| state.metrics.auth_failed())?;
             req.extensions_mut().insert(AuthenticatedUser(user.clone()));
             if !user.holds(P::NAME) {
                 return Err(ApiError::Forbidden {
