@@ -126,6 +126,18 @@ pub fn json_array<T: AsRef<[u8]>>(items: &[T]) -> Vec<u8> {
     body
 }
 
+/// A 200 whose body is one JSON array of `items`, streamed as they are read.
+pub fn streamed_array<I, T, E>(items: I) -> actix_web::HttpResponse
+where
+    I: Iterator<Item = Result<T, E>> + 'static,
+    T: AsRef<[u8]>,
+    E: std::fmt::Display,
+{
+    actix_web::HttpResponse::Ok()
+        .content_type("application/json")
+        .streaming(futures_util::stream::iter(JsonArrayChunks::new(items)))
+}
+
 /// Turns an iterator of pre-serialized items into the chunks of one JSON array.
 pub struct JsonArrayChunks<I> {
     items: I,

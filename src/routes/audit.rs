@@ -4,7 +4,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 
 use super::resource;
 use crate::error::{ApiError, ErrorBody};
-use crate::listing::{self, JsonArrayChunks};
+use crate::listing;
 use crate::policy::{Authorized, ReadAudit};
 use crate::store::AuditRecord;
 
@@ -54,11 +54,7 @@ pub(crate) async fn list(
         })
         .transpose()?;
     let Some(limit) = params.get("limit") else {
-        let items = auth.store().audit_from(before);
-        let chunks = futures_util::stream::iter(JsonArrayChunks::new(items));
-        return Ok(HttpResponse::Ok()
-            .content_type("application/json")
-            .streaming(chunks));
+        return Ok(listing::streamed_array(auth.store().audit_from(before)));
     };
     let limit = listing::parse_limit(limit)?;
     let page = auth.store().audit_page(before, limit)?;

@@ -8,7 +8,7 @@ use super::{IdMessage, JsonBody, RoutePattern, Updated, json_response, resource}
 use crate::error::{ApiError, ErrorBody};
 use crate::headers;
 use crate::image::{Image, ImageId, ImagePatch, NewImage, Provider};
-use crate::listing::{self, CachedPage, JsonArrayChunks};
+use crate::listing::{self, CachedPage};
 use crate::policy::{Authorized, CreateImage, DeleteImage, ReadImages};
 use crate::store::{Applied, Change, Record};
 
@@ -110,11 +110,9 @@ pub(crate) async fn list(
         })
         .transpose()?;
     let Some(limit) = params.get("limit") else {
-        let items = auth.store().list_from(marker.as_ref(), provider);
-        let chunks = futures_util::stream::iter(JsonArrayChunks::new(items));
-        return Ok(HttpResponse::Ok()
-            .content_type("application/json")
-            .streaming(chunks));
+        return Ok(listing::streamed_array(
+            auth.store().list_from(marker.as_ref(), provider),
+        ));
     };
     let limit = listing::parse_limit(limit)?;
     // Read the generation first: a page built while a write lands is then filed
