@@ -1,30 +1,13 @@
 //! Bad configs stop the real binary at start with exit code 2 and a message naming the
 //! problem; `check-config` shows who may do what.
 
-use std::process::Command;
-
 use crate::helpers::{DEFAULT_POLICIES, cheap_hash, config_text, default_users};
-
-fn binary() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_image-catalog"))
-}
+use crate::process::{binary, serve_refused, write_config};
 
 /// Runs `serve` on a config and returns (exit code, stderr).
 fn serve_with(config: &str) -> (i32, String) {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("config.toml");
-    std::fs::write(&path, config).unwrap();
-    let output = binary()
-        .arg("--config")
-        .arg(&path)
-        .arg("serve")
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap();
-    (
-        output.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
+    serve_refused(&write_config(dir.path(), config))
 }
 
 #[test]

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use tokio::sync::Notify;
 
 use crate::helpers::{ADMIN, DEFAULT_POLICIES, config_text, default_users};
-use crate::process::{ChildServer, write_config};
+use crate::process::{ChildServer, serve_refused, write_config};
 
 const ROUNDS: usize = 5;
 const WRITERS: usize = 8;
@@ -224,14 +224,8 @@ async fn a_second_server_on_the_same_data_dir_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let config = serve_config(dir.path());
     let _first = ChildServer::start(&config).await;
-    let output = crate::process::binary()
-        .arg("--config")
-        .arg(&config)
-        .arg("serve")
-        .output()
-        .unwrap();
-    assert_eq!(output.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let (code, stderr) = serve_refused(&config);
+    assert_eq!(code, 1);
     assert!(
         stderr.contains("is in use by another image-catalog process"),
         "{stderr}"
@@ -246,14 +240,8 @@ async fn an_unknown_store_format_is_refused() {
         let store = image_catalog::store::Store::open(&dir.path().join("data"), 8).unwrap();
         store.set_format_version_for_tests("7").unwrap();
     }
-    let output = crate::process::binary()
-        .arg("--config")
-        .arg(&config)
-        .arg("serve")
-        .output()
-        .unwrap();
-    assert_eq!(output.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let (code, stderr) = serve_refused(&config);
+    assert_eq!(code, 1);
     assert!(stderr.contains("store format version '7'"), "{stderr}");
 }
 

@@ -30,6 +30,22 @@ pub fn binary() -> Command {
     Command::new(env!("CARGO_BIN_EXE_image-catalog"))
 }
 
+/// Runs `serve` on a config it must refuse to start with; returns the exit code (-1
+/// for a signal) and what it wrote to stderr.
+pub fn serve_refused(config: &Path) -> (i32, String) {
+    let output = binary()
+        .arg("--config")
+        .arg(config)
+        .arg("serve")
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
 /// Writes `config` into `dir` and returns its path.
 pub fn write_config(dir: &Path, config: &str) -> PathBuf {
     let path = dir.join("config.toml");
