@@ -146,6 +146,7 @@ impl Application {
             bind: state.config.server.bind.clone(),
             source,
         })?;
+
         Ok(Application {
             address,
             server,
@@ -168,12 +169,27 @@ impl Application {
 
     /// Serves until the server is stopped (SIGINT/SIGTERM: in-flight requests finish),
     /// then flushes the store.
+    /// Fails when the store failed meanwhile: the process should exit non-zero so that
+    /// a supervisor starts it again on what is durably on disk.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        let result = self.server.await;
-        self.state
-            .store
-            .shutdown()
-            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        // Fail-stop: once the store has failed, stop taking connections and answer
+        // the requests in flight; the server then ends and so does this.
+        let handle = self.server.handle();
+        let state = self.state.clone();
+        let stop_on_failure = async move {
+            state.store.failed().await;
+            handle.stop(true).await;
+            std::future::pending::<std::io::Result<()>>().await
+        };
+        let result = tokio::select! {
+            result = self.server => result,
+            never = stop_on_failure => never,
+        };
+        self.state.store.shutdown().map_err(|e| {
+            std::io::Error::other(format!(
+                "{e}; exiting so that a restart reopens the store on what is durably on disk"
+            ))
+        })?;
         result
     }
 }

@@ -9,14 +9,15 @@
 
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 use sled::{IVec, Tree};
-use tokio::sync::oneshot;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot, watch};
 
 use crate::image::{Image, ImageId, ImagePatch, Provider, ValidationError};
 
@@ -54,10 +55,23 @@ pub enum StoreError {
     UnknownFormat { dir: PathBuf, found: String },
     #[error("a stored record is unreadable: {0}")]
     Corrupt(String),
-    #[error("flushing to disk failed: {0}")]
-    Flush(String),
-    #[error("a batch of changes failed: {0}")]
-    Failed(String),
+    /// The change may or may not be on disk: the store failed while making it durable.
+    #[error(
+        "the store failed while this change was being made durable ({0}); its outcome is unknown"
+    )]
+    OutcomeUnknown(String),
+    /// The store stopped after a failure (fail-stop) and applies nothing more.
+    #[error("the store has stopped after a failure ({0})")]
+    Stopped(String),
+    /// An import failed part way and could not be undone at once.
+    #[error(
+        "the import failed part way ({cause}) and could not be undone now ({undo}); nothing \
+         of it will remain: the next start of image-catalog (serve, export or import) undoes it"
+    )]
+    ImportInterrupted { cause: String, undo: String },
+    /// Too many changes are queued for the writer.
+    #[error("too many changes are waiting to be written")]
+    Busy,
     #[error("the store is shut down")]
     Closed,
     #[error("storage engine: {0}")]
@@ -157,6 +171,9 @@ enum Work {
     Change(Change),
     /// Many creates in one atomic step: all land, or none.
     Import(Vec<Image>),
+    /// Makes the writer panic, to test that its death is watched.
+    #[cfg(test)]
+    Crash,
 }
 
 /// One line of the audit trail.
@@ -179,8 +196,97 @@ pub struct Page {
 struct Job {
     work: Work,
     user: String,
-    reply: oneshot::Sender<Result<Applied, StoreError>>,
+    reply: Reply,
+    /// The job's place in the bounded queue, given back when the job is dropped.
+    _slot: OwnedSemaphorePermit,
 }
+
+/// Where a job's outcome goes.
+struct Reply {
+    sender: Option<oneshot::Sender<Result<Applied, StoreError>>>,
+    health: Health,
+}
+
+impl Reply {
+    /// The requester may have gone; the outcome stands all the same.
+    fn send(mut self, outcome: Result<Applied, StoreError>) {
+        if let Some(sender) = self.sender.take() {
+            let _ = sender.send(outcome);
+        }
+    }
+}
+
+impl Drop for Reply {
+    /// A reply dropped while its writer unwinds is of unknown outcome; failing the
+    /// store here, before the sender goes, lets the requester tell that apart from a
+    /// writer that stopped in order.
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.health.fail(WRITER_PANICKED.into());
+        }
+    }
+}
+
+/// Whether the store still vouches for what it serves. Once a flush or a commit has
+/// failed, what sled holds in memory may differ from what is on disk, so the store
+/// stops for good (fail-stop, as PostgreSQL does on a failed fsync): the process is
+/// meant to exit and start again on what is durably on disk.
+#[derive(Clone)]
+struct Health {
+    reason: Arc<watch::Sender<Option<String>>>,
+    /// Mirrors `reason.is_some()` for the checks on every item of a listing.
+    failed: Arc<AtomicBool>,
+}
+
+impl Health {
+    fn new() -> Health {
+        Health {
+            reason: Arc::new(watch::Sender::new(None)),
+            failed: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    fn is_failed(&self) -> bool {
+        self.failed.load(Ordering::Acquire)
+    }
+
+    /// Marks the store as failed; the first reason is the one kept.
+    fn fail(&self, reason: String) {
+        self.failed.store(true, Ordering::Release);
+        self.reason.send_if_modified(|current| {
+            if current.is_some() {
+                return false;
+            }
+            log::error!(
+                "the store has stopped after a failure: {reason}; it serves nothing more, and \
+                 the process exits so that a restart reopens it on what is durably on disk"
+            );
+            *current = Some(reason);
+            true
+        });
+    }
+
+    fn failure(&self) -> Option<String> {
+        if !self.is_failed() {
+            return None;
+        }
+        self.reason.borrow().clone()
+    }
+
+    fn check(&self) -> Result<(), StoreError> {
+        match self.failure() {
+            None => Ok(()),
+            Some(reason) => Err(StoreError::Stopped(reason)),
+        }
+    }
+}
+
+const WRITER_PANICKED: &str = "the store's writer thread panicked";
+
+/// How many changes may wait for the writer; past it a write waits `QUEUE_WAIT` for a
+/// place, then is refused with `Busy` rather than queueing without bound.
+const QUEUE_LIMIT: usize = 4 * MAX_BATCH;
+const QUEUE_WAIT: Duration = Duration::from_secs(1);
 
 pub struct Store {
     db: sled::Db,
@@ -189,6 +295,11 @@ pub struct Store {
     image_count: Arc<AtomicU64>,
     generation: Arc<AtomicU64>,
     writer: Mutex<Option<(mpsc::Sender<Job>, JoinHandle<()>)>>,
+    queue: Arc<Semaphore>,
+    health: Health,
+    /// Held by tests to hold the writer back between batches.
+    #[cfg(test)]
+    pause: Arc<Mutex<()>>,
 }
 
 impl Store {
@@ -229,6 +340,14 @@ impl Store {
             }
         }
         let meta = db.open_tree(META_TREE)?;
+        if let Some(removed) = undo_interrupted_import(&images, &audit, &meta)? {
+            db.flush()?;
+            log::warn!(
+                "an import into {} was interrupted; undone: {removed} images it had created \
+                 were removed, so that the import is all or nothing",
+                dir.display()
+            );
+        }
         let image_count = match meta.get(IMAGE_COUNT_KEY)? {
             Some(bytes) => u64_from_bytes(&bytes)?,
             None => {
@@ -244,6 +363,9 @@ impl Store {
             None => 1,
         };
         let (sender, receiver) = mpsc::channel();
+        let health = Health::new();
+        #[cfg(test)]
+        let pause = Arc::new(Mutex::new(()));
         let writer = Writer {
             db: db.clone(),
             images: images.clone(),
@@ -252,10 +374,22 @@ impl Store {
             image_count: image_count.clone(),
             generation: generation.clone(),
             next_seq,
+            health: health.clone(),
+            #[cfg(test)]
+            pause: pause.clone(),
         };
+        let watched = health.clone();
         let handle = std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || writer.run(receiver))
+            .spawn(move || {
+                // The writer is watched: its death is a failure like a failed flush,
+                // not a silent end of all writes.
+                let run =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| writer.run(receiver)));
+                if run.is_err() {
+                    watched.fail(WRITER_PANICKED.into());
+                }
+            })
             .map_err(|e| StoreError::Engine(e.into()))?;
         Ok(Store {
             db,
@@ -264,6 +398,10 @@ impl Store {
             image_count,
             generation,
             writer: Mutex::new(Some((sender, handle))),
+            queue: Arc::new(Semaphore::new(QUEUE_LIMIT)),
+            health,
+            #[cfg(test)]
+            pause,
         })
     }
 
@@ -284,22 +422,83 @@ impl Store {
     }
 
     async fn submit(&self, work: Work, user: &str) -> Result<Applied, StoreError> {
+        self.health.check()?;
+        let slot = match self.queue.clone().try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => tokio::time::timeout(QUEUE_WAIT, self.queue.clone().acquire_owned())
+                .await
+                .map_err(|_| StoreError::Busy)?
+                .map_err(|_| StoreError::Closed)?,
+        };
         let (reply, answer) = oneshot::channel();
         let job = Job {
             work,
             user: user.to_owned(),
-            reply,
+            reply: Reply {
+                sender: Some(reply),
+                health: self.health.clone(),
+            },
+            _slot: slot,
         };
         {
             let writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
             let (sender, _) = writer.as_ref().ok_or(StoreError::Closed)?;
-            sender.send(job).map_err(|_| StoreError::Closed)?;
+            // Not sent: the writer is gone, and the change was never applied.
+            sender.send(job).map_err(|_| self.stopped())?;
         }
-        answer.await.map_err(|_| StoreError::Closed)?
+        // Sent but never answered: the writer died with the job in hand, and whether
+        // the change reached the disk cannot be known from here.
+        answer.await.map_err(|_| match self.health.failure() {
+            // A writer that stopped on a failure answered every job it had applied.
+            Some(reason) if reason != WRITER_PANICKED => StoreError::Stopped(reason),
+            _ => StoreError::OutcomeUnknown(WRITER_PANICKED.into()),
+        })?
+    }
+
+    /// Why the writer is gone: a failure, or a shutdown.
+    fn stopped(&self) -> StoreError {
+        match self.health.failure() {
+            Some(reason) => StoreError::Stopped(reason),
+            None => StoreError::Closed,
+        }
+    }
+
+    /// The reason the store stopped, once it has failed.
+    pub fn failure(&self) -> Option<String> {
+        self.health.failure()
+    }
+
+    /// Resolves once the store has failed and stopped (never, if it does not).
+    pub async fn failed(&self) -> String {
+        let mut changes = self.health.reason.subscribe();
+        let reason = changes
+            .wait_for(Option::is_some)
+            .await
+            .map(|reason| reason.clone().unwrap_or_default());
+        match reason {
+            Ok(reason) => reason,
+            // The sender lives as long as `self`; this cannot end otherwise.
+            Err(_) => std::future::pending().await,
+        }
+    }
+
+    /// A read from sled, vouched for: a store that has failed serves nothing, and an
+    /// engine error on a read (a damaged file, an I/O error) fails the store.
+    fn read<T>(&self, read: impl FnOnce() -> sled::Result<T>) -> Result<T, StoreError> {
+        self.health.check()?;
+        let value = read().map_err(|e| self.engine_failed(e))?;
+        // A failure flagged while reading may concern what was just read.
+        self.health.check()?;
+        Ok(value)
+    }
+
+    fn engine_failed(&self, e: sled::Error) -> StoreError {
+        self.health.fail(format!("reading the store failed: {e}"));
+        StoreError::Engine(e)
     }
 
     pub fn get(&self, id: &ImageId) -> Result<Option<Record>, StoreError> {
-        Ok(self.images.get(id.as_str())?.map(Record))
+        Ok(self.read(|| self.images.get(id.as_str()))?.map(Record))
     }
 
     /// Up to `limit` images after `after` (exclusive), in id order.
@@ -313,7 +512,7 @@ impl Store {
     }
 
     /// Every image after `after`, in id order, read lazily: memory does not grow with
-    /// the catalog.
+    /// the catalog. Blocking: a long scan belongs on a blocking thread.
     pub fn list_from(
         &self,
         after: Option<&ImageId>,
@@ -323,22 +522,47 @@ impl Store {
             Some(id) => Bound::Excluded(IVec::from(id.as_str())),
             None => Bound::Unbounded,
         };
-        self.images
+        let items = self
+            .images
             .range::<IVec, _>((start, Bound::Unbounded))
-            .filter_map(move |item| {
-                let value = match item {
-                    Ok((_, value)) => value,
-                    Err(e) => return Some(Err(e.into())),
-                };
-                let Some(provider) = &provider else {
-                    return Some(Ok(value));
-                };
-                match Record(value.clone()).image() {
-                    Ok(image) if &image.provider == provider => Some(Ok(value)),
-                    Ok(_) => None,
-                    Err(e) => Some(Err(e)),
-                }
-            })
+            .map(|item| item.map(|(_, value)| value));
+        self.vouched(items).filter_map(move |item| {
+            let value = match item {
+                Ok(value) => value,
+                Err(e) => return Some(Err(e)),
+            };
+            let Some(provider) = &provider else {
+                return Some(Ok(value));
+            };
+            match Record(value.clone()).image() {
+                Ok(image) if &image.provider == provider => Some(Ok(value)),
+                Ok(_) => None,
+                Err(e) => Some(Err(e)),
+            }
+        })
+    }
+
+    /// Items read from sled, each vouched for as [`Store::read`] does; the listing
+    /// ends at the first failure.
+    fn vouched(
+        &self,
+        items: impl Iterator<Item = sled::Result<IVec>> + Send + 'static,
+    ) -> impl Iterator<Item = Result<IVec, StoreError>> + Send + 'static {
+        let health = self.health.clone();
+        let mut ended = false;
+        items.map_while(move |item| {
+            if ended {
+                return None;
+            }
+            let checked = health.check().and_then(|()| {
+                item.map_err(|e| {
+                    health.fail(format!("reading the store failed: {e}"));
+                    StoreError::Engine(e)
+                })
+            });
+            ended = checked.is_err();
+            Some(checked)
+        })
     }
 
     /// Up to `limit` audit records older than `before`, newest first.
@@ -355,10 +579,12 @@ impl Store {
             Some(seq) => Bound::Excluded(IVec::from(&seq.to_be_bytes())),
             None => Bound::Unbounded,
         };
-        self.audit
+        let items = self
+            .audit
             .range::<IVec, _>((Bound::Unbounded, end))
             .rev()
-            .map(|item| Ok(item?.1))
+            .map(|item| item.map(|(_, value)| value));
+        self.vouched(items)
     }
 
     /// A number that changes whenever the catalog may have changed, so that what was
@@ -391,7 +617,8 @@ impl Store {
 
     /// Whether the store still answers reads.
     pub fn is_healthy(&self) -> bool {
-        self.db.get(FORMAT_KEY).is_ok_and(|v| v.is_some())
+        self.read(|| self.db.get(FORMAT_KEY))
+            .is_ok_and(|v| v.is_some())
     }
 
     /// Overwrites the recorded format version: lets tests build a store from another
@@ -410,6 +637,9 @@ impl Store {
             drop(sender);
             let _ = handle.join();
         }
+        // After a failure, what is in memory is not to be written out: the next
+        // start reopens the store on what was durable.
+        self.health.check()?;
         self.db.flush()?;
         Ok(())
     }
@@ -457,6 +687,9 @@ struct Writer {
     image_count: Arc<AtomicU64>,
     generation: Arc<AtomicU64>,
     next_seq: u64,
+    health: Health,
+    #[cfg(test)]
+    pause: Arc<Mutex<()>>,
 }
 
 impl Writer {
@@ -469,77 +702,162 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            let mut answers = Vec::with_capacity(batch.len());
-            let (changes, imports): (Vec<Job>, Vec<Job>) = batch
-                .into_iter()
-                .partition(|job| matches!(job.work, Work::Change(_)));
-            if !changes.is_empty() {
-                let work: Vec<(&Change, &str)> = changes
-                    .iter()
-                    .filter_map(|job| match &job.work {
-                        Work::Change(change) => Some((change, job.user.as_str())),
-                        Work::Import(_) => None,
-                    })
-                    .collect();
-                match self.apply_all(&work) {
-                    Ok(results) => {
-                        for (job, result) in changes.into_iter().zip(results) {
-                            self.count(&result);
-                            answers.push((job.reply, result));
-                        }
-                    }
-                    Err(e) => {
-                        log::error!("a batch of {} changes failed: {e}", changes.len());
-                        for job in changes {
-                            answers.push((job.reply, Err(StoreError::Failed(e.to_string()))));
-                        }
-                    }
-                }
+            #[cfg(test)]
+            let pause = Arc::clone(&self.pause);
+            #[cfg(test)]
+            let _paused = pause.lock().unwrap_or_else(|p| p.into_inner());
+            if let Err(reason) = self.write_batch(batch) {
+                self.health.fail(reason);
+                break;
             }
-            for job in imports {
-                let Work::Import(images) = &job.work else {
-                    continue;
-                };
-                let result = self.import(images, &job.user);
-                // An import that failed part way may have committed chunks.
-                let result = self.refresh_counters().and(result);
-                self.generation.fetch_add(1, Ordering::Release);
-                answers.push((job.reply, result));
+        }
+        if self.health.failure().is_some() {
+            // Whatever is still queued was never applied: say so, truthfully.
+            let reason = self.health.failure().unwrap_or_default();
+            for job in jobs.try_iter() {
+                job.reply.send(Err(StoreError::Stopped(reason.clone())));
             }
-            // Before any reply: a client that saw its 200 never reads an older page.
-            if answers.iter().any(|(_, r)| r.is_ok()) {
-                self.generation.fetch_add(1, Ordering::Release);
-            }
-            let changed = answers.iter().any(|(_, r)| r.is_ok());
-            let flushed = if changed {
-                self.db.flush().map(drop)
-            } else {
-                Ok(())
-            };
-            if let Err(e) = &flushed {
-                log::error!("flushing the store failed: {e}");
-            }
-            for (reply, result) in answers {
-                let result = match (&flushed, result) {
-                    (Err(e), Ok(_)) => Err(StoreError::Flush(e.to_string())),
-                    (_, result) => result,
-                };
-                // The requester may have gone; the change stands all the same.
-                let _ = reply.send(result);
-            }
+            return;
         }
         if let Err(e) = self.db.flush() {
             log::error!("final flush of the store failed: {e}");
         }
     }
 
+    /// Applies a batch, makes it durable, then answers each job. `Err` is a failure of
+    /// the store itself (a commit or a flush): the jobs are answered as of unknown
+    /// outcome where they may have been applied, and the writer must stop.
+    fn write_batch(&mut self, batch: Vec<Job>) -> Result<(), String> {
+        let mut answers = Vec::with_capacity(batch.len());
+        let mut failure = None;
+        #[cfg(test)]
+        if batch.iter().any(|job| matches!(job.work, Work::Crash)) {
+            panic!("crash asked for by a test");
+        }
+        let (changes, imports): (Vec<Job>, Vec<Job>) = batch
+            .into_iter()
+            .partition(|job| matches!(job.work, Work::Change(_)));
+        if !changes.is_empty() {
+            let work: Vec<(&Change, &str)> = changes
+                .iter()
+                .filter_map(|job| match &job.work {
+                    Work::Change(change) => Some((change, job.user.as_str())),
+                    _ => None,
+                })
+                .collect();
+            match self.apply_all(&work) {
+                Ok(results) => {
+                    for (job, result) in changes.into_iter().zip(results) {
+                        self.count(&result);
+                        answers.push((job.reply, result));
+                    }
+                }
+                Err(e) => {
+                    // A commit that failed in the engine may have reached the log.
+                    let reason =
+                        format!("committing a batch of {} changes failed: {e}", work.len());
+                    for job in changes {
+                        answers.push((job.reply, Err(StoreError::OutcomeUnknown(reason.clone()))));
+                    }
+                    failure = Some(reason);
+                }
+            }
+        }
+        for job in imports {
+            let Work::Import(images) = &job.work else {
+                continue;
+            };
+            let result = if failure.is_some() {
+                Err(StoreError::Stopped("an earlier commit failed".into()))
+            } else {
+                match self.import(images, &job.user) {
+                    Err(ImportFailed::Undone(e)) => Err(e),
+                    Err(ImportFailed::Stuck(e)) => {
+                        failure = Some(e.to_string());
+                        Err(e)
+                    }
+                    Ok(applied) => Ok(applied),
+                }
+            };
+            answers.push((job.reply, result));
+        }
+        // Before any reply: a client that saw its 200 never reads an older page.
+        let changed = answers.iter().any(|(_, r)| r.is_ok());
+        if changed {
+            self.generation.fetch_add(1, Ordering::Release);
+        }
+        if failure.is_none()
+            && changed
+            && let Err(e) = self.db.flush()
+        {
+            failure = Some(format!("flushing to disk failed: {e}"));
+        }
+        for (reply, result) in answers {
+            let result = match (&failure, result) {
+                // Applied in memory, not known to be on disk.
+                (Some(reason), Ok(_)) => Err(StoreError::OutcomeUnknown(reason.clone())),
+                (_, result) => result,
+            };
+            reply.send(result);
+        }
+        match failure {
+            Some(reason) => Err(reason),
+            None => Ok(()),
+        }
+    }
+
     /// Creates `batch` in transactions of `IMPORT_CHUNK` images, each with its audit
     /// records: one transaction for a million images would hold gigabytes in memory.
-    /// The caller checks the ids beforehand; a conflict found here still aborts its
-    /// chunk whole.
-    fn import(&self, batch: &[Image], user: &str) -> Result<Applied, StoreError> {
+    /// All or nothing all the same: a durable marker names the import while it runs,
+    /// and an import that fails part way is undone, here or, if the store cannot
+    /// write any more, at the next open (see [`undo_interrupted_import`]).
+    fn import(&mut self, batch: &[Image], user: &str) -> Result<Applied, ImportFailed> {
+        let stuck = |e: StoreError| ImportFailed::Stuck(e);
+        let first_seq = self.next_seq;
+        let marker = serde_json::to_vec(&ImportMarker {
+            first_seq,
+            user: user.to_owned(),
+        })
+        .unwrap_or_default();
+        self.meta
+            .insert(IMPORT_KEY, marker)
+            .map_err(|e| stuck(e.into()))?;
+        self.db.flush().map_err(|e| stuck(e.into()))?;
+        match self.import_chunks(batch, user, first_seq) {
+            Ok(()) => {
+                let interrupted = |e: sled::Error| {
+                    ImportFailed::Stuck(StoreError::ImportInterrupted {
+                        cause: e.to_string(),
+                        undo: "the store cannot write".into(),
+                    })
+                };
+                self.db.flush().map_err(interrupted)?;
+                self.meta.remove(IMPORT_KEY).map_err(interrupted)?;
+                self.next_seq = first_seq + batch.len() as u64;
+                Ok(Applied::Imported(batch.len() as u64))
+            }
+            Err(e) => {
+                let undone = undo_interrupted_import(&self.images, &self.audit, &self.meta)
+                    .and_then(|_| Ok(self.db.flush()?));
+                let count = match self.meta.get(IMAGE_COUNT_KEY) {
+                    Ok(Some(bytes)) => u64_from_bytes(&bytes).unwrap_or(0),
+                    _ => self.image_count.load(Ordering::Relaxed),
+                };
+                self.image_count.store(count, Ordering::Relaxed);
+                match undone {
+                    Ok(_) => Err(ImportFailed::Undone(e)),
+                    Err(undo) => Err(ImportFailed::Stuck(StoreError::ImportInterrupted {
+                        cause: e.to_string(),
+                        undo: undo.to_string(),
+                    })),
+                }
+            }
+        }
+    }
+
+    fn import_chunks(&self, batch: &[Image], user: &str, first_seq: u64) -> Result<(), StoreError> {
         let time = now_rfc3339();
-        let mut seq = self.next_seq;
+        let mut seq = first_seq;
         for chunk in batch.chunks(IMPORT_CHUNK) {
             let records: Vec<Vec<u8>> = chunk
                 .iter()
@@ -549,7 +867,7 @@ impl Writer {
                         seq,
                         time: time.clone(),
                         user: user.to_owned(),
-                        method: "IMPORT".into(),
+                        method: IMPORT_METHOD.into(),
                         id: image.id.to_string(),
                         status: 200,
                     };
@@ -579,22 +897,9 @@ impl Writer {
                 TransactionError::Storage(e) => StoreError::Engine(e),
             })?;
             seq += chunk.len() as u64;
+            self.image_count
+                .fetch_add(chunk.len() as u64, Ordering::Relaxed);
         }
-        Ok(Applied::Imported(batch.len() as u64))
-    }
-
-    /// Re-reads the counters from disk: after an import that stopped part way, the
-    /// chunks it committed stand.
-    fn refresh_counters(&mut self) -> Result<(), StoreError> {
-        self.next_seq = match self.audit.last()? {
-            Some((key, _)) => u64_from_bytes(&key)? + 1,
-            None => 1,
-        };
-        let count = match self.meta.get(IMAGE_COUNT_KEY)? {
-            Some(bytes) => u64_from_bytes(&bytes)?,
-            None => 0,
-        };
-        self.image_count.store(count, Ordering::Relaxed);
         Ok(())
     }
 
@@ -714,6 +1019,74 @@ fn apply_one(
     })
 }
 
+/// How an import failed: undone (nothing of it remains), or stuck part way because the
+/// store itself failed (the next open undoes it).
+enum ImportFailed {
+    Undone(StoreError),
+    Stuck(StoreError),
+}
+
+/// Kept in the meta tree, flushed, while an import runs.
+#[derive(Serialize, Deserialize)]
+struct ImportMarker {
+    first_seq: u64,
+    user: String,
+}
+
+const IMPORT_KEY: &[u8] = b"import_in_progress";
+const IMPORT_METHOD: &str = "IMPORT";
+
+/// Removes what an interrupted import left: its audit records (from the marker's first
+/// seq on, by that import's user) name exactly the images it created, in the same
+/// transactions. Returns how many images were removed; `None` when no import was
+/// interrupted. Imports run with the data dir locked against servers, so nothing else
+/// wrote after the marker.
+fn undo_interrupted_import(
+    images: &Tree,
+    audit: &Tree,
+    meta: &Tree,
+) -> Result<Option<u64>, StoreError> {
+    let Some(marker) = meta.get(IMPORT_KEY)? else {
+        return Ok(None);
+    };
+    let marker: ImportMarker =
+        serde_json::from_slice(&marker).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let mut removed = 0u64;
+    let mut batch_images = sled::Batch::default();
+    let mut batch_audit = sled::Batch::default();
+    for item in audit.range(marker.first_seq.to_be_bytes()..) {
+        let (key, value) = item?;
+        let record: AuditRecord =
+            serde_json::from_slice(&value).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        if record.method != IMPORT_METHOD || record.user != marker.user {
+            continue;
+        }
+        batch_images.remove(record.id.as_bytes());
+        batch_audit.remove(key);
+        removed += 1;
+    }
+    let count = match meta.get(IMAGE_COUNT_KEY)? {
+        Some(bytes) => u64_from_bytes(&bytes)?,
+        None => 0,
+    };
+    (images, audit, meta)
+        .transaction(|(images, audit, meta)| {
+            images.apply_batch(&batch_images)?;
+            audit.apply_batch(&batch_audit)?;
+            meta.insert(
+                IMAGE_COUNT_KEY,
+                &count.saturating_sub(removed).to_be_bytes(),
+            )?;
+            meta.remove(IMPORT_KEY)?;
+            Ok::<_, ConflictableTransactionError<StoreError>>(())
+        })
+        .map_err(|e| match e {
+            TransactionError::Abort(e) => e,
+            TransactionError::Storage(e) => StoreError::Engine(e),
+        })?;
+    Ok(Some(removed))
+}
+
 fn abort<T>(err: StoreError) -> Result<T, ConflictableTransactionError<StoreError>> {
     Err(ConflictableTransactionError::Abort(err))
 }
@@ -820,6 +1193,133 @@ mod tests {
             .err()
             .expect("version 99 is refused");
         assert!(err.to_string().contains("format version '99'"), "{err}");
+    }
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_full_queue_refuses_writes_after_a_short_wait() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(dir.path(), 8).unwrap();
+        store.queue = Arc::new(Semaphore::new(2));
+        let store = Arc::new(store);
+        let held = store.pause.lock().unwrap();
+        runtime().block_on(async {
+            let local = tokio::task::LocalSet::new();
+            local
+                .run_until(async {
+                    // Two take the two places (the writer holds the first batch).
+                    let waiting: Vec<_> = ["q1", "q2"]
+                        .into_iter()
+                        .map(|id| {
+                            let store = store.clone();
+                            tokio::task::spawn_local(async move {
+                                store.apply(Change::Create(image(id)), "a").await
+                            })
+                        })
+                        .collect();
+                    tokio::task::yield_now().await;
+                    let refused = store.apply(Change::Create(image("q3")), "a").await;
+                    assert!(matches!(refused, Err(StoreError::Busy)), "{refused:?}");
+                    drop(held);
+                    for task in waiting {
+                        task.await.unwrap().unwrap();
+                    }
+                })
+                .await;
+        });
+        assert_eq!(store.image_count(), 2);
+        assert!(store.get(&ImageId::parse("q3").unwrap()).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_dead_writer_is_fail_stop() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 8).unwrap();
+        block_on(store.apply(Change::Create(image("kept")), "a")).unwrap();
+        assert!(store.is_healthy());
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(|_| {}));
+        let crashed = block_on(store.submit(Work::Crash, "a"));
+        std::panic::set_hook(previous);
+        assert!(
+            matches!(crashed, Err(StoreError::OutcomeUnknown(_))),
+            "{crashed:?}"
+        );
+        assert!(!store.is_healthy());
+        assert_eq!(block_on(store.failed()), WRITER_PANICKED);
+        let after = block_on(store.apply(Change::Create(image("later")), "a"));
+        assert!(matches!(after, Err(StoreError::Stopped(_))), "{after:?}");
+        let read = store.get(&ImageId::parse("kept").unwrap());
+        assert!(matches!(read, Err(StoreError::Stopped(_))), "{read:?}");
+        assert!(store.list_from(None, None).next().unwrap().is_err());
+        assert!(store.shutdown().is_err(), "a failed store is not flushed");
+    }
+
+    #[test]
+    fn an_import_that_fails_part_way_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 8).unwrap();
+        block_on(store.apply(Change::Create(image("taken")), "a")).unwrap();
+        // The conflict sits in the third chunk: two chunks commit before it.
+        let mut batch: Vec<Image> = (0..2 * IMPORT_CHUNK + 10)
+            .map(|i| image(&format!("new-{i:05}")))
+            .collect();
+        batch.push(image("taken"));
+        let err = block_on(store.import(batch, "import:file")).unwrap_err();
+        assert!(matches!(err, StoreError::Conflict(_)), "{err}");
+        assert_eq!(store.image_count(), 1);
+        assert_eq!(store.list_from(None, None).count(), 1);
+        assert_eq!(
+            store.audit_from(None).count(),
+            1,
+            "its audit records went too"
+        );
+        // The next change takes the next seq after the surviving record.
+        block_on(store.apply(Change::Create(image("next")), "a")).unwrap();
+        let page = store.audit_page(None, 1).unwrap();
+        let newest: AuditRecord = serde_json::from_slice(&page.records[0]).unwrap();
+        assert_eq!(newest.seq, 2);
+    }
+
+    #[test]
+    fn an_interrupted_import_is_undone_at_the_next_open() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path(), 8).unwrap();
+            block_on(store.apply(Change::Create(image("kept")), "a")).unwrap();
+            let writer = Writer {
+                db: store.db.clone(),
+                images: store.images.clone(),
+                audit: store.audit.clone(),
+                meta: store.db.open_tree(META_TREE).unwrap(),
+                image_count: store.image_count.clone(),
+                generation: store.generation.clone(),
+                next_seq: 2,
+                health: Health::new(),
+                pause: Arc::new(Mutex::new(())),
+            };
+            // As if the process died after the marker and one chunk reached the disk.
+            let marker = serde_json::to_vec(&ImportMarker {
+                first_seq: 2,
+                user: "import:f".into(),
+            })
+            .unwrap();
+            writer.meta.insert(IMPORT_KEY, marker).unwrap();
+            let batch: Vec<Image> = (0..5).map(|i| image(&format!("half-{i}"))).collect();
+            writer.import_chunks(&batch, "import:f", 2).unwrap();
+            store.db.flush().unwrap();
+            assert_eq!(store.list_from(None, None).count(), 6);
+        }
+        let store = Store::open(dir.path(), 8).unwrap();
+        assert_eq!(store.list_from(None, None).count(), 1);
+        assert_eq!(store.image_count(), 1);
+        assert_eq!(store.audit_from(None).count(), 1);
     }
 
     #[test]
