@@ -501,14 +501,22 @@ impl Store {
         Ok(self.read(|| self.images.get(id.as_str()))?.map(Record))
     }
 
-    /// Up to `limit` images after `after` (exclusive), in id order.
-    pub fn list_page(
+    /// Up to `limit` images after `after` (exclusive), in id order. A page of one
+    /// provider may scan much of the catalog to fill: it runs on a blocking thread.
+    pub async fn list_page(
         &self,
         after: Option<&ImageId>,
         provider: Option<&Provider>,
         limit: usize,
     ) -> Result<Page, StoreError> {
-        take_page(self.list_from(after, provider.cloned()), limit)
+        let items = self.list_from(after, provider.cloned());
+        if provider.is_none() {
+            // At most `limit + 1` reads in key order: cheaper than a thread hop.
+            return take_page(items, limit);
+        }
+        tokio::task::spawn_blocking(move || take_page(items, limit))
+            .await
+            .map_err(|e| StoreError::Corrupt(format!("a listing thread failed: {e}")))?
     }
 
     /// Every image after `after`, in id order, read lazily: memory does not grow with
