@@ -59,11 +59,12 @@ impl AppState {
             Ok(next) => {
                 if next.server != self.config.server
                     || next.store != self.config.store
+                    || next.audit != self.config.audit
                     || next.auth != self.config.auth
                     || next.providers != self.config.providers
                 {
                     log::warn!(
-                        "config reload: changes to [server], [store], [auth] and providers take \
+                        "config reload: changes to [server], [store], [audit], [auth] and providers take \
                          effect only after a restart; users, roles and policies are applied now"
                     );
                 }
@@ -113,6 +114,7 @@ impl Application {
             source,
         })?;
         let store = Store::open(&config.server.data_dir, config.store.cache_mb)?;
+        store.keep_audit_for(config.audit.keep);
         let openapi = serde_json::to_vec(&crate::openapi::document(&config.providers))
             .unwrap_or_default()
             .into();

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
@@ -21,14 +21,26 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot, watch};
 
 use crate::image::{Image, ImageId, ImagePatch, Provider, ValidationError};
 
-/// Written into every store; a store with another version is refused, not guessed at.
-pub const FORMAT_VERSION: &str = "1";
+/// Written into every store; a store of an older version is upgraded in place at
+/// open, one of an unknown (newer) version is refused, not guessed at.
+///
+/// 2: the meta tree keeps the audit trail's record count, size and next seq, so that
+/// pruning old records never lets a seq be given twice.
+pub const FORMAT_VERSION: &str = "2";
 const FORMAT_KEY: &[u8] = b"format_version";
 const IMAGES_TREE: &[u8] = b"images";
 const AUDIT_TREE: &[u8] = b"audit";
 /// Counters kept in step with the data, so that nothing has to scan the catalog.
 const META_TREE: &[u8] = b"meta";
 const IMAGE_COUNT_KEY: &[u8] = b"image_count";
+const AUDIT_RECORDS_KEY: &[u8] = b"audit_records";
+const AUDIT_BYTES_KEY: &[u8] = b"audit_bytes";
+const NEXT_SEQ_KEY: &[u8] = b"next_seq";
+/// How often the writer looks for audit records past their retention, when idle.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+/// Audit records removed per transaction, so that pruning a long trail does not
+/// hold writes back for long.
+const PRUNE_CHUNK: usize = 10_000;
 /// Upper bound on changes applied between two flushes, so replies are not held back
 /// for long under a flood of writes.
 const MAX_BATCH: usize = 1024;
@@ -292,8 +304,10 @@ pub struct Store {
     db: sled::Db,
     images: Tree,
     audit: Tree,
-    image_count: Arc<AtomicU64>,
+    gauges: Arc<Gauges>,
     generation: Arc<AtomicU64>,
+    /// Seconds an audit record is kept; 0 keeps every record.
+    retention: Arc<AtomicU64>,
     writer: Mutex<Option<(mpsc::Sender<Job>, JoinHandle<()>)>>,
     queue: Arc<Semaphore>,
     health: Health,
@@ -320,8 +334,18 @@ impl Store {
             })?;
         let images = db.open_tree(IMAGES_TREE)?;
         let audit = db.open_tree(AUDIT_TREE)?;
+        let meta = db.open_tree(META_TREE)?;
         match db.get(FORMAT_KEY)? {
             Some(found) if found.as_ref() == FORMAT_VERSION.as_bytes() => {}
+            Some(found) if found.as_ref() == b"1" => {
+                upgrade_from_1(&images, &audit, &meta)?;
+                db.insert(FORMAT_KEY, FORMAT_VERSION)?;
+                db.flush()?;
+                log::info!(
+                    "the store at {} was upgraded in place from format 1 to {FORMAT_VERSION}",
+                    dir.display()
+                );
+            }
             Some(found) => {
                 return Err(StoreError::UnknownFormat {
                     dir: dir.to_owned(),
@@ -329,6 +353,7 @@ impl Store {
                 });
             }
             None if images.is_empty() && audit.is_empty() => {
+                Tally::default().store(&meta)?;
                 db.insert(FORMAT_KEY, FORMAT_VERSION)?;
                 db.flush()?;
             }
@@ -339,7 +364,6 @@ impl Store {
                 });
             }
         }
-        let meta = db.open_tree(META_TREE)?;
         if let Some(removed) = undo_interrupted_import(&images, &audit, &meta)? {
             db.flush()?;
             log::warn!(
@@ -348,21 +372,12 @@ impl Store {
                 dir.display()
             );
         }
-        let image_count = match meta.get(IMAGE_COUNT_KEY)? {
-            Some(bytes) => u64_from_bytes(&bytes)?,
-            None => {
-                let count = images.len() as u64;
-                meta.insert(IMAGE_COUNT_KEY, &count.to_be_bytes())?;
-                count
-            }
-        };
-        let image_count = Arc::new(AtomicU64::new(image_count));
+        let tally = Tally::load(&meta)?;
+        let gauges = Arc::new(Gauges::default());
+        gauges.show(&tally);
         let generation = Arc::new(AtomicU64::new(0));
-        let next_seq = match audit.last()? {
-            Some((key, _)) => u64_from_bytes(&key)? + 1,
-            None => 1,
-        };
         let (sender, receiver) = mpsc::channel();
+        let retention = Arc::new(AtomicU64::new(0));
         let health = Health::new();
         #[cfg(test)]
         let pause = Arc::new(Mutex::new(()));
@@ -371,9 +386,11 @@ impl Store {
             images: images.clone(),
             audit: audit.clone(),
             meta,
-            image_count: image_count.clone(),
+            gauges: gauges.clone(),
             generation: generation.clone(),
-            next_seq,
+            tally,
+            retention: retention.clone(),
+            last_prune: None,
             health: health.clone(),
             #[cfg(test)]
             pause: pause.clone(),
@@ -395,8 +412,9 @@ impl Store {
             db,
             images,
             audit,
-            image_count,
+            gauges,
             generation,
+            retention,
             writer: Mutex::new(Some((sender, handle))),
             queue: Arc::new(Semaphore::new(QUEUE_LIMIT)),
             health,
@@ -602,7 +620,22 @@ impl Store {
     }
 
     pub fn image_count(&self) -> u64 {
-        self.image_count.load(Ordering::Relaxed)
+        self.gauges.images.load(Ordering::Relaxed)
+    }
+
+    /// Records in the audit trail, and the bytes of their JSON.
+    pub fn audit_size(&self) -> (u64, u64) {
+        (
+            self.gauges.audit_records.load(Ordering::Relaxed),
+            self.gauges.audit_bytes.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Keeps audit records for `keep` (`None`: for ever). Older ones are removed by the
+    /// writer, a chunk at a time, when it is idle and at least once a minute.
+    pub fn keep_audit_for(&self, keep: Option<Duration>) {
+        let seconds = keep.map_or(0, |d| d.as_secs().max(1));
+        self.retention.store(seconds, Ordering::Relaxed);
     }
 
     pub fn size_on_disk(&self) -> Result<u64, StoreError> {
@@ -679,6 +712,128 @@ fn take_page(
     })
 }
 
+/// The counters kept in the meta tree, changed in the same transaction as what they
+/// count: nothing has to scan the catalog or the trail to know them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Tally {
+    images: u64,
+    audit_records: u64,
+    audit_bytes: u64,
+    /// Never goes back, even when old records are pruned or an import is undone.
+    next_seq: u64,
+}
+
+impl Tally {
+    const KEYS: [&'static [u8]; 4] = [
+        IMAGE_COUNT_KEY,
+        AUDIT_RECORDS_KEY,
+        AUDIT_BYTES_KEY,
+        NEXT_SEQ_KEY,
+    ];
+
+    fn from_values(values: [u64; 4]) -> Tally {
+        let [images, audit_records, audit_bytes, next_seq] = values;
+        Tally {
+            images,
+            audit_records,
+            audit_bytes,
+            next_seq: next_seq.max(1),
+        }
+    }
+
+    fn values(&self) -> [u64; 4] {
+        [
+            self.images,
+            self.audit_records,
+            self.audit_bytes,
+            self.next_seq,
+        ]
+    }
+
+    fn load(meta: &Tree) -> Result<Tally, StoreError> {
+        let mut values = [0u64; 4];
+        for (value, key) in values.iter_mut().zip(Self::KEYS) {
+            if let Some(bytes) = meta.get(key)? {
+                *value = u64_from_bytes(&bytes)?;
+            }
+        }
+        Ok(Tally::from_values(values))
+    }
+
+    fn store(&self, meta: &Tree) -> Result<(), StoreError> {
+        for (value, key) in self.values().into_iter().zip(Self::KEYS) {
+            meta.insert(key, &value.to_be_bytes())?;
+        }
+        Ok(())
+    }
+
+    fn read(
+        meta: &sled::transaction::TransactionalTree,
+    ) -> Result<Tally, ConflictableTransactionError<StoreError>> {
+        let mut values = [0u64; 4];
+        for (value, key) in values.iter_mut().zip(Self::KEYS) {
+            if let Some(bytes) = meta.get(key)? {
+                *value = u64_from_bytes(&bytes).map_err(ConflictableTransactionError::Abort)?;
+            }
+        }
+        Ok(Tally::from_values(values))
+    }
+
+    fn write(
+        &self,
+        meta: &sled::transaction::TransactionalTree,
+    ) -> Result<(), sled::transaction::UnabortableTransactionError> {
+        for (value, key) in self.values().into_iter().zip(Self::KEYS) {
+            meta.insert(key, &value.to_be_bytes())?;
+        }
+        Ok(())
+    }
+
+    /// One more audit record of `bytes` bytes.
+    fn audited(&mut self, bytes: usize) {
+        self.audit_records += 1;
+        self.audit_bytes += bytes as u64;
+        self.next_seq += 1;
+    }
+}
+
+/// What `/metrics` shows of the tally, readable without the writer.
+#[derive(Default)]
+struct Gauges {
+    images: AtomicU64,
+    audit_records: AtomicU64,
+    audit_bytes: AtomicU64,
+}
+
+impl Gauges {
+    fn show(&self, tally: &Tally) {
+        self.images.store(tally.images, Ordering::Relaxed);
+        self.audit_records
+            .store(tally.audit_records, Ordering::Relaxed);
+        self.audit_bytes.store(tally.audit_bytes, Ordering::Relaxed);
+    }
+}
+
+/// Format 1 kept only the image count: count the trail once.
+fn upgrade_from_1(images: &Tree, audit: &Tree, meta: &Tree) -> Result<(), StoreError> {
+    let mut tally = Tally::load(meta)?;
+    if meta.get(IMAGE_COUNT_KEY)?.is_none() {
+        tally.images = images.len() as u64;
+    }
+    tally.audit_records = 0;
+    tally.audit_bytes = 0;
+    for item in audit.iter() {
+        let (_, value) = item?;
+        tally.audit_records += 1;
+        tally.audit_bytes += value.len() as u64;
+    }
+    tally.next_seq = match audit.last()? {
+        Some((key, _)) => u64_from_bytes(&key)? + 1,
+        None => 1,
+    };
+    tally.store(meta)
+}
+
 fn u64_from_bytes(bytes: &[u8]) -> Result<u64, StoreError> {
     let bytes: [u8; 8] = bytes
         .try_into()
@@ -692,9 +847,12 @@ struct Writer {
     images: Tree,
     audit: Tree,
     meta: Tree,
-    image_count: Arc<AtomicU64>,
+    gauges: Arc<Gauges>,
     generation: Arc<AtomicU64>,
-    next_seq: u64,
+    /// The meta tree's counters as of the last commit.
+    tally: Tally,
+    retention: Arc<AtomicU64>,
+    last_prune: Option<Instant>,
     health: Health,
     #[cfg(test)]
     pause: Arc<Mutex<()>>,
@@ -702,7 +860,18 @@ struct Writer {
 
 impl Writer {
     fn run(mut self, jobs: mpsc::Receiver<Job>) {
-        while let Ok(first) = jobs.recv() {
+        loop {
+            let first = match jobs.recv_timeout(self.until_prune()) {
+                Ok(job) => job,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if let Err(reason) = self.prune() {
+                        self.health.fail(reason);
+                        break;
+                    }
+                    continue;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            };
             let mut batch = vec![first];
             while batch.len() < MAX_BATCH {
                 match jobs.try_recv() {
@@ -732,6 +901,72 @@ impl Writer {
         }
     }
 
+    fn set_tally(&mut self, tally: Tally) {
+        self.tally = tally;
+        self.gauges.show(&tally);
+    }
+
+    /// How long the writer may wait for work before pruning is due.
+    fn until_prune(&self) -> Duration {
+        if self.retention.load(Ordering::Relaxed) == 0 {
+            return PRUNE_EVERY;
+        }
+        match self.last_prune {
+            None => Duration::ZERO,
+            Some(at) => PRUNE_EVERY.saturating_sub(at.elapsed()),
+        }
+    }
+
+    /// Removes audit records older than the retention, a chunk per transaction; when a
+    /// chunk was full, the next one is due at once (after any queued writes).
+    fn prune(&mut self) -> Result<(), String> {
+        let keep = self.retention.load(Ordering::Relaxed);
+        if keep == 0 {
+            return Ok(());
+        }
+        let cutoff = time::OffsetDateTime::now_utc() - Duration::from_secs(keep);
+        let cutoff = rfc3339(cutoff);
+        let mut expired = Vec::new();
+        let mut bytes = 0u64;
+        for item in self.audit.iter() {
+            let (key, value) = item.map_err(|e| format!("reading the audit trail failed: {e}"))?;
+            let record: AuditRecord = serde_json::from_slice(&value)
+                .map_err(|e| format!("an audit record is unreadable: {e}"))?;
+            // Records are in seq order, which is time order: the first one within
+            // the retention ends the expired run.
+            if record.time >= cutoff || expired.len() == PRUNE_CHUNK {
+                break;
+            }
+            bytes += value.len() as u64;
+            expired.push(key);
+        }
+        let full = expired.len() == PRUNE_CHUNK;
+        self.last_prune = (!full).then(Instant::now);
+        if expired.is_empty() {
+            return Ok(());
+        }
+        let mut removals = sled::Batch::default();
+        for key in &expired {
+            removals.remove(key.clone());
+        }
+        let count = expired.len() as u64;
+        let tally = (&self.audit, &self.meta)
+            .transaction(|(audit, meta)| {
+                audit.apply_batch(&removals)?;
+                let mut tally = Tally::read(meta)?;
+                tally.audit_records = tally.audit_records.saturating_sub(count);
+                tally.audit_bytes = tally.audit_bytes.saturating_sub(bytes);
+                tally.write(meta)?;
+                Ok(tally)
+            })
+            .map_err(|e: TransactionError<StoreError>| {
+                format!("pruning the audit trail failed: {e:?}")
+            })?;
+        self.set_tally(tally);
+        log::info!("audit retention: removed {count} records older than {cutoff}");
+        Ok(())
+    }
+
     /// Applies a batch, makes it durable, then answers each job. `Err` is a failure of
     /// the store itself (a commit or a flush): the jobs are answered as of unknown
     /// outcome where they may have been applied, and the writer must stop.
@@ -754,9 +989,9 @@ impl Writer {
                 })
                 .collect();
             match self.apply_all(&work) {
-                Ok(results) => {
+                Ok((results, tally)) => {
+                    self.set_tally(tally);
                     for (job, result) in changes.into_iter().zip(results) {
-                        self.count(&result);
                         answers.push((job.reply, result));
                     }
                 }
@@ -821,9 +1056,8 @@ impl Writer {
     /// write any more, at the next open (see [`undo_interrupted_import`]).
     fn import(&mut self, batch: &[Image], user: &str) -> Result<Applied, ImportFailed> {
         let stuck = |e: StoreError| ImportFailed::Stuck(e);
-        let first_seq = self.next_seq;
         let marker = serde_json::to_vec(&ImportMarker {
-            first_seq,
+            first_seq: self.tally.next_seq,
             user: user.to_owned(),
         })
         .unwrap_or_default();
@@ -831,7 +1065,7 @@ impl Writer {
             .insert(IMPORT_KEY, marker)
             .map_err(|e| stuck(e.into()))?;
         self.db.flush().map_err(|e| stuck(e.into()))?;
-        match self.import_chunks(batch, user, first_seq) {
+        match self.import_chunks(batch, user) {
             Ok(()) => {
                 let interrupted = |e: sled::Error| {
                     ImportFailed::Stuck(StoreError::ImportInterrupted {
@@ -841,17 +1075,14 @@ impl Writer {
                 };
                 self.db.flush().map_err(interrupted)?;
                 self.meta.remove(IMPORT_KEY).map_err(interrupted)?;
-                self.next_seq = first_seq + batch.len() as u64;
                 Ok(Applied::Imported(batch.len() as u64))
             }
             Err(e) => {
                 let undone = undo_interrupted_import(&self.images, &self.audit, &self.meta)
                     .and_then(|_| Ok(self.db.flush()?));
-                let count = match self.meta.get(IMAGE_COUNT_KEY) {
-                    Ok(Some(bytes)) => u64_from_bytes(&bytes).unwrap_or(0),
-                    _ => self.image_count.load(Ordering::Relaxed),
-                };
-                self.image_count.store(count, Ordering::Relaxed);
+                if let Ok(tally) = Tally::load(&self.meta) {
+                    self.set_tally(tally);
+                }
                 match undone {
                     Ok(_) => Err(ImportFailed::Undone(e)),
                     Err(undo) => Err(ImportFailed::Stuck(StoreError::ImportInterrupted {
@@ -863,13 +1094,12 @@ impl Writer {
         }
     }
 
-    fn import_chunks(&self, batch: &[Image], user: &str, first_seq: u64) -> Result<(), StoreError> {
+    fn import_chunks(&mut self, batch: &[Image], user: &str) -> Result<(), StoreError> {
         let time = now_rfc3339();
-        let mut seq = first_seq;
         for chunk in batch.chunks(IMPORT_CHUNK) {
             let records: Vec<Vec<u8>> = chunk
                 .iter()
-                .zip(seq..)
+                .zip(self.tally.next_seq..)
                 .map(|(image, seq)| {
                     let record = AuditRecord {
                         seq,
@@ -884,47 +1114,26 @@ impl Writer {
                 .collect();
             let result =
                 (&self.images, &self.audit, &self.meta).transaction(|(images, audit, meta)| {
-                    let count = match meta.get(IMAGE_COUNT_KEY)? {
-                        Some(bytes) => {
-                            u64_from_bytes(&bytes).map_err(ConflictableTransactionError::Abort)?
-                        }
-                        None => 0,
-                    };
-                    for ((image, record), seq) in chunk.iter().zip(&records).zip(seq..) {
+                    let mut tally = Tally::read(meta)?;
+                    for (image, record) in chunk.iter().zip(&records) {
                         let key = image.id.as_str().as_bytes();
                         if images.insert(key, image.to_json())?.is_some() {
                             return abort(StoreError::Conflict(image.id.to_string()));
                         }
-                        audit.insert(&seq.to_be_bytes(), record.as_slice())?;
+                        audit.insert(&tally.next_seq.to_be_bytes(), record.as_slice())?;
+                        tally.images += 1;
+                        tally.audited(record.len());
                     }
-                    meta.insert(IMAGE_COUNT_KEY, &(count + chunk.len() as u64).to_be_bytes())?;
-                    Ok(())
+                    tally.write(meta)?;
+                    Ok(tally)
                 });
-            result.map_err(|e| match e {
+            let tally = result.map_err(|e| match e {
                 TransactionError::Abort(e) => e,
                 TransactionError::Storage(e) => StoreError::Engine(e),
             })?;
-            seq += chunk.len() as u64;
-            self.image_count
-                .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            self.set_tally(tally);
         }
         Ok(())
-    }
-
-    /// Keeps the in-memory counters in step with an applied change.
-    fn count(&mut self, result: &Result<Applied, StoreError>) {
-        match result {
-            Ok(Applied::Created) => {
-                self.image_count.fetch_add(1, Ordering::Relaxed);
-                self.next_seq += 1;
-            }
-            Ok(Applied::Deleted) => {
-                self.image_count.fetch_sub(1, Ordering::Relaxed);
-                self.next_seq += 1;
-            }
-            Ok(Applied::Updated(_)) => self.next_seq += 1,
-            Ok(Applied::Imported(_)) | Err(_) => {}
-        }
     }
 
     /// Applies a batch of changes in one sled transaction. Each change gets its own
@@ -932,31 +1141,26 @@ impl Writer {
     /// nothing and does not stop the others. One transaction per batch matters: sled
     /// writes its log buffer out at every commit, which made a transaction per change
     /// cost as much as a flush (bench/RESULTS.md).
+    #[allow(clippy::type_complexity)]
     fn apply_all(
         &self,
         changes: &[(&Change, &str)],
-    ) -> Result<Vec<Result<Applied, StoreError>>, StoreError> {
+    ) -> Result<(Vec<Result<Applied, StoreError>>, Tally), StoreError> {
         let time = now_rfc3339();
         let result =
             (&self.images, &self.audit, &self.meta).transaction(|(images, audit, meta)| {
-                let mut count = match meta.get(IMAGE_COUNT_KEY)? {
-                    Some(bytes) => {
-                        u64_from_bytes(&bytes).map_err(ConflictableTransactionError::Abort)?
-                    }
-                    None => 0,
-                };
-                let mut seq = self.next_seq;
+                let mut tally = Tally::read(meta)?;
                 let mut outcomes = Vec::with_capacity(changes.len());
                 for (change, user) in changes {
                     let outcome = apply_one(images, change)?;
                     match &outcome {
-                        Ok(Applied::Created) => count += 1,
-                        Ok(Applied::Deleted) => count = count.saturating_sub(1),
+                        Ok(Applied::Created) => tally.images += 1,
+                        Ok(Applied::Deleted) => tally.images = tally.images.saturating_sub(1),
                         _ => {}
                     }
                     if outcome.is_ok() {
                         let record = AuditRecord {
-                            seq,
+                            seq: tally.next_seq,
                             time: time.clone(),
                             user: (*user).to_owned(),
                             method: change.method().to_owned(),
@@ -964,13 +1168,13 @@ impl Writer {
                             status: 200,
                         };
                         let json = serde_json::to_vec(&record).unwrap_or_default();
-                        audit.insert(&seq.to_be_bytes(), json)?;
-                        seq += 1;
+                        tally.audited(json.len());
+                        audit.insert(&record.seq.to_be_bytes(), json)?;
                     }
                     outcomes.push(outcome);
                 }
-                meta.insert(IMAGE_COUNT_KEY, &count.to_be_bytes())?;
-                Ok(outcomes)
+                tally.write(meta)?;
+                Ok((outcomes, tally))
             });
         result.map_err(|e| match e {
             TransactionError::Abort(e) => e,
@@ -1060,6 +1264,7 @@ fn undo_interrupted_import(
     let marker: ImportMarker =
         serde_json::from_slice(&marker).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     let mut removed = 0u64;
+    let mut bytes = 0u64;
     let mut batch_images = sled::Batch::default();
     let mut batch_audit = sled::Batch::default();
     for item in audit.range(marker.first_seq.to_be_bytes()..) {
@@ -1072,19 +1277,18 @@ fn undo_interrupted_import(
         batch_images.remove(record.id.as_bytes());
         batch_audit.remove(key);
         removed += 1;
+        bytes += value.len() as u64;
     }
-    let count = match meta.get(IMAGE_COUNT_KEY)? {
-        Some(bytes) => u64_from_bytes(&bytes)?,
-        None => 0,
-    };
     (images, audit, meta)
         .transaction(|(images, audit, meta)| {
             images.apply_batch(&batch_images)?;
             audit.apply_batch(&batch_audit)?;
-            meta.insert(
-                IMAGE_COUNT_KEY,
-                &count.saturating_sub(removed).to_be_bytes(),
-            )?;
+            // The seqs it took stay taken: a seq is never given twice.
+            let mut tally = Tally::read(meta)?;
+            tally.images = tally.images.saturating_sub(removed);
+            tally.audit_records = tally.audit_records.saturating_sub(removed);
+            tally.audit_bytes = tally.audit_bytes.saturating_sub(bytes);
+            tally.write(meta)?;
             meta.remove(IMPORT_KEY)?;
             Ok::<_, ConflictableTransactionError<StoreError>>(())
         })
@@ -1120,7 +1324,11 @@ fn current_record(
 /// RFC 3339 in UTC with a fixed width (microseconds), so records line up and sort as
 /// text.
 fn now_rfc3339() -> String {
-    let t = time::OffsetDateTime::now_utc();
+    rfc3339(time::OffsetDateTime::now_utc())
+}
+
+fn rfc3339(t: time::OffsetDateTime) -> String {
+    let t = t.to_offset(time::UtcOffset::UTC);
     format!(
         "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
         t.year(),
@@ -1290,9 +1498,10 @@ mod tests {
         );
         // The next change takes the next seq after the surviving record.
         block_on(store.apply(Change::Create(image("next")), "a")).unwrap();
+        // The seqs the undone chunks took are not given again.
         let page = store.audit_page(None, 1).unwrap();
         let newest: AuditRecord = serde_json::from_slice(&page.records[0]).unwrap();
-        assert_eq!(newest.seq, 2);
+        assert_eq!(newest.seq, 2 + 2 * IMPORT_CHUNK as u64);
     }
 
     #[test]
@@ -1301,17 +1510,7 @@ mod tests {
         {
             let store = Store::open(dir.path(), 8).unwrap();
             block_on(store.apply(Change::Create(image("kept")), "a")).unwrap();
-            let writer = Writer {
-                db: store.db.clone(),
-                images: store.images.clone(),
-                audit: store.audit.clone(),
-                meta: store.db.open_tree(META_TREE).unwrap(),
-                image_count: store.image_count.clone(),
-                generation: store.generation.clone(),
-                next_seq: 2,
-                health: Health::new(),
-                pause: Arc::new(Mutex::new(())),
-            };
+            let mut writer = writer_of(&store);
             // As if the process died after the marker and one chunk reached the disk.
             let marker = serde_json::to_vec(&ImportMarker {
                 first_seq: 2,
@@ -1320,24 +1519,123 @@ mod tests {
             .unwrap();
             writer.meta.insert(IMPORT_KEY, marker).unwrap();
             let batch: Vec<Image> = (0..5).map(|i| image(&format!("half-{i}"))).collect();
-            writer.import_chunks(&batch, "import:f", 2).unwrap();
+            writer.import_chunks(&batch, "import:f").unwrap();
             store.db.flush().unwrap();
             assert_eq!(store.list_from(None, None).count(), 6);
         }
-        // sled's own threads may still hold its lock for a moment after the last
-        // handle goes; nothing announces when they let go.
+        let store = reopen(dir.path());
+        assert_eq!(store.list_from(None, None).count(), 1);
+        assert_eq!(store.image_count(), 1);
+        assert_eq!(store.audit_from(None).count(), 1);
+    }
+
+    /// A second writer on the store's trees, for driving the writer's steps directly.
+    fn writer_of(store: &Store) -> Writer {
+        let meta = store.db.open_tree(META_TREE).unwrap();
+        Writer {
+            db: store.db.clone(),
+            images: store.images.clone(),
+            audit: store.audit.clone(),
+            tally: Tally::load(&meta).unwrap(),
+            meta,
+            gauges: store.gauges.clone(),
+            generation: store.generation.clone(),
+            retention: store.retention.clone(),
+            last_prune: None,
+            health: Health::new(),
+            pause: Arc::new(Mutex::new(())),
+        }
+    }
+
+    #[test]
+    fn retention_prunes_old_audit_records_but_never_reuses_a_seq() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path(), 8).unwrap();
+            for id in ["a", "b", "c", "d"] {
+                block_on(store.apply(Change::Create(image(id)), "u")).unwrap();
+            }
+            // The first three records are 40 days old.
+            for seq in 1u64..=3 {
+                let key = seq.to_be_bytes();
+                let mut record: AuditRecord =
+                    serde_json::from_slice(&store.audit.get(key).unwrap().unwrap()).unwrap();
+                record.time = "2020-01-01T00:00:00.000000Z".into();
+                store
+                    .audit
+                    .insert(key, serde_json::to_vec(&record).unwrap())
+                    .unwrap();
+            }
+            let mut writer = writer_of(&store);
+            writer.prune().unwrap();
+            assert_eq!(store.audit_from(None).count(), 4, "no retention: all kept");
+            store.keep_audit_for(Some(Duration::from_secs(30 * 86_400)));
+            writer.prune().unwrap();
+            let kept: Vec<u64> = store
+                .audit_from(None)
+                .map(|r| {
+                    serde_json::from_slice::<AuditRecord>(&r.unwrap())
+                        .unwrap()
+                        .seq
+                })
+                .collect();
+            assert_eq!(kept, [4]);
+            let (records, bytes) = store.audit_size();
+            assert_eq!(records, 1);
+            assert_eq!(
+                bytes,
+                store.audit.get(4u64.to_be_bytes()).unwrap().unwrap().len() as u64
+            );
+            store.db.flush().unwrap();
+        }
+        let store = reopen(dir.path());
+        assert_eq!(store.audit_size().0, 1, "the tally is kept on disk");
+        block_on(store.apply(Change::Create(image("e")), "u")).unwrap();
+        let page = store.audit_page(None, 1).unwrap();
+        let newest: AuditRecord = serde_json::from_slice(&page.records[0]).unwrap();
+        assert_eq!(newest.seq, 5);
+    }
+
+    #[test]
+    fn a_format_1_store_is_upgraded_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path(), 8).unwrap();
+            for id in ["a", "b", "c"] {
+                block_on(store.apply(Change::Create(image(id)), "u")).unwrap();
+            }
+            // What format 1 had: the version and the image count, nothing else.
+            let meta = store.db.open_tree(META_TREE).unwrap();
+            for key in [AUDIT_RECORDS_KEY, AUDIT_BYTES_KEY, NEXT_SEQ_KEY] {
+                meta.remove(key).unwrap();
+            }
+            store.set_format_version_for_tests("1").unwrap();
+        }
+        let store = reopen(dir.path());
+        assert_eq!(
+            store.db.get(FORMAT_KEY).unwrap().unwrap(),
+            FORMAT_VERSION.as_bytes()
+        );
+        assert_eq!(store.image_count(), 3);
+        assert_eq!(store.audit_size().0, 3);
+        block_on(store.apply(Change::Create(image("d")), "u")).unwrap();
+        let page = store.audit_page(None, 1).unwrap();
+        let newest: AuditRecord = serde_json::from_slice(&page.records[0]).unwrap();
+        assert_eq!(newest.seq, 4);
+    }
+
+    /// Opens again; sled's own threads may still hold its lock for a moment after the
+    /// last handle goes, and nothing announces when they let go.
+    fn reopen(dir: &Path) -> Store {
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        let store = loop {
-            match Store::open(dir.path(), 8) {
+        loop {
+            match Store::open(dir, 8) {
                 Err(StoreError::InUse(_)) if std::time::Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(20));
                 }
                 other => break other.unwrap(),
             }
-        };
-        assert_eq!(store.list_from(None, None).count(), 1);
-        assert_eq!(store.image_count(), 1);
-        assert_eq!(store.audit_from(None).count(), 1);
+        }
     }
 
     #[test]

@@ -147,3 +147,11 @@ fn new_token_prints_a_token_and_its_digest() {
         format!("token_sha256 = \"{}\"", crate::helpers::sha256_hex(token))
     );
 }
+
+#[test]
+fn audit_retention_of_zero_days_is_refused() {
+    let config = crate::helpers::config_with("", "[audit]\nkeep_days = 0\n");
+    let (code, said) = serve_with(&config);
+    assert_eq!(code, 2, "{said}");
+    assert!(said.contains("keep_days must be at least 1"), "{said}");
+}
