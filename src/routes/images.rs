@@ -66,7 +66,8 @@ fn path_id(req: &HttpRequest) -> Result<ImageId, ApiError> {
     let decoded = percent_encoding::percent_decode_str(raw)
         .decode_utf8()
         .map_err(|_| ApiError::bad_request("the image id in the path is not valid UTF-8"))?;
-    Ok(ImageId::parse(decoded.into_owned())?)
+    // Leniently: an id stored before a rule was added must stay reachable.
+    Ok(ImageId::parse_existing(decoded.into_owned())?)
 }
 
 fn to_json(value: &impl serde::Serialize) -> Result<Vec<u8>, ApiError> {
@@ -106,7 +107,8 @@ pub(crate) async fn list(
     let marker = params
         .get("marker")
         .map(|m| {
-            ImageId::parse(m.as_str()).map_err(|e| ApiError::bad_request(format!("marker: {e}")))
+            ImageId::parse_existing(m.as_str())
+                .map_err(|e| ApiError::bad_request(format!("marker: {e}")))
         })
         .transpose()?;
     let Some(limit) = params.get("limit") else {

@@ -7,6 +7,7 @@ mod brute_force;
 mod conditional;
 mod config;
 mod durability;
+mod edges;
 mod errors;
 mod helpers;
 mod hostile;
