@@ -37,6 +37,11 @@ pub enum ApiError {
     PayloadTooLarge { limit: usize },
     #[error("Content-Type must be application/json, got {0}")]
     UnsupportedMediaType(String),
+    #[error(
+        "Content-Encoding '{0}' is not supported: send the body uncompressed (no \
+         Content-Encoding, or identity)"
+    )]
+    UnsupportedEncoding(String),
     #[error("the store is unavailable, nothing was changed; retry later")]
     StoreUnavailable,
     #[error("the request body did not arrive within {ms} ms; send the whole body at once")]
@@ -108,6 +113,7 @@ impl ResponseError for ApiError {
             ApiError::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::UnsupportedEncoding(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ApiError::TooManyFailedLogins { .. } => StatusCode::TOO_MANY_REQUESTS,

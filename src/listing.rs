@@ -163,6 +163,12 @@ where
         .streaming(futures_util::stream::iter(JsonArrayChunks::new(items)))
 }
 
+/// The answer to a HEAD of a streamed listing: the headers of [`streamed_array`],
+/// without reading the items for a body that would be thrown away.
+pub fn streamed_head() -> actix_web::HttpResponse {
+    streamed_array(std::iter::empty::<Result<&'static [u8], ApiError>>())
+}
+
 /// Turns an iterator of pre-serialized items into the chunks of one JSON array.
 pub struct JsonArrayChunks<I> {
     items: I,

@@ -1,7 +1,9 @@
-//! The edges of HTTP: a JSON body with a duplicated key, query values that are not
-//! UTF-8, and invisible characters in ids and text fields.
+//! The edges of HTTP: HEAD, a JSON body with a duplicated key, a content coding the
+//! server does not decode, query values that are not UTF-8, and invisible characters
+//! in ids and text fields.
 
 use image_catalog::image::Image;
+use image_catalog::routes::TABLE;
 use image_catalog::store::{Change, Store};
 use reqwest::{Method, Response};
 use serde_json::json;
@@ -10,6 +12,95 @@ use crate::helpers::{
     DEFAULT_POLICIES, TestApp, assert_error, config_text, default_users, encode, spawn_app,
     spawn_app_in, status_json,
 };
+
+/// The headers a HEAD must share with its GET.
+const SHARED_HEADERS: [&str; 5] = [
+    "content-type",
+    "etag",
+    "link",
+    "content-length",
+    "transfer-encoding",
+];
+
+#[tokio::test]
+async fn head_answers_every_get_route_as_get_without_a_body() {
+    let app = spawn_app().await;
+    app.seed("a", "ec2").await;
+    app.seed("b", "ec2").await;
+    let mut paths: Vec<String> = TABLE
+        .iter()
+        .filter(|route| route.method == "GET")
+        .map(|route| route.path.replace("{id}", "a"))
+        .collect();
+    assert_eq!(paths.len(), 6, "{paths:?}");
+    paths.extend(
+        [
+            "/v3/images?limit=1",
+            "/v3/images?provider=ec2&limit=1&marker=a",
+            "/v3/audit?limit=1",
+            "/v3/image/missing",
+            "/v3/images?limit=0",
+        ]
+        .map(String::from),
+    );
+    for path in &paths {
+        let get = app.as_admin(Method::GET, path).send().await.unwrap();
+        let head = app.as_admin(Method::HEAD, path).send().await.unwrap();
+        assert_eq!(head.status(), get.status(), "HEAD {path}");
+        for name in SHARED_HEADERS {
+            if path == "/metrics" && name == "content-length" {
+                // The counters have moved on between the two requests.
+                continue;
+            }
+            assert_eq!(
+                head.headers().get(name),
+                get.headers().get(name),
+                "{name} of HEAD {path}"
+            );
+        }
+        assert!(head.headers().contains_key("x-request-id"), "HEAD {path}");
+        let body = head.bytes().await.unwrap();
+        assert!(body.is_empty(), "HEAD {path} has a body: {body:?}");
+    }
+    // A conditional HEAD is a conditional GET.
+    let etag = app.get_image("a").await.headers()["etag"].clone();
+    let response = app
+        .as_reader(Method::HEAD, "/v3/image/a")
+        .header("if-none-match", etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 304);
+}
+
+#[tokio::test]
+async fn head_needs_the_policy_of_get() {
+    let app = spawn_app().await;
+    app.seed("a", "ec2").await;
+    for path in ["/v3/images", "/v3/image/a", "/v3/audit"] {
+        let response = app.request(Method::HEAD, path).send().await.unwrap();
+        assert_eq!(response.status(), 401, "HEAD {path}");
+        assert!(response.headers().contains_key("www-authenticate"));
+    }
+    let response = app
+        .as_reader(Method::HEAD, "/v3/audit")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 403, "a reader does not hold read_audit");
+    for path in ["/v3/images", "/v3/image/a"] {
+        let response = app.as_reader(Method::HEAD, path).send().await.unwrap();
+        assert_eq!(response.status(), 200, "HEAD {path}");
+    }
+    // HEAD is not allowed where GET is not.
+    let response = app
+        .as_admin(Method::HEAD, "/v3/image")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 405);
+    assert_eq!(response.headers()["allow"], "POST");
+}
 
 /// Sends `body` as JSON text, exactly as written.
 async fn send_json(app: &TestApp, method: Method, path: &str, body: &str) -> Response {
@@ -48,6 +139,50 @@ async fn a_duplicated_json_key_is_a_400_naming_it() {
     let (_, image) = status_json(app.get_image("a").await).await;
     assert_eq!(image["name"], "image a", "unchanged");
     assert_eq!(image["remote_user"], "ubuntu", "unchanged");
+}
+
+#[tokio::test]
+async fn a_content_coding_the_server_does_not_decode_is_a_415() {
+    let app = spawn_app().await;
+    app.seed("a", "ec2").await;
+    let create = json!({"id": "b", "provider": "ec2", "remote_user": "u"}).to_string();
+    for encoding in ["gzip", "br", "deflate, gzip", "x-custom"] {
+        let response = app
+            .as_admin(Method::POST, "/v3/image")
+            .header("content-type", "application/json")
+            .header("content-encoding", encoding)
+            .body(create.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_error(
+            response,
+            415,
+            &format!("Content-Encoding '{encoding}' is not supported"),
+        )
+        .await;
+        let response = app
+            .as_admin(Method::PUT, "/v3/image/a")
+            .header("content-type", "application/json")
+            .header("content-encoding", encoding)
+            .body(r#"{"name":"x"}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_error(response, 415, "send the body uncompressed").await;
+    }
+    assert_eq!(app.get_image("b").await.status(), 404);
+    for encoding in ["identity", "IDENTITY"] {
+        let response = app
+            .as_admin(Method::PUT, "/v3/image/a")
+            .header("content-type", "application/json")
+            .header("content-encoding", encoding)
+            .body(r#"{"name":"x"}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{encoding}");
+    }
 }
 
 #[tokio::test]
