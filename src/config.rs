@@ -57,6 +57,8 @@ pub struct ServerConfig {
     pub body_timeout: Duration,
     /// Connections served at once; the ones past it are answered 503 and closed.
     pub max_connections: usize,
+    /// The request headers' names and values, in bytes; past it, 431 and closed.
+    pub max_header_bytes: usize,
     /// Connections the kernel queues before the server accepts them.
     pub backlog: u32,
 }
@@ -146,6 +148,7 @@ struct RawServer {
     keep_alive_ms: u64,
     body_timeout_ms: u64,
     max_connections: usize,
+    max_header_bytes: usize,
     backlog: u32,
 }
 
@@ -160,6 +163,8 @@ impl Default for RawServer {
             keep_alive_ms: 5000,
             body_timeout_ms: 10_000,
             max_connections: 256,
+            // Node's default.
+            max_header_bytes: 16 * 1024,
             backlog: 1024,
         }
     }
@@ -240,6 +245,7 @@ impl Config {
             ),
             ("body_timeout_ms", server.body_timeout_ms),
             ("max_connections", server.max_connections as u64),
+            ("max_header_bytes", server.max_header_bytes as u64),
             ("backlog", u64::from(server.backlog)),
         ] {
             if value == 0 {
@@ -264,6 +270,7 @@ impl Config {
                 keep_alive: Duration::from_millis(server.keep_alive_ms),
                 body_timeout: Duration::from_millis(server.body_timeout_ms),
                 max_connections: server.max_connections,
+                max_header_bytes: server.max_header_bytes,
                 backlog: server.backlog,
             },
             store: StoreConfig {
@@ -485,6 +492,7 @@ mod tests {
         assert_eq!(config.server.keep_alive, Duration::from_secs(5));
         assert_eq!(config.server.body_timeout, Duration::from_secs(10));
         assert_eq!(config.server.max_connections, 256);
+        assert_eq!(config.server.max_header_bytes, 16384);
         assert_eq!(config.server.backlog, 1024);
         assert_eq!(
             config.auth,
@@ -503,7 +511,7 @@ mod tests {
     fn limits_are_read_and_zero_is_refused() {
         let config = parse(
             "[server]\nclient_request_timeout_ms = 250\nkeep_alive_ms = 0\nbody_timeout_ms = 75\n\
-             max_connections = 3\nbacklog = 8\n[auth]\nfree_failures = 1\nfirst_delay_ms = 10\n\
+             max_connections = 3\nmax_header_bytes = 100\nbacklog = 8\n[auth]\nfree_failures = 1\nfirst_delay_ms = 10\n\
              max_delay_ms = 20\nquiet_window_secs = 2\nmax_tracked = 5",
         )
         .unwrap();
@@ -514,6 +522,7 @@ mod tests {
         assert_eq!(config.server.keep_alive, Duration::ZERO);
         assert_eq!(config.server.body_timeout, Duration::from_millis(75));
         assert_eq!(config.server.max_connections, 3);
+        assert_eq!(config.server.max_header_bytes, 100);
         assert_eq!(config.server.backlog, 8);
         assert_eq!(config.auth.max_delay, Duration::from_millis(20));
         assert_eq!(config.auth.max_tracked, 5);
@@ -529,6 +538,10 @@ mod tests {
             (
                 "[server]\nmax_connections = 0",
                 "max_connections must be at least 1",
+            ),
+            (
+                "[server]\nmax_header_bytes = 0",
+                "max_header_bytes must be at least 1",
             ),
             (
                 "[auth]\nfree_failures = 0",

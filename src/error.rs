@@ -42,6 +42,11 @@ pub enum ApiError {
          Content-Encoding, or identity)"
     )]
     UnsupportedEncoding(String),
+    #[error(
+        "the request headers are {size} bytes (names and values), more than the {limit} bytes \
+         of request headers this server accepts"
+    )]
+    HeadersTooLarge { size: usize, limit: usize },
     #[error("the store is unavailable, nothing was changed; retry later")]
     StoreUnavailable,
     #[error("the request body did not arrive within {ms} ms; send the whole body at once")]
@@ -114,6 +119,7 @@ impl ResponseError for ApiError {
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::UnsupportedEncoding(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ApiError::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ApiError::TooManyFailedLogins { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -140,6 +146,11 @@ impl ResponseError for ApiError {
                 response.force_close();
             }
             ApiError::BodyTimeout { .. } => {
+                response.force_close();
+            }
+            ApiError::HeadersTooLarge { .. } => {
+                // Its body, if any, is not read; a client that sends such heads gets no
+                // second request on this connection.
                 response.force_close();
             }
             _ => {}

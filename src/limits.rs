@@ -1,6 +1,7 @@
 //! What keeps one client from starving the others at the connection level: the
-//! listening socket and its backlog, the cap on connections served at once, and the
-//! closing of a connection whose request body was left unread.
+//! listening socket and its backlog, the cap on connections served at once, the size
+//! of request headers, and the closing of a connection whose request body was left
+//! unread.
 //!
 //! The timeouts themselves are actix's (`startup` sets them from `[server]`), except
 //! the one on reading a JSON body, which is in `routes::JsonBody`.
@@ -110,6 +111,18 @@ pub fn over_limit(req: &ServiceRequest) -> Option<ApiError> {
     let slot = req.conn_data::<ConnectionSlot>()?;
     slot.over_limit
         .then_some(ApiError::TooManyConnections { limit: slot.limit })
+}
+
+/// The 431 for a request whose header names and values pass `limit` bytes in all.
+/// (actix refuses, before this, a head over 128 KiB or with more than 96 headers, with
+/// an empty 431.)
+pub fn oversize_headers(req: &ServiceRequest, limit: usize) -> Option<ApiError> {
+    let size: usize = req
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len())
+        .sum();
+    (size > limit).then_some(ApiError::HeadersTooLarge { size, limit })
 }
 
 /// Closes the connection when a request's body was not read to its end.

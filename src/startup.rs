@@ -203,8 +203,10 @@ fn run(listener: TcpListener, state: web::Data<AppState>) -> std::io::Result<Ser
     Ok(server)
 }
 
-/// Wraps every request: refuses a connection past `max_connections` (503) and an
-/// Accept that rules out JSON (406) before any work is done (`/metrics` speaks Prometheus text and is exempt), gives every response an
+/// Wraps every request: refuses a connection past `max_connections` (503), request
+/// headers past `max_header_bytes` (431) and an Accept that rules out JSON (406)
+/// before any work is done (`/metrics` speaks Prometheus text and is exempt), gives
+/// every response an
 /// `X-Request-Id`, counts the request in the metrics and writes its access-log line.
 /// Credentials never reach the line: only the authenticated user's name does.
 async fn access_log(
@@ -221,7 +223,12 @@ async fn access_log(
     let method = req.method().clone();
     let state = req.app_data::<web::Data<AppState>>().cloned();
     let accept = req.headers().get(header::ACCEPT);
-    let mut response = if let Some(refusal) = limits::over_limit(&req) {
+    let max_header_bytes = state
+        .as_ref()
+        .map_or(16 * 1024, |s| s.config.server.max_header_bytes);
+    let refusal =
+        limits::over_limit(&req).or_else(|| limits::oversize_headers(&req, max_header_bytes));
+    let mut response = if let Some(refusal) = refusal {
         req.into_response(refusal.error_response())
     } else if req.path() != "/metrics" && !headers::accepts_json(accept.map(|v| v.as_bytes())) {
         let shown = accept

@@ -1,6 +1,6 @@
-//! The edges of HTTP: HEAD, a JSON body with a duplicated key, a content coding the
-//! server does not decode, query values that are not UTF-8, and invisible characters
-//! in ids and text fields.
+//! The edges of HTTP: oversize request headers (431), HEAD, a JSON body with a
+//! duplicated key, a content coding the server does not decode, query values that are
+//! not UTF-8, and invisible characters in ids and text fields.
 
 use image_catalog::image::Image;
 use image_catalog::routes::TABLE;
@@ -9,9 +9,68 @@ use reqwest::{Method, Response};
 use serde_json::json;
 
 use crate::helpers::{
-    DEFAULT_POLICIES, TestApp, assert_error, config_text, default_users, encode, spawn_app,
-    spawn_app_in, status_json,
+    DEFAULT_POLICIES, TestApp, assert_error, config_text, config_with, default_users, encode,
+    spawn_app, spawn_app_in, spawn_app_with, status_json,
 };
+
+/// Asserts a 431: the JSON message naming the limit, and the connection closed.
+async fn assert_431(response: Response, limit: usize) {
+    let connection = response.headers().get("connection").cloned();
+    assert_error(
+        response,
+        431,
+        &format!("more than the {limit} bytes of request headers"),
+    )
+    .await;
+    assert_eq!(connection.unwrap(), "close");
+}
+
+#[tokio::test]
+async fn request_headers_over_the_limit_get_431_json_and_a_close() {
+    let app = spawn_app().await;
+    // Just under the default 16384 bytes of names and values: served.
+    let response = app
+        .request(Method::GET, "/healthz")
+        .header("x-pad", "a".repeat(16_000))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    // One 100 KB header, and 17 KB spread over many headers.
+    let response = app
+        .request(Method::GET, "/healthz")
+        .header("x-big", "a".repeat(100_000))
+        .send()
+        .await
+        .unwrap();
+    assert_431(response, 16384).await;
+    let mut request = app.request(Method::GET, "/healthz");
+    for i in 0..17 {
+        request = request.header(format!("x-h{i}"), "b".repeat(1000));
+    }
+    assert_431(request.send().await.unwrap(), 16384).await;
+    // Refused before authentication: with credentials or without, no other answer.
+    for request in [
+        app.as_admin(Method::GET, "/v3/images"),
+        app.request(Method::GET, "/v3/images"),
+    ] {
+        let response = request
+            .header("x-big", "a".repeat(20_000))
+            .send()
+            .await
+            .unwrap();
+        assert_431(response, 16384).await;
+    }
+
+    let app = spawn_app_with(&config_with("max_header_bytes = 2048", "")).await;
+    let sized = |n: usize| {
+        app.as_reader(Method::GET, "/v3/images")
+            .header("x-pad", "a".repeat(n))
+            .send()
+    };
+    assert_eq!(sized(1500).await.unwrap().status(), 200);
+    assert_431(sized(2100).await.unwrap(), 2048).await;
+}
 
 /// The headers a HEAD must share with its GET.
 const SHARED_HEADERS: [&str; 5] = [
