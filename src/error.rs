@@ -57,6 +57,11 @@ pub enum ApiError {
     TooManyFailedLogins { retry_after_secs: u64 },
     #[error("the server is serving as many connections as it may ({limit}); retry in a moment")]
     TooManyConnections { limit: usize },
+    #[error(
+        "your address holds as many connections to this server as one address may ({limit}); \
+         reuse or close them, or retry in a moment"
+    )]
+    TooManyConnectionsFromAddress { limit: usize },
 }
 
 impl ApiError {
@@ -124,6 +129,7 @@ impl ResponseError for ApiError {
             ApiError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ApiError::TooManyFailedLogins { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::TooManyConnections { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::TooManyConnectionsFromAddress { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -140,7 +146,8 @@ impl ResponseError for ApiError {
             ApiError::TooManyFailedLogins { retry_after_secs } => {
                 response.insert_header((header::RETRY_AFTER, *retry_after_secs));
             }
-            ApiError::TooManyConnections { .. } => {
+            ApiError::TooManyConnections { .. }
+            | ApiError::TooManyConnectionsFromAddress { .. } => {
                 // A connection over the limit is not kept for a next request.
                 response.insert_header((header::RETRY_AFTER, 1));
                 response.force_close();
