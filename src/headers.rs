@@ -1,5 +1,5 @@
 //! Parsing of the request headers the API reacts to: Accept, Content-Type,
-//! If-Match / If-None-Match and X-Request-Id. Pure functions, no I/O.
+//! Content-Encoding, If-Match / If-None-Match and X-Request-Id. Pure functions, no I/O.
 
 use crate::store::Precondition;
 
@@ -36,6 +36,18 @@ pub fn is_json_content_type(content_type: &[u8]) -> bool {
     };
     let media = value.split(';').next().unwrap_or("").trim();
     media.eq_ignore_ascii_case("application/json")
+}
+
+/// Whether a `Content-Encoding` value leaves the body as it is: empty, or only
+/// `identity`. The server decodes no content coding, so a body in any other is refused.
+pub fn is_identity_encoding(content_encoding: &[u8]) -> bool {
+    let Ok(value) = std::str::from_utf8(content_encoding) else {
+        return false;
+    };
+    value
+        .split(',')
+        .map(str::trim)
+        .all(|coding| coding.is_empty() || coding.eq_ignore_ascii_case("identity"))
 }
 
 /// The entity tags of an `If-Match` or `If-None-Match` value, or `None` for `*`.
@@ -125,6 +137,29 @@ mod tests {
         assert!(!is_json_content_type(b"text/plain"));
         assert!(!is_json_content_type(b"application/jsonx"));
         assert!(!is_json_content_type(b"application/x-www-form-urlencoded"));
+    }
+
+    #[test]
+    fn only_identity_encoding_leaves_the_body_alone() {
+        for identity in [
+            &b"identity"[..],
+            b"IDENTITY",
+            b" identity ",
+            b"",
+            b"identity, identity",
+        ] {
+            assert!(is_identity_encoding(identity), "{identity:?}");
+        }
+        for coded in [
+            &b"gzip"[..],
+            b"br",
+            b"identity, gzip",
+            b"x-gzip",
+            b"\xff",
+            b"identityx",
+        ] {
+            assert!(!is_identity_encoding(coded), "{coded:?}");
+        }
     }
 
     #[test]

@@ -8,6 +8,7 @@ mod conditional;
 mod config;
 mod disk_full;
 mod durability;
+mod edges;
 mod errors;
 mod helpers;
 mod hostile;
