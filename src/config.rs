@@ -22,7 +22,10 @@ pub const DEFAULT_PROVIDERS: &[&str] = &["ec2", "openstack", "static"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read {path}: {source}")]
+    #[error(
+        "cannot read {path}: {source}; name the config file with --config PATH or the \
+         IMAGE_CATALOG_CONFIG variable, or write one with `image-catalog init`"
+    )]
     Read {
         path: String,
         source: std::io::Error,

@@ -21,7 +21,10 @@ pub enum ApiError {
     Forbidden { user: String, policy: &'static str },
     #[error("{0}")]
     NotFound(String),
-    #[error("method {method} is not allowed on {path}; allowed: {allow}")]
+    #[error(
+        "method {method} is not allowed on {path}; allowed: {allow}{}",
+        method_hint(method, path)
+    )]
     MethodNotAllowed {
         method: String,
         path: String,
@@ -84,6 +87,14 @@ impl ApiError {
 
     pub fn unknown_image(id: &str) -> Self {
         ApiError::NotFound(format!("no image with id '{id}'"))
+    }
+}
+
+/// Where the client most likely meant to go.
+fn method_hint(method: &str, path: &str) -> &'static str {
+    match (method, path) {
+        ("POST", "/v3/images") => "; to create an image, POST to /v3/image",
+        _ => "",
     }
 }
 

@@ -264,7 +264,8 @@ pub(crate) async fn update(
 ) -> Result<HttpResponse, ApiError> {
     let id = path_id(&req)?;
     let patch = ImagePatch::from_json(&body.read().await?)?;
-    let precondition = headers::if_match(req.headers().get(IF_MATCH).map(|v| v.as_bytes()));
+    let precondition = headers::if_match(req.headers().get(IF_MATCH).map(|v| v.as_bytes()))
+        .map_err(ApiError::BadRequest)?;
     let change = Change::Update {
         id,
         patch,
@@ -308,7 +309,8 @@ pub(crate) async fn delete(
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let id = path_id(&req)?;
-    let precondition = headers::if_match(req.headers().get(IF_MATCH).map(|v| v.as_bytes()));
+    let precondition = headers::if_match(req.headers().get(IF_MATCH).map(|v| v.as_bytes()))
+        .map_err(ApiError::BadRequest)?;
     let change = Change::Delete {
         id: id.clone(),
         precondition,

@@ -31,6 +31,13 @@ async fn wrong_method_is_405_with_allow() {
         assert_eq!(response.headers()["allow"], allow, "{method} {path}");
         assert_error(response, 405, &format!("method {method} is not allowed")).await;
     }
+    // The plural path is the list; creating is the singular one.
+    let response = app
+        .as_admin(Method::POST, "/v3/images")
+        .send()
+        .await
+        .unwrap();
+    assert_error(response, 405, "to create an image, POST to /v3/image").await;
 }
 
 #[tokio::test]
