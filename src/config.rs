@@ -256,6 +256,7 @@ impl Config {
         let raw: RawConfig = toml::from_str(text).map_err(|e| e.to_string())?;
         let providers = check_providers(raw.providers)?;
         let server = raw.server;
+        check_bind(&server.bind)?;
         // A zero would switch the limit off in actix, or refuse every request.
         for (name, value) in [
             ("max_body_bytes", server.max_body_bytes as u64),
@@ -375,22 +376,79 @@ pub fn permission_problems(mode: u32) -> Vec<&'static str> {
 
 /// Logs a warning for each [`permission_problems`] of the config file at `path`.
 pub fn warn_insecure_permissions(path: &Path) {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let Ok(metadata) = std::fs::metadata(path) else {
-            return;
-        };
-        let mode = metadata.permissions().mode();
-        for problem in permission_problems(mode) {
-            log::warn!(
+    for warning in permission_warnings(path) {
+        log::warn!("{warning}");
+    }
+}
+
+/// What is wrong with who may read or change the config file at `path`.
+pub fn permission_warnings(path: &Path) -> Vec<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(metadata) = std::fs::metadata(path) else {
+        return Vec::new();
+    };
+    let mode = metadata.permissions().mode();
+    permission_problems(mode)
+        .into_iter()
+        .map(|problem| {
+            format!(
                 "{} (mode {:03o}) {problem}; restrict it with: chmod 600 {}",
                 path.display(),
                 mode & 0o777,
                 path.display()
-            );
+            )
+        })
+        .collect()
+}
+
+impl Config {
+    /// What an operator should hear about at start and from `check-config`, short of
+    /// refusing the config. (Demo passwords are `startup::demo_password_users`: they
+    /// cost an argon2 verification each.)
+    pub fn warnings(&self, path: &Path) -> Vec<String> {
+        let mut warnings = permission_warnings(path);
+        if !is_loopback(&self.server.bind) {
+            warnings.push(format!(
+                "bind {} is reachable from other machines over plain HTTP: passwords and \
+                 tokens would cross the network in clear; serve HTTPS (README, \"TLS\"), put a \
+                 TLS proxy in front, or bind 127.0.0.1",
+                self.server.bind
+            ));
         }
+        warnings
     }
+}
+
+/// Whether `bind` (already checked by [`check_bind`]) only listens on this machine.
+fn is_loopback(bind: &str) -> bool {
+    if let Ok(address) = bind.parse::<std::net::SocketAddr>() {
+        return address.ip().is_loopback();
+    }
+    bind.rsplit_once(':')
+        .is_some_and(|(host, _)| host.eq_ignore_ascii_case("localhost"))
+}
+
+/// `host:port`, where host is an IP address (IPv6 in brackets) or a name.
+fn check_bind(bind: &str) -> Result<(), String> {
+    if bind.parse::<std::net::SocketAddr>().is_ok() {
+        return Ok(());
+    }
+    let refuse = || {
+        format!(
+            "[server] bind '{}' is not host:port (e.g. \"127.0.0.1:8080\", \"0.0.0.0:8080\", \
+             \"[::1]:8080\", \"localhost:8080\")",
+            bind.escape_debug()
+        )
+    };
+    let (host, port) = bind.rsplit_once(':').ok_or_else(refuse)?;
+    let name_ok = !host.is_empty()
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
+    if !name_ok || port.parse::<u16>().is_err() {
+        return Err(refuse());
+    }
+    Ok(())
 }
 
 fn check_providers(providers: Vec<String>) -> Result<Vec<String>, String> {
@@ -526,6 +584,33 @@ mod tests {
 
     fn parse(text: &str) -> Result<Config, String> {
         Config::parse(text, Path::new("/etc/ic"))
+    }
+
+    #[test]
+    fn bind_must_be_host_and_port() {
+        for ok in [
+            "127.0.0.1:8080",
+            "0.0.0.0:0",
+            "[::1]:80",
+            "localhost:8080",
+            "catalog.internal:443",
+        ] {
+            assert!(check_bind(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "8080",
+            "127.0.0.1",
+            "127.0.0.1:99999",
+            ":8080",
+            "host name:80",
+            "http://x:80",
+        ] {
+            assert!(check_bind(bad).is_err(), "{bad}");
+        }
+        assert!(
+            is_loopback("127.0.0.1:8080") && is_loopback("[::1]:1") && is_loopback("localhost:1")
+        );
+        assert!(!is_loopback("0.0.0.0:8080") && !is_loopback("catalog.internal:443"));
     }
 
     #[test]

@@ -306,17 +306,27 @@ fn new_request_id() -> String {
 /// Warns about each user still on a documented demo password. Runs argon2 per user,
 /// so it belongs on a blocking thread.
 pub fn warn_demo_passwords(config: &Config) {
-    for user in config.access.users() {
-        if let Some(hash) = &user.password_hash
-            && DEMO_PASSWORDS
-                .iter()
-                .any(|demo| crate::auth::verify_password(demo.as_bytes(), hash))
-        {
-            log::warn!(
-                "user '{}' still has the documented demo password; set a new one with \
-                 `image-catalog hash-password` before exposing this server",
-                user.name
-            );
-        }
+    for name in demo_password_users(config) {
+        log::warn!(
+            "user '{name}' still has the documented demo password; set a new one with \
+             `image-catalog hash-password` before exposing this server"
+        );
     }
+}
+
+/// The users whose password is still one the README documents.
+pub fn demo_password_users(config: &Config) -> Vec<String> {
+    config
+        .access
+        .users()
+        .iter()
+        .filter(|user| {
+            user.password_hash.as_ref().is_some_and(|hash| {
+                DEMO_PASSWORDS
+                    .iter()
+                    .any(|demo| crate::auth::verify_password(demo.as_bytes(), hash))
+            })
+        })
+        .map(|user| user.name.clone())
+        .collect()
 }

@@ -12,7 +12,7 @@ use crate::config::{Config, ConfigError};
 mod init;
 mod transfer;
 use crate::routes::TABLE;
-use crate::startup::{Application, warn_demo_passwords};
+use crate::startup::{Application, demo_password_users, warn_demo_passwords};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -163,12 +163,14 @@ fn serve(
     data_dir: Option<PathBuf>,
 ) -> Result<(), CliError> {
     let mut config = Config::load(&config_path)?;
-    crate::config::warn_insecure_permissions(&config_path);
     if let Some(bind) = bind {
         config.server.bind = bind;
     }
     if let Some(dir) = data_dir {
         config.server.data_dir = dir;
+    }
+    for warning in config.warnings(&config_path) {
+        log::warn!("{warning}");
     }
     let demo_check = config.clone();
     actix_web::rt::System::new().block_on(async move {
@@ -293,8 +295,16 @@ fn print_lines(lines: &[String]) -> Result<(), CliError> {
 
 fn check_config(path: &std::path::Path) -> Result<(), CliError> {
     let config = Config::load(path)?;
-    let mut out = vec![
-        format!("{}: valid", path.display()),
+    let mut warnings = config.warnings(path);
+    warnings.extend(demo_password_users(&config).into_iter().map(|name| {
+        format!(
+            "user '{name}' still has the documented demo password; set a new one with \
+             `image-catalog hash-password`"
+        )
+    }));
+    let mut out = vec![format!("{}: valid", path.display())];
+    out.extend(warnings.iter().map(|w| format!("warning: {w}")));
+    out.extend([
         format!(
             "bind {}, data_dir {}, providers {}",
             config.server.bind,
@@ -302,7 +312,7 @@ fn check_config(path: &std::path::Path) -> Result<(), CliError> {
             config.providers.join(", ")
         ),
         String::new(),
-    ];
+    ]);
     let users = config.access.users();
     let mut rows = vec![vec![
         "USER".to_string(),
