@@ -75,6 +75,16 @@ pub struct ServerConfig {
     pub max_header_bytes: usize,
     /// Connections the kernel queues before the server accepts them.
     pub backlog: u32,
+    /// HTTPS on `bind`, when set; SIGHUP reads the files again.
+    pub tls: Option<TlsFiles>,
+}
+
+/// The PEM files of `[server] tls_cert` and `tls_key`, resolved against the config
+/// file's folder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 /// The brute-force throttle (see `throttle`).
@@ -167,6 +177,8 @@ struct RawServer {
     max_connections_per_address: usize,
     max_header_bytes: usize,
     backlog: u32,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
 }
 
 impl Default for RawServer {
@@ -184,6 +196,8 @@ impl Default for RawServer {
             // Node's default.
             max_header_bytes: 16 * 1024,
             backlog: 1024,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -257,6 +271,20 @@ impl Config {
         let providers = check_providers(raw.providers)?;
         let server = raw.server;
         check_bind(&server.bind)?;
+        let tls = match (&server.tls_cert, &server.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsFiles {
+                cert: base.join(cert),
+                key: base.join(key),
+            }),
+            (None, None) => None,
+            _ => {
+                return Err(
+                    "[server] tls_cert and tls_key go together: set both (HTTPS) or \
+                            neither (plain HTTP)"
+                        .into(),
+                );
+            }
+        };
         // A zero would switch the limit off in actix, or refuse every request.
         for (name, value) in [
             ("max_body_bytes", server.max_body_bytes as u64),
@@ -324,6 +352,7 @@ impl Config {
                 max_connections_per_address: server.max_connections_per_address,
                 max_header_bytes: server.max_header_bytes,
                 backlog: server.backlog,
+                tls,
             },
             store: StoreConfig {
                 cache_mb: raw.store.cache_mb,
@@ -407,7 +436,7 @@ impl Config {
     /// cost an argon2 verification each.)
     pub fn warnings(&self, path: &Path) -> Vec<String> {
         let mut warnings = permission_warnings(path);
-        if !is_loopback(&self.server.bind) {
+        if self.server.tls.is_none() && !is_loopback(&self.server.bind) {
             warnings.push(format!(
                 "bind {} is reachable from other machines over plain HTTP: passwords and \
                  tokens would cross the network in clear; serve HTTPS (README, \"TLS\"), put a \

@@ -5,6 +5,7 @@
 
 use std::net::TcpListener;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix_web::body::{BoxBody, MessageBody};
@@ -22,6 +23,7 @@ use crate::metrics::{Metrics, UNMATCHED};
 use crate::policy::AuthenticatedUser;
 use crate::routes::{self, RoutePattern};
 use crate::store::{Store, StoreError};
+use crate::tls::{Certificates, TlsError};
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -37,6 +39,8 @@ pub struct AppState {
     pub max_body_bytes: usize,
     /// How long a handler waits for a request body to arrive.
     pub body_timeout: Duration,
+    /// The HTTPS certificate, which a reload reads again.
+    certificates: Option<Arc<Certificates>>,
     /// The config as loaded at start, to tell what a reload cannot change.
     config: Config,
     config_path: Option<PathBuf>,
@@ -49,6 +53,27 @@ impl AppState {
 
     /// Re-reads config.toml: a valid one replaces users, roles and policies at once;
     /// an invalid one is logged and the current one stays.
+    /// Reads the certificate and key that `next` names; on any error the pair in use
+    /// stays. Turning HTTPS on or off needs a restart.
+    fn reload_certificates(&self, next: &Config) {
+        match (&self.certificates, &next.server.tls) {
+            (Some(certificates), Some(files)) => match certificates.reload(&files.cert, &files.key)
+            {
+                Ok(()) => log::info!(
+                    "TLS certificate reloaded from {} and {}",
+                    files.cert.display(),
+                    files.key.display()
+                ),
+                Err(e) => log::error!("TLS reload refused, keeping the certificate in use: {e}"),
+            },
+            (None, None) => {}
+            _ => log::warn!(
+                "config reload: switching HTTPS on or off ([server] tls_cert, tls_key) takes \
+                 effect only after a restart"
+            ),
+        }
+    }
+
     pub fn reload(&self) {
         let Some(path) = &self.config_path else {
             log::warn!("reload asked, but this server was not started from a config file");
@@ -57,7 +82,12 @@ impl AppState {
         crate::config::warn_insecure_permissions(path);
         match Config::load(path) {
             Ok(next) => {
-                if next.server != self.config.server
+                self.reload_certificates(&next);
+                let same_server = ServerConfig {
+                    tls: self.config.server.tls.clone(),
+                    ..next.server.clone()
+                };
+                if same_server != self.config.server
                     || next.store != self.config.store
                     || next.audit != self.config.audit
                     || next.auth != self.config.auth
@@ -90,6 +120,8 @@ pub enum StartError {
     Thread(std::io::Error),
     #[error("cannot set up metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
 }
 
 pub struct Application {
@@ -113,6 +145,12 @@ impl Application {
             bind: config.server.bind.clone(),
             source,
         })?;
+        let certificates = config
+            .server
+            .tls
+            .as_ref()
+            .map(|files| Certificates::load(&files.cert, &files.key))
+            .transpose()?;
         let store = Store::open(&config.server.data_dir, config.store.cache_mb)?;
         store.keep_audit_for(config.audit.keep);
         let openapi = serde_json::to_vec(&crate::openapi::document(&config.providers))
@@ -127,6 +165,7 @@ impl Application {
             providers: config.providers.clone(),
             max_body_bytes: config.server.max_body_bytes,
             body_timeout: config.server.body_timeout,
+            certificates,
             config,
             config_path,
         });
@@ -198,6 +237,7 @@ impl Application {
 
 fn run(listener: TcpListener, state: web::Data<AppState>) -> std::io::Result<Server> {
     let settings: ServerConfig = state.config.server.clone();
+    let state_tls = state.certificates.clone();
     let max_connections = limits::choose_max_connections(settings.max_connections);
     let connections = ConnectionCounter::new(max_connections, settings.max_connections_per_address);
     let server = HttpServer::new(move || {
@@ -216,10 +256,12 @@ fn run(listener: TcpListener, state: web::Data<AppState>) -> std::io::Result<Ser
     .max_connections(limits::per_worker_cap(max_connections))
     // Signals are the command line's business (see `cli`): actix would treat SIGINT
     // as a hard stop, and tests run servers in-process.
-    .disable_signals()
-    .listen(listener)?
-    .run();
-    Ok(server)
+    .disable_signals();
+    let server = match &state_tls {
+        Some(certificates) => server.listen_rustls_0_23(listener, certificates.server_config())?,
+        None => server.listen(listener)?,
+    };
+    Ok(server.run())
 }
 
 /// Wraps every request: refuses a connection past `max_connections` or

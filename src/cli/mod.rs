@@ -174,13 +174,21 @@ fn serve(
     }
     let demo_check = config.clone();
     actix_web::rt::System::new().block_on(async move {
-        let app = Application::build(config, Some(config_path))
-            .map_err(|e| CliError::Runtime(e.to_string()))?;
+        let scheme = if config.server.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let app = Application::build(config, Some(config_path)).map_err(|e| match e {
+            // A certificate that does not load is a config to fix, not a restart.
+            crate::startup::StartError::Tls(_) => CliError::Usage(e.to_string()),
+            e => CliError::Runtime(e.to_string()),
+        })?;
         // Listening for signals before saying where we listen: a SIGHUP sent as soon
         // as the address is known must reload, not kill with the default action.
         let signals = Signals::listen();
         log::info!(
-            "image-catalog listening on http://{} (data in {})",
+            "image-catalog listening on {scheme}://{} (data in {})",
             app.address(),
             app.state().data_dir().display()
         );

@@ -18,4 +18,5 @@ mod operations;
 mod process;
 mod reload;
 mod secrets;
+mod tls;
 mod transfer;
