@@ -13,6 +13,13 @@ fn users(admin_password: &str, extra: &str) -> String {
     )
 }
 
+/// A generous deadline: a reload that never logs fails the test instead of hanging it.
+async fn within_a_minute<T>(future: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(std::time::Duration::from_secs(60), future)
+        .await
+        .expect("no answer within a minute")
+}
+
 async fn status(server: &ChildServer, user: &str, password: &str) -> StatusCode {
     reqwest::Client::new()
         .get(format!("{}/v3/images", server.address))
@@ -75,4 +82,23 @@ async fn sighup_swaps_users_and_keeps_the_old_config_when_the_new_is_bad() {
     server.wait_for_log("only after a restart").await;
     server.wait_for_log("config reloaded").await;
     assert_eq!(status(&server, "newbie", "nb-pw").await, 403);
+}
+
+#[tokio::test]
+async fn a_reload_to_a_config_without_users_is_refused_and_the_old_users_stay() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), &config_text(DEFAULT_POLICIES, &users("pw", "")));
+    let mut server = ChildServer::start(&path).await;
+    assert_eq!(status(&server, "admin", "pw").await, 200);
+
+    for empty in ["", &config_text(DEFAULT_POLICIES, "")] {
+        write_config(dir.path(), empty);
+        server.signal("HUP");
+        let line = within_a_minute(server.wait_for_log("config reload")).await;
+        assert!(
+            line.contains("refused") && line.contains("no users"),
+            "{line}"
+        );
+        assert_eq!(status(&server, "admin", "pw").await, 200, "old users stay");
+    }
 }
