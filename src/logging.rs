@@ -205,18 +205,19 @@ impl SecondsClock {
     }
 }
 
-/// Waits until every line logged so far is written: call before the process exits.
+/// Waits until every line logged so far is written, for 10 s at most: call before the
+/// process exits. A log nobody reads must not keep the process from exiting.
 pub fn flush() {
     let Some(queue) = QUEUE.get() else { return };
-    queue.flush();
+    queue.flush(Duration::from_secs(10));
 }
 
 impl LogQueue {
-    /// Waits until every line queued so far is written.
-    fn flush(&self) {
+    /// Waits until every line queued so far is written, or `at_most`.
+    fn flush(&self, at_most: Duration) {
         let (done, written) = mpsc::sync_channel(1);
         if self.sender.send(Message::Flush(done)).is_ok() {
-            let _ = written.recv();
+            let _ = written.recv_timeout(at_most);
         }
     }
 }
@@ -324,8 +325,10 @@ mod tests {
         let dropped = (pushed - fits) as u64;
         assert_eq!(counts.dropped.load(Ordering::Relaxed), dropped);
 
+        // Exiting does not wait for a log nobody reads.
+        queue.flush(Duration::from_millis(10));
         let_go.send(()).unwrap();
-        queue.flush();
+        queue.flush(Duration::from_secs(60));
         let text = String::from_utf8(written.lock().unwrap().clone()).unwrap();
         let warning = format!("{dropped} log lines were dropped while the log was not being read");
         assert_eq!(
@@ -339,7 +342,7 @@ mod tests {
 
         // Once told, not told again.
         queue.push(b"after\n".to_vec());
-        queue.flush();
+        queue.flush(Duration::from_secs(60));
         let text = String::from_utf8(written.lock().unwrap().clone()).unwrap();
         assert_eq!(text.matches("were dropped").count(), 1);
         assert!(text.ends_with("after\n"));
