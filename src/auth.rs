@@ -281,8 +281,6 @@ impl Authenticator {
         credentials: Credentials,
         client: Option<IpAddr>,
     ) -> Result<(u64, Arc<User>), ApiError> {
-        // Taken before anything is checked: whatever a reload changes from here on,
-        // the answer is checked against the table then in force.
         let table = self.table();
         // Proven credentials skip the throttle, which is there to slow guesses: a
         // guess never is proven (failures are not remembered).
@@ -296,6 +294,9 @@ impl Authenticator {
         };
         let from = client.map_or_else(|| "an unknown address".to_owned(), |ip| ip.to_string());
         let mut ticket = self.wait_for_turn(key, &who, &from).await?;
+        // Taken before the check starts: whatever a reload changes from here on, the
+        // answer is checked again against the table then in force.
+        let table = self.table();
         log::debug!("verifying the credentials of {who} from {from}");
         let result = self
             .verify(&table, credentials)
