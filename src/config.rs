@@ -20,6 +20,10 @@ pub const DEMO_PASSWORDS: &[&str] = &["admin-demo-password", "reader-demo-passwo
 
 pub const DEFAULT_PROVIDERS: &[&str] = &["ec2", "openstack", "static"];
 
+const NO_USERS: &str = "no users: add at least one [[users]] entry with a password_hash \
+                        (from `image-catalog hash-password`) or a token_sha256 (from \
+                        `image-catalog new-token`)";
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error(
@@ -336,6 +340,10 @@ impl Config {
         };
         let auth = check_auth(raw.auth)?;
         let access = build_access(text, raw.policies, raw.users)?;
+        if access.users.is_empty() {
+            // Nobody could log in: on a reload that would lock everyone out.
+            return Err(NO_USERS.into());
+        }
         Ok(Config {
             providers,
             server: ServerConfig {
@@ -615,6 +623,11 @@ mod tests {
         Config::parse(text, Path::new("/etc/ic"))
     }
 
+    /// One user, so that a config is valid.
+    fn with_user(text: &str) -> String {
+        format!("{text}\n[[users]]\nname = \"u\"\npassword_hash = \"{HASH}\"\n")
+    }
+
     #[test]
     fn bind_must_be_host_and_port() {
         for ok in [
@@ -644,7 +657,7 @@ mod tests {
 
     #[test]
     fn defaults_apply() {
-        let config = parse("").unwrap();
+        let config = parse(&with_user("")).unwrap();
         assert_eq!(config.providers, ["ec2", "openstack", "static"]);
         assert_eq!(config.server.bind, "127.0.0.1:8080");
         assert_eq!(config.server.data_dir, Path::new("/etc/ic/data"));
@@ -671,17 +684,25 @@ mod tests {
                 max_tracked: 10_000,
             }
         );
-        assert!(config.access.users().is_empty());
+        assert_eq!(config.access.users().len(), 1);
+    }
+
+    #[test]
+    fn a_config_without_users_is_refused() {
+        for text in ["", "[policies]\nread_images = [\"reader\"]\n", "users = []"] {
+            let err = parse(text).unwrap_err();
+            assert!(err.starts_with("no users"), "{err}");
+        }
     }
 
     #[test]
     fn limits_are_read_and_zero_is_refused() {
-        let config = parse(
+        let config = parse(&with_user(
             "[server]\nclient_request_timeout_ms = 250\nkeep_alive_ms = 0\nbody_timeout_ms = 75\n\
              max_connections = 3\nmax_connections_per_address = 2\nmax_header_bytes = 100\n\
              backlog = 8\n[auth]\nfree_failures = 1\nfirst_delay_ms = 10\n\
              max_delay_ms = 20\nquiet_window_secs = 2\nmax_tracked = 5",
-        )
+        ))
         .unwrap();
         assert_eq!(
             config.server.client_request_timeout,

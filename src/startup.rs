@@ -20,21 +20,42 @@ use crate::error::ApiError;
 use crate::headers;
 use crate::limits::{self, ConnectionCounter};
 use crate::metrics::{Metrics, UNMATCHED};
-use crate::policy::AuthenticatedUser;
+use crate::policy::{AuthenticatedUser, Authorized, Policy};
 use crate::routes::{self, RoutePattern};
 use crate::store::{Store, StoreError};
 use crate::tls::{Certificates, TlsError};
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// What every request may reach, through [`crate::policy::Authorized`].
+/// What every request may reach. The store (and the pages cached from it) is handed
+/// out only against an [`Authorized`] proof, which only its extractor makes after the
+/// policy check; the open routes see [`AppState::health`], [`AppState::metrics_text`]
+/// and [`AppState::openapi`]. So a handler without its check does not compile:
+///
+/// ```compile_fail,E0616
+/// fn peek(state: &image_catalog::startup::AppState) -> &image_catalog::store::Store {
+///     &state.store
+/// }
+/// ```
+///
+/// ```compile_fail,E0616
+/// fn peek(state: &image_catalog::startup::AppState) {
+///     let _ = &state.auth;
+/// }
+/// ```
+///
+/// ```
+/// fn ops(state: &image_catalog::startup::AppState) -> (bool, actix_web::web::Bytes) {
+///     (state.health(), state.openapi())
+/// }
+/// ```
 pub struct AppState {
-    pub store: Store,
-    pub auth: Authenticator,
-    pub metrics: Metrics,
-    pub pages: crate::listing::PageCache,
+    store: Store,
+    auth: Authenticator,
+    metrics: Metrics,
+    pages: crate::listing::PageCache,
     /// `/v3/openapi.json`, rendered once: it depends only on the code and providers.
-    pub openapi: actix_web::web::Bytes,
+    openapi: actix_web::web::Bytes,
     pub providers: Vec<String>,
     pub max_body_bytes: usize,
     /// How long a handler waits for a request body to arrive.
@@ -49,6 +70,44 @@ pub struct AppState {
 impl AppState {
     pub fn data_dir(&self) -> &std::path::Path {
         &self.config.server.data_dir
+    }
+
+    /// Whether the server can serve: what `/healthz` says.
+    pub fn health(&self) -> bool {
+        self.store.is_healthy()
+    }
+
+    /// The Prometheus text of `/metrics`.
+    pub fn metrics_text(&self) -> Result<Vec<u8>, prometheus::Error> {
+        self.metrics.render(&self.store)
+    }
+
+    /// The OpenAPI document of `/v3/openapi.json`.
+    pub fn openapi(&self) -> actix_web::web::Bytes {
+        self.openapi.clone()
+    }
+
+    /// Who an `Authorization` header value belongs to; a refusal is counted in the
+    /// metrics.
+    pub(crate) async fn authenticate(
+        &self,
+        header: Option<&[u8]>,
+        client: Option<std::net::IpAddr>,
+    ) -> Result<std::sync::Arc<crate::config::User>, ApiError> {
+        self.auth
+            .authenticate_header(header, client)
+            .await
+            .inspect_err(|_| self.metrics.auth_failed())
+    }
+
+    /// The store, for a caller that holds a policy.
+    pub(crate) fn store<P: Policy>(&self, _proof: &Authorized<P>) -> &Store {
+        &self.store
+    }
+
+    /// The pages cached from the store, for a caller that holds a policy.
+    pub(crate) fn pages<P: Policy>(&self, _proof: &Authorized<P>) -> &crate::listing::PageCache {
+        &self.pages
     }
 
     /// Re-reads config.toml: a valid one replaces users, roles and policies at once;

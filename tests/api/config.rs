@@ -44,6 +44,7 @@ fn each_bad_config_is_refused_at_start_with_exit_code_2() {
             "token_sha256 must be 64 hexadecimal digits",
         ),
         ("this is = not toml [".to_string(), "TOML"),
+        (DEFAULT_POLICIES.to_string(), "no users"),
     ];
     for (config, words) in cases {
         let (code, stderr) = serve_with(&config_text("", &config));
