@@ -13,6 +13,7 @@ use argon2::PasswordHash;
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::forwarded::TrustedProxies;
 use crate::policy;
 
 /// The passwords the bundled config.toml documents; a user still on one is warned about.
@@ -81,6 +82,11 @@ pub struct ServerConfig {
     pub backlog: u32,
     /// HTTPS on `bind`, when set; SIGHUP reads the files again.
     pub tls: Option<TlsFiles>,
+    /// Reverse proxies whose `X-Forwarded-For` names the client.
+    pub trusted_proxies: TrustedProxies,
+    /// Connections served at once from one trusted proxy, instead of
+    /// `max_connections_per_address`: a proxy carries many clients.
+    pub max_connections_per_proxy: usize,
 }
 
 /// The PEM files of `[server] tls_cert` and `tls_key`, resolved against the config
@@ -183,6 +189,8 @@ struct RawServer {
     backlog: u32,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
+    trusted_proxies: Vec<String>,
+    max_connections_per_proxy: usize,
 }
 
 impl Default for RawServer {
@@ -202,6 +210,8 @@ impl Default for RawServer {
             backlog: 1024,
             tls_cert: None,
             tls_key: None,
+            trusted_proxies: Vec::new(),
+            max_connections_per_proxy: 1024,
         }
     }
 }
@@ -275,6 +285,7 @@ impl Config {
         let providers = check_providers(raw.providers)?;
         let server = raw.server;
         check_bind(&server.bind)?;
+        let trusted_proxies = TrustedProxies::parse(&server.trusted_proxies)?;
         let tls = match (&server.tls_cert, &server.tls_key) {
             (Some(cert), Some(key)) => Some(TlsFiles {
                 cert: base.join(cert),
@@ -310,6 +321,10 @@ impl Config {
                 server.max_connections_per_address as u64,
             ),
             ("max_header_bytes", server.max_header_bytes as u64),
+            (
+                "max_connections_per_proxy",
+                server.max_connections_per_proxy as u64,
+            ),
             ("backlog", u64::from(server.backlog)),
         ] {
             if value == 0 {
@@ -361,6 +376,8 @@ impl Config {
                 max_header_bytes: server.max_header_bytes,
                 backlog: server.backlog,
                 tls,
+                trusted_proxies,
+                max_connections_per_proxy: server.max_connections_per_proxy,
             },
             store: StoreConfig {
                 cache_mb: raw.store.cache_mb,

@@ -8,6 +8,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod forwarded;
 pub mod headers;
 pub mod image;
 pub mod limits;

@@ -24,6 +24,7 @@ use futures_util::Stream;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::error::ApiError;
+use crate::forwarded::TrustedProxies;
 
 /// Binds `bind` with a listen queue of `backlog` connections. actix applies its own
 /// backlog only to sockets it binds itself, and the server binds first to learn the
@@ -160,6 +161,8 @@ pub struct ConnectionCounter {
     counts: Arc<Mutex<Counts>>,
     limit: usize,
     per_address: usize,
+    proxies: Arc<TrustedProxies>,
+    per_proxy: usize,
 }
 
 #[derive(Default)]
@@ -174,7 +177,16 @@ impl ConnectionCounter {
             counts: Default::default(),
             limit,
             per_address,
+            proxies: Default::default(),
+            per_proxy: per_address,
         }
+    }
+
+    /// Trusted proxies get `per_proxy` connections each instead of the per-address cap.
+    pub fn with_proxies(mut self, proxies: TrustedProxies, per_proxy: usize) -> Self {
+        self.proxies = Arc::new(proxies);
+        self.per_proxy = per_proxy;
+        self
     }
 
     /// For `HttpServer::on_connect`: gives the new connection its slot, which it
@@ -193,10 +205,13 @@ impl ConnectionCounter {
 
     /// The cap on the connections from `address`.
     ///
-    /// A trusted proxy (a later issue) carries many clients' connections: it is to be
-    /// exempt, or given its own cap, here.
-    fn cap_for(&self, _address: IpAddr) -> usize {
-        self.per_address
+    /// A trusted proxy carries many clients' connections: it has its own cap.
+    fn cap_for(&self, address: IpAddr) -> usize {
+        if self.proxies.contains(address) {
+            self.per_proxy
+        } else {
+            self.per_address
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Counts> {
@@ -430,6 +445,25 @@ mod tests {
             counts.by_address.is_empty(),
             "no address is kept without a connection"
         );
+    }
+
+    #[test]
+    fn a_trusted_proxy_has_its_own_cap() {
+        let proxies = TrustedProxies::parse(&["10.0.0.0/8".to_string()]).unwrap();
+        let counter = ConnectionCounter::new(100, 2).with_proxies(proxies, 5);
+        let proxy = ip("10.1.1.1");
+        let held: Vec<_> = (0..5).map(|_| counter.admit(proxy).unwrap()).collect();
+        assert_eq!(
+            counter.admit(proxy).err(),
+            Some(ConnectionRefusal::Address { limit: 5 })
+        );
+        let other = ip("192.0.2.1");
+        let _two: Vec<_> = (0..2).map(|_| counter.admit(other).unwrap()).collect();
+        assert!(
+            counter.admit(other).is_err(),
+            "others keep the per-address cap"
+        );
+        drop(held);
     }
 
     #[test]

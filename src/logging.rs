@@ -136,11 +136,15 @@ pub fn init() {
 /// directly: env_logger's formatting and its writer lock were a tenth of a cached
 /// GET (bench/RESULTS.md). Whether the line is logged is still env_logger's call
 /// (`RUST_LOG`).
+/// `path` is the path as the client sent it (percent-encoded, so it cannot break the
+/// line); `client` the address the request came from (behind a trusted proxy, the
+/// one `X-Forwarded-For` names).
 pub fn access(
     method: &str,
-    route: &str,
+    path: &str,
     status: u16,
     elapsed: Duration,
+    client: Option<std::net::IpAddr>,
     user: &str,
     request_id: &str,
 ) {
@@ -151,9 +155,10 @@ pub fn access(
     let Some(queue) = QUEUE.get() else {
         log::info!(
             target: "access",
-            "{method} {route} {status} {}.{}ms user={user} request_id={request_id}",
+            "{method} {path} {status} {}.{}ms client={} user={user} request_id={request_id}",
             tenths_of_ms / 10,
-            tenths_of_ms % 10
+            tenths_of_ms % 10,
+            client.map_or_else(|| "-".to_owned(), |c| c.to_string())
         );
         return;
     };
@@ -162,13 +167,21 @@ pub fn access(
     line.push('[');
     TIMESTAMP.with(|cached| line.push_str(cached.borrow_mut().now()));
     line.push_str(" INFO  access] ");
-    for part in [method, " ", route, " ", numbers.format(status), " "] {
+    for part in [method, " ", path, " ", numbers.format(status), " "] {
         line.push_str(part);
     }
     line.push_str(numbers.format(tenths_of_ms / 10));
     line.push('.');
     line.push_str(numbers.format(tenths_of_ms % 10));
-    for part in ["ms user=", user, " request_id=", request_id, "\n"] {
+    line.push_str("ms client=");
+    match client {
+        Some(client) => {
+            use std::fmt::Write;
+            let _ = write!(line, "{client}");
+        }
+        None => line.push('-'),
+    }
+    for part in [" user=", user, " request_id=", request_id, "\n"] {
         line.push_str(part);
     }
     queue.push(line.into_bytes());

@@ -81,7 +81,11 @@ impl<P: Policy> FromRequest for Authorized<P> {
                 .app_data::<web::Data<AppState>>()
                 .cloned()
                 .ok_or(ApiError::StoreUnavailable)?;
-            let client = req.peer_addr().map(|a| a.ip());
+            let client = req
+                .extensions()
+                .get::<crate::startup::ClientAddress>()
+                .map(|c| c.0)
+                .or_else(|| req.peer_addr().map(|a| a.ip()));
             let header = req.headers().get(AUTHORIZATION).map(|v| v.as_bytes());
             let user = state.authenticate(header, client).await?;
             req.extensions_mut().insert(AuthenticatedUser(user.clone()));

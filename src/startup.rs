@@ -17,6 +17,7 @@ use actix_web::{App, HttpMessage, HttpServer, ResponseError, web};
 use crate::auth::Authenticator;
 use crate::config::{Config, DEMO_PASSWORDS, ServerConfig};
 use crate::error::ApiError;
+use crate::forwarded::TrustedProxies;
 use crate::headers;
 use crate::limits::{self, ConnectionCounter};
 use crate::metrics::{Metrics, UNMATCHED};
@@ -298,7 +299,11 @@ fn run(listener: TcpListener, state: web::Data<AppState>) -> std::io::Result<Ser
     let settings: ServerConfig = state.config.server.clone();
     let state_tls = state.certificates.clone();
     let max_connections = limits::choose_max_connections(settings.max_connections);
-    let connections = ConnectionCounter::new(max_connections, settings.max_connections_per_address);
+    let connections = ConnectionCounter::new(max_connections, settings.max_connections_per_address)
+        .with_proxies(
+            settings.trusted_proxies.clone(),
+            settings.max_connections_per_proxy,
+        );
     let server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
@@ -342,6 +347,12 @@ async fn access_log(
         .unwrap_or_else(new_request_id);
     let method = req.method().clone();
     let state = req.app_data::<web::Data<AppState>>().cloned();
+    let client = state
+        .as_ref()
+        .and_then(|state| client_address(&req, &state.config.server.trusted_proxies));
+    if let Some(client) = client {
+        req.extensions_mut().insert(ClientAddress(client));
+    }
     let accept = req.headers().get(header::ACCEPT);
     let max_header_bytes = state
         .as_ref()
@@ -383,13 +394,37 @@ async fn access_log(
         let user = extensions
             .get::<AuthenticatedUser>()
             .map_or("-", |u| u.0.name.as_str());
-        let route = pattern.unwrap_or_else(|| request.path());
-        crate::logging::access(method.as_str(), route, status, elapsed, user, &request_id);
+        crate::logging::access(
+            method.as_str(),
+            request.path(),
+            status,
+            elapsed,
+            client,
+            user,
+            &request_id,
+        );
     }
     if let Ok(value) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert(REQUEST_ID, value);
     }
     Ok(response)
+}
+
+/// Where a request came from: its TCP peer, or behind a trusted proxy the client
+/// that `X-Forwarded-For` names. What the access log and the brute-force throttle use.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddress(pub std::net::IpAddr);
+
+fn client_address(req: &ServiceRequest, proxies: &TrustedProxies) -> Option<std::net::IpAddr> {
+    let peer = req.peer_addr()?.ip();
+    if proxies.is_empty() {
+        return Some(peer);
+    }
+    let forwarded = req
+        .headers()
+        .get_all("x-forwarded-for")
+        .map(HeaderValue::as_bytes);
+    Some(proxies.client(peer, forwarded))
 }
 
 /// 32 random hex digits.

@@ -16,6 +16,7 @@ mod images;
 mod listing;
 mod operations;
 mod process;
+mod proxy;
 mod reload;
 mod secrets;
 mod tls;

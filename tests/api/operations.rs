@@ -174,7 +174,14 @@ async fn the_access_log_names_requests_but_never_a_secret() {
         .lines()
         .find(|l| l.contains("request_id=trace-me-42"))
         .expect("an access line per request, with the request id");
-    for part in ["GET", "/v3/images", " 200 ", "user=reader", "ms"] {
+    for part in [
+        "GET",
+        "/v3/images",
+        " 200 ",
+        "client=127.0.0.1",
+        "user=reader",
+        "ms",
+    ] {
         assert!(line.contains(part), "{part:?} missing in {line}");
     }
     let access_lines = log.lines().filter(|l| l.contains("request_id=")).count();
