@@ -56,7 +56,8 @@ impl AppState {
         };
         crate::config::warn_insecure_permissions(path);
         match Config::load(path) {
-            Ok(next) => {
+            Ok(mut next) => {
+                next.store.accept_data_loss = self.config.store.accept_data_loss;
                 if next.server != self.config.server
                     || next.store != self.config.store
                     || next.auth != self.config.auth
@@ -112,7 +113,11 @@ impl Application {
             bind: config.server.bind.clone(),
             source,
         })?;
-        let store = Store::open(&config.server.data_dir, config.store.cache_mb)?;
+        let store = Store::open_with(
+            &config.server.data_dir,
+            config.store.cache_mb,
+            config.store.accept_data_loss,
+        )?;
         let openapi = serde_json::to_vec(&crate::openapi::document(&config.providers))
             .unwrap_or_default()
             .into();

@@ -62,6 +62,50 @@ pub enum StoreError {
     Closed,
     #[error("storage engine: {0}")]
     Engine(#[from] sled::Error),
+    #[error("cannot open the store at {dir} as user {user}: {reason}")]
+    DataDir {
+        dir: PathBuf,
+        user: String,
+        reason: String,
+    },
+    #[error(
+        "cannot open the store at {dir} as user {user}: it is damaged ({detail}); {}",
+        crate::store_open::RESTORE_ADVICE
+    )]
+    Damaged {
+        dir: PathBuf,
+        user: String,
+        detail: String,
+    },
+    #[error(
+        "cannot open the store at {dir} as user {user}: it holds {store} changes but its \
+         high-water mark ({dir}/{}) says {mark} were made durable, so {} acknowledged changes \
+         are missing (its files were damaged or an older copy was put back); {}; or, to \
+         serve what is left and lose those changes, start once with \
+         `serve --accept-data-loss`",
+        crate::store_mark::MARK_FILE,
+        mark - store,
+        crate::store_open::RESTORE_ADVICE
+    )]
+    BehindMark {
+        dir: PathBuf,
+        user: String,
+        store: u64,
+        mark: u64,
+    },
+}
+
+impl StoreError {
+    /// Whether a restart cannot help: the data dir or the store needs an operator.
+    pub fn needs_operator(&self) -> bool {
+        matches!(
+            self,
+            StoreError::DataDir { .. }
+                | StoreError::Damaged { .. }
+                | StoreError::BehindMark { .. }
+                | StoreError::UnknownFormat { .. }
+        )
+    }
 }
 
 /// The condition of a compare-and-swap (`If-Match`).
@@ -189,60 +233,45 @@ pub struct Store {
     image_count: Arc<AtomicU64>,
     generation: Arc<AtomicU64>,
     writer: Mutex<Option<(mpsc::Sender<Job>, JoinHandle<()>)>>,
+    mark: Arc<crate::store_mark::MarkKeeper>,
+    /// The data dir's lock: declared last, so it is let go after sled's files.
+    _lock: std::fs::File,
 }
 
 impl Store {
     pub fn open(dir: &Path, cache_mb: u64) -> Result<Store, StoreError> {
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(cache_mb.saturating_mul(1024 * 1024))
-            // Every change is flushed before it is acknowledged; sled's own periodic
-            // flusher would only add a thread that holds the data dir's lock for a
-            // while after the store is dropped.
-            .flush_every_ms(None)
-            .open()
-            .map_err(|e| match e {
-                sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => {
-                    StoreError::InUse(dir.to_owned())
-                }
-                other => StoreError::Engine(other),
-            })?;
-        let images = db.open_tree(IMAGES_TREE)?;
-        let audit = db.open_tree(AUDIT_TREE)?;
-        match db.get(FORMAT_KEY)? {
-            Some(found) if found.as_ref() == FORMAT_VERSION.as_bytes() => {}
-            Some(found) => {
-                return Err(StoreError::UnknownFormat {
-                    dir: dir.to_owned(),
-                    found: String::from_utf8_lossy(&found).into_owned(),
-                });
-            }
-            None if images.is_empty() && audit.is_empty() => {
-                db.insert(FORMAT_KEY, FORMAT_VERSION)?;
-                db.flush()?;
-            }
-            None => {
-                return Err(StoreError::UnknownFormat {
-                    dir: dir.to_owned(),
-                    found: "none".into(),
-                });
-            }
-        }
-        let meta = db.open_tree(META_TREE)?;
-        let image_count = match meta.get(IMAGE_COUNT_KEY)? {
-            Some(bytes) => u64_from_bytes(&bytes)?,
-            None => {
-                let count = images.len() as u64;
-                meta.insert(IMAGE_COUNT_KEY, &count.to_be_bytes())?;
-                count
-            }
-        };
+        Store::open_with(dir, cache_mb, false)
+    }
+
+    /// Opens the store in `dir`: takes the folder's lock, opens sled and reads every
+    /// entry once with sled's panics contained (a damaged store is
+    /// [`StoreError::Damaged`], not a panic), then compares the store's count of
+    /// changes with the high-water mark: a store behind it is refused unless
+    /// `accept_data_loss`.
+    pub fn open_with(
+        dir: &Path,
+        cache_mb: u64,
+        accept_data_loss: bool,
+    ) -> Result<Store, StoreError> {
+        let lock = crate::store_open::prepare(dir)?;
+        let opened = crate::store_open::contain(dir, || open_engine(dir, cache_mb))?;
+        let Opened {
+            db,
+            images,
+            audit,
+            meta,
+            image_count,
+            next_seq,
+            changes,
+        } = opened;
+        crate::store_mark::check(dir, changes, accept_data_loss)?;
+        let mark = Arc::new(crate::store_mark::MarkKeeper::start(
+            dir,
+            meta.clone(),
+            changes,
+        )?);
         let image_count = Arc::new(AtomicU64::new(image_count));
         let generation = Arc::new(AtomicU64::new(0));
-        let next_seq = match audit.last()? {
-            Some((key, _)) => u64_from_bytes(&key)? + 1,
-            None => 1,
-        };
         let (sender, receiver) = mpsc::channel();
         let writer = Writer {
             db: db.clone(),
@@ -252,6 +281,7 @@ impl Store {
             image_count: image_count.clone(),
             generation: generation.clone(),
             next_seq,
+            mark: mark.clone(),
         };
         let handle = std::thread::Builder::new()
             .name("store-writer".into())
@@ -264,6 +294,8 @@ impl Store {
             image_count,
             generation,
             writer: Mutex::new(Some((sender, handle))),
+            mark,
+            _lock: lock,
         })
     }
 
@@ -411,6 +443,7 @@ impl Store {
             let _ = handle.join();
         }
         self.db.flush()?;
+        self.mark.close();
         Ok(())
     }
 }
@@ -419,6 +452,123 @@ impl Drop for Store {
     fn drop(&mut self) {
         let _ = self.shutdown();
     }
+}
+
+/// What `open_engine` hands back: sled opened and read through once.
+struct Opened {
+    db: sled::Db,
+    images: Tree,
+    audit: Tree,
+    meta: Tree,
+    image_count: u64,
+    next_seq: u64,
+    /// The store's own count of changes applied (see `store_mark`).
+    changes: u64,
+}
+
+/// Opens sled in `dir` (locked already) and reads every entry once, so that damage
+/// shows now (an error, or a panic `store_open::contain` catches) rather than on a
+/// request. Any engine error here means the store cannot be trusted as it is.
+fn open_engine(dir: &Path, cache_mb: u64) -> Result<Opened, StoreError> {
+    open_and_verify(dir, cache_mb).map_err(|e| match e {
+        StoreError::Engine(sled::Error::Io(io))
+            if matches!(
+                io.kind(),
+                std::io::ErrorKind::PermissionDenied
+                    | std::io::ErrorKind::ReadOnlyFilesystem
+                    | std::io::ErrorKind::NotADirectory
+                    | std::io::ErrorKind::StorageFull
+            ) =>
+        {
+            crate::store_open::io_error(dir, &io)
+        }
+        StoreError::Engine(other) => crate::store_open::damaged(dir, other),
+        StoreError::Corrupt(detail) => crate::store_open::damaged(dir, detail),
+        other => other,
+    })
+}
+
+fn open_and_verify(dir: &Path, cache_mb: u64) -> Result<Opened, StoreError> {
+    let db = sled::Config::new()
+        .path(dir)
+        .cache_capacity(cache_mb.saturating_mul(1024 * 1024))
+        // Every change is flushed before it is acknowledged; sled's own periodic
+        // flusher would only add a thread that holds the data dir's lock for a
+        // while after the store is dropped.
+        .flush_every_ms(None)
+        .open()?;
+    let images = db.open_tree(IMAGES_TREE)?;
+    let audit = db.open_tree(AUDIT_TREE)?;
+    match db.get(FORMAT_KEY)? {
+        Some(found) if found.as_ref() == FORMAT_VERSION.as_bytes() => {}
+        Some(found) => {
+            return Err(StoreError::UnknownFormat {
+                dir: dir.to_owned(),
+                found: String::from_utf8_lossy(&found).into_owned(),
+            });
+        }
+        None if images.is_empty() && audit.is_empty() => {
+            db.insert(FORMAT_KEY, FORMAT_VERSION)?;
+            db.flush()?;
+        }
+        None => {
+            return Err(StoreError::UnknownFormat {
+                dir: dir.to_owned(),
+                found: "none".into(),
+            });
+        }
+    }
+    let meta = db.open_tree(META_TREE)?;
+    let image_count = match meta.get(IMAGE_COUNT_KEY)? {
+        Some(bytes) => u64_from_bytes(&bytes)?,
+        None => {
+            let count = images.len() as u64;
+            meta.insert(IMAGE_COUNT_KEY, &count.to_be_bytes())?;
+            count
+        }
+    };
+    // The first full read: every key and value of every tree.
+    let default: &Tree = &db;
+    for tree in [default, &meta] {
+        for item in tree.iter() {
+            item?;
+        }
+    }
+    let mut stored_images = 0u64;
+    for item in images.iter() {
+        let (_, value) = item?;
+        Record(value).image()?;
+        stored_images += 1;
+    }
+    if stored_images != image_count {
+        return Err(StoreError::Corrupt(format!(
+            "it holds {stored_images} images but counted {image_count}"
+        )));
+    }
+    let mut last_seq = 0;
+    for item in audit.iter() {
+        let (key, _) = item?;
+        last_seq = u64_from_bytes(&key)?;
+    }
+    let changes = match crate::store_mark::stored_changes(dir, &meta)? {
+        Some(changes) => changes,
+        None => {
+            // A store made before the count was kept: every change it holds has its
+            // audit record, numbered from 1.
+            meta.insert(crate::store_mark::CHANGES_KEY, &last_seq.to_be_bytes())?;
+            db.flush()?;
+            last_seq
+        }
+    };
+    Ok(Opened {
+        db,
+        images,
+        audit,
+        meta,
+        image_count,
+        next_seq: last_seq + 1,
+        changes,
+    })
 }
 
 fn take_page(
@@ -457,6 +607,7 @@ struct Writer {
     image_count: Arc<AtomicU64>,
     generation: Arc<AtomicU64>,
     next_seq: u64,
+    mark: Arc<crate::store_mark::MarkKeeper>,
 }
 
 impl Writer {
@@ -518,6 +669,8 @@ impl Writer {
             };
             if let Err(e) = &flushed {
                 log::error!("flushing the store failed: {e}");
+            } else if changed {
+                self.mark.made_durable();
             }
             for (reply, result) in answers {
                 let result = match (&flushed, result) {
@@ -572,6 +725,7 @@ impl Writer {
                         audit.insert(&seq.to_be_bytes(), record.as_slice())?;
                     }
                     meta.insert(IMAGE_COUNT_KEY, &(count + chunk.len() as u64).to_be_bytes())?;
+                    crate::store_mark::count_changes(meta, chunk.len() as u64)?;
                     Ok(())
                 });
             result.map_err(|e| match e {
@@ -657,6 +811,7 @@ impl Writer {
                     outcomes.push(outcome);
                 }
                 meta.insert(IMAGE_COUNT_KEY, &count.to_be_bytes())?;
+                crate::store_mark::count_changes(meta, seq - self.next_seq)?;
                 Ok(outcomes)
             });
         result.map_err(|e| match e {

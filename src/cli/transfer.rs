@@ -22,7 +22,7 @@ fn open_store(config_path: &Path, data_dir: Option<PathBuf>) -> Result<(Config, 
         StoreError::InUse(_) => {
             CliError::Runtime(format!("{e}; export and import need it stopped"))
         }
-        other => CliError::Runtime(other.to_string()),
+        other => CliError::from(other),
     })?;
     Ok((config, store))
 }
