@@ -443,6 +443,7 @@ impl Store {
             let _ = handle.join();
         }
         self.db.flush()?;
+        self.mark.made_durable();
         self.mark.close();
         Ok(())
     }
@@ -975,6 +976,43 @@ mod tests {
             .err()
             .expect("version 99 is refused");
         assert!(err.to_string().contains("format version '99'"), "{err}");
+    }
+
+    #[test]
+    fn a_store_made_before_the_change_count_counts_its_audit_trail() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path(), 8).unwrap();
+            block_on(async {
+                for id in ["a", "b", "c"] {
+                    store.apply(Change::Create(image(id)), "u").await.unwrap();
+                }
+            });
+            // As a store written before the count was kept: no counter, no mark.
+            let meta = store.db.open_tree(META_TREE).unwrap();
+            meta.remove(crate::store_mark::CHANGES_KEY).unwrap();
+        }
+        std::fs::remove_file(dir.path().join(crate::store_mark::MARK_FILE)).unwrap();
+        let store = Store::open(dir.path(), 8).unwrap();
+        let meta = store.db.open_tree(META_TREE).unwrap();
+        assert_eq!(
+            crate::store_mark::stored_changes(dir.path(), &meta).unwrap(),
+            Some(3)
+        );
+        assert_eq!(crate::store_mark::read(dir.path()).unwrap(), Some(3));
+    }
+
+    #[test]
+    fn a_miscounted_store_is_damaged() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path(), 8).unwrap();
+            block_on(store.apply(Change::Create(image("a")), "u")).unwrap();
+            store.images.remove("a").unwrap();
+        }
+        let err = Store::open(dir.path(), 8).err().expect("refused");
+        assert!(matches!(err, StoreError::Damaged { .. }), "{err}");
+        assert!(err.needs_operator());
     }
 
     #[test]

@@ -26,7 +26,10 @@ pub const MARK_FILE: &str = "high-water-mark";
 pub const CHANGES_KEY: &[u8] = b"changes";
 
 /// Adds `count` applied changes to the store's own counter, inside their transaction.
-pub fn count_changes(meta: &TransactionalTree, count: u64) -> Result<(), UnabortableTransactionError> {
+pub fn count_changes(
+    meta: &TransactionalTree,
+    count: u64,
+) -> Result<(), UnabortableTransactionError> {
     if count == 0 {
         return Ok(());
     }
@@ -84,9 +87,8 @@ pub fn write(dir: &Path, changes: u64) -> std::io::Result<()> {
 /// Compares the store's count of changes with the mark at start. Returns the count
 /// the mark holds afterwards.
 pub fn check(dir: &Path, store: u64, accept_data_loss: bool) -> Result<u64, StoreError> {
-    let unwritable = |e: std::io::Error| {
-        data_dir_error(dir, format!("cannot write its high-water mark: {e}"))
-    };
+    let unwritable =
+        |e: std::io::Error| data_dir_error(dir, format!("cannot write its high-water mark: {e}"));
     match read(dir)? {
         None => {
             write(dir, store).map_err(unwritable)?;
@@ -179,9 +181,8 @@ impl MarkKeeper {
         }
     }
 
-    /// Writes the last count (the store must be flushed) and stops the thread.
+    /// Stops the thread once it has written the last count it was told.
     pub fn close(&self) {
-        self.made_durable();
         {
             let (lock, wake) = &*self.progress;
             lock.lock().unwrap_or_else(|p| p.into_inner()).closed = true;
@@ -256,7 +257,11 @@ mod tests {
         assert_eq!(read(dir.path()).unwrap(), Some(5));
         let err = check(dir.path(), 3, false).unwrap_err().to_string();
         assert!(err.contains("2 acknowledged changes are missing"), "{err}");
-        assert_eq!(read(dir.path()).unwrap(), Some(5), "a refusal keeps the mark");
+        assert_eq!(
+            read(dir.path()).unwrap(),
+            Some(5),
+            "a refusal keeps the mark"
+        );
         check(dir.path(), 3, true).unwrap();
         assert_eq!(read(dir.path()).unwrap(), Some(3));
         check(dir.path(), 9, false).unwrap();

@@ -157,7 +157,10 @@ static OPENING: AtomicUsize = AtomicUsize::new(0);
 /// [`StoreError::Damaged`] without printing a backtrace. The panic hook is installed
 /// once and only stays quiet for threads inside `contain`, so a panic anywhere else
 /// (another server starting in the same process, a test) is printed as usual.
-pub fn contain<T>(dir: &Path, work: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreError> {
+pub fn contain<T>(
+    dir: &Path,
+    work: impl FnOnce() -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
     install_quiet_hook();
     OPENING.fetch_add(1, Ordering::SeqCst);
     CONTAINING.with(|c| c.set(true));
@@ -170,7 +173,10 @@ pub fn contain<T>(dir: &Path, work: impl FnOnce() -> Result<T, StoreError>) -> R
             let message = CONTAINED
                 .with(|m| m.borrow_mut().take())
                 .unwrap_or_else(|| "the storage engine panicked".into());
-            Err(damaged(dir, format!("the storage engine failed: {message}")))
+            Err(damaged(
+                dir,
+                format!("the storage engine failed: {message}"),
+            ))
         }
     }
 }

@@ -6,6 +6,7 @@ mod auth;
 mod brute_force;
 mod conditional;
 mod config;
+mod damage;
 mod durability;
 mod errors;
 mod helpers;
