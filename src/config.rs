@@ -36,8 +36,16 @@ pub struct Config {
     pub providers: Vec<String>,
     pub server: ServerConfig,
     pub store: StoreConfig,
+    pub audit: AuditConfig,
     pub auth: AuthConfig,
     pub access: Access,
+}
+
+/// The audit trail's retention.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditConfig {
+    /// How long a record is kept; `None` keeps every record.
+    pub keep: Option<Duration>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -127,6 +135,8 @@ struct RawConfig {
     #[serde(default)]
     store: RawStore,
     #[serde(default)]
+    audit: RawAudit,
+    #[serde(default)]
     auth: RawAuth,
     #[serde(default)]
     policies: BTreeMap<String, Vec<String>>,
@@ -188,6 +198,12 @@ impl Default for RawAuth {
             max_tracked: 10_000,
         }
     }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawAudit {
+    keep_days: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -252,6 +268,25 @@ impl Config {
         if raw.store.cache_mb == 0 {
             return Err("[store] cache_mb must be at least 1".into());
         }
+        let audit = match raw.audit.keep_days {
+            Some(0) => {
+                return Err(
+                    "[audit] keep_days must be at least 1 (leave it out to keep every \
+                            record)"
+                        .into(),
+                );
+            }
+            Some(days) if days > 100 * 365 => {
+                return Err(
+                    "[audit] keep_days is more than a century; leave it out to keep \
+                            every record"
+                        .into(),
+                );
+            }
+            days => AuditConfig {
+                keep: days.map(|d| Duration::from_secs(d * 86_400)),
+            },
+        };
         let auth = check_auth(raw.auth)?;
         let access = build_access(text, raw.policies, raw.users)?;
         Ok(Config {
@@ -273,6 +308,7 @@ impl Config {
                 cache_mb: raw.store.cache_mb,
                 accept_data_loss: false,
             },
+            audit,
             auth,
             access,
         })

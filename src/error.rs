@@ -39,6 +39,19 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     #[error("the store is unavailable, nothing was changed; retry later")]
     StoreUnavailable,
+    #[error(
+        "the store failed while making this change durable, so whether it was applied is \
+         unknown; the service restarts on what is on disk: GET the image then to check \
+         before retrying"
+    )]
+    OutcomeUnknown,
+    #[error(
+        "the store has stopped after a failure and the service is restarting; nothing was \
+         changed; retry in a moment"
+    )]
+    StoreStopped,
+    #[error("too many changes are waiting to be written; nothing was changed; retry in a moment")]
+    StoreBusy,
     #[error("the request body did not arrive within {ms} ms; send the whole body at once")]
     BodyTimeout { ms: u128 },
     #[error(
@@ -72,6 +85,12 @@ impl From<StoreError> for ApiError {
             StoreError::Conflict(id) => ApiError::Conflict(id),
             StoreError::PreconditionFailed(id) => ApiError::PreconditionFailed(id),
             StoreError::Invalid(err) => err.into(),
+            StoreError::OutcomeUnknown(why) => {
+                log::error!("a change of unknown outcome: {why}");
+                ApiError::OutcomeUnknown
+            }
+            StoreError::Stopped(_) => ApiError::StoreStopped,
+            StoreError::Busy => ApiError::StoreBusy,
             other => {
                 // The client cannot act on engine details; the operator can.
                 log::error!("store failure: {other}");
@@ -108,7 +127,10 @@ impl ResponseError for ApiError {
             ApiError::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ApiError::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::StoreUnavailable
+            | ApiError::OutcomeUnknown
+            | ApiError::StoreStopped
+            | ApiError::StoreBusy => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ApiError::TooManyFailedLogins { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::TooManyConnections { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -132,6 +154,9 @@ impl ResponseError for ApiError {
                 // A connection over the limit is not kept for a next request.
                 response.insert_header((header::RETRY_AFTER, 1));
                 response.force_close();
+            }
+            ApiError::StoreBusy | ApiError::StoreStopped => {
+                response.insert_header((header::RETRY_AFTER, 1));
             }
             ApiError::BodyTimeout { .. } => {
                 response.force_close();

@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::RwLock;
 
 use actix_web::web::Bytes;
+use futures_util::StreamExt;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
 use crate::error::ApiError;
@@ -127,15 +128,37 @@ pub fn json_array<T: AsRef<[u8]>>(items: &[T]) -> Vec<u8> {
 }
 
 /// A 200 whose body is one JSON array of `items`, streamed as they are read.
-pub fn streamed_array<I, T, E>(items: I) -> actix_web::HttpResponse
+///
+/// The items are read on a blocking thread, a couple of chunks ahead of the client:
+/// a whole-catalog scan (or one that filters most items out) never holds an actix
+/// worker, and memory stays flat however big the catalog. A failure before the first
+/// chunk is an error response; later, the response can only be cut short.
+pub async fn streamed_array<I, T, E>(items: I) -> Result<actix_web::HttpResponse, ApiError>
 where
-    I: Iterator<Item = Result<T, E>> + 'static,
+    I: Iterator<Item = Result<T, E>> + Send + 'static,
     T: AsRef<[u8]>,
     E: std::fmt::Display,
 {
-    actix_web::HttpResponse::Ok()
+    let (chunks, mut received) = tokio::sync::mpsc::channel::<Result<Bytes, ApiError>>(2);
+    actix_web::rt::task::spawn_blocking(move || {
+        for chunk in JsonArrayChunks::new(items) {
+            // The client has gone: stop reading.
+            if chunks.blocking_send(chunk).is_err() {
+                break;
+            }
+        }
+    });
+    let first = received
+        .recv()
+        .await
+        .unwrap_or(Err(ApiError::StoreUnavailable))?;
+    let rest = futures_util::stream::unfold(received, |mut received| async move {
+        received.recv().await.map(|chunk| (chunk, received))
+    });
+    let body = futures_util::stream::once(std::future::ready(Ok::<_, ApiError>(first))).chain(rest);
+    Ok(actix_web::HttpResponse::Ok()
         .content_type("application/json")
-        .streaming(futures_util::stream::iter(JsonArrayChunks::new(items)))
+        .streaming(body))
 }
 
 /// Turns an iterator of pre-serialized items into the chunks of one JSON array.

@@ -19,6 +19,8 @@ pub struct Metrics {
     auth_failures: IntCounter,
     images: IntGauge,
     store_bytes: IntGauge,
+    audit_records: IntGauge,
+    audit_bytes: IntGauge,
 }
 
 impl Metrics {
@@ -48,6 +50,13 @@ impl Metrics {
         )?;
         let images = IntGauge::new("images", "Images in the catalog")?;
         let store_bytes = IntGauge::new("store_size_bytes", "Size of the store on disk")?;
+        let audit_records = IntGauge::new("audit_records", "Records in the audit trail")?;
+        let audit_bytes = IntGauge::new(
+            "audit_bytes",
+            "Bytes of the audit trail's records (their JSON), part of store_size_bytes",
+        )?;
+        registry.register(Box::new(audit_records.clone()))?;
+        registry.register(Box::new(audit_bytes.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(latency.clone()))?;
         registry.register(Box::new(auth_failures.clone()))?;
@@ -60,6 +69,8 @@ impl Metrics {
             auth_failures,
             images,
             store_bytes,
+            audit_records,
+            audit_bytes,
         })
     }
 
@@ -86,6 +97,11 @@ impl Metrics {
     pub fn render(&self, store: &Store) -> Result<Vec<u8>, prometheus::Error> {
         self.images
             .set(i64::try_from(store.image_count()).unwrap_or(i64::MAX));
+        let (records, bytes) = store.audit_size();
+        self.audit_records
+            .set(i64::try_from(records).unwrap_or(i64::MAX));
+        self.audit_bytes
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
         match store.size_on_disk() {
             Ok(bytes) => self
                 .store_bytes

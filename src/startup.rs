@@ -60,11 +60,12 @@ impl AppState {
                 next.store.accept_data_loss = self.config.store.accept_data_loss;
                 if next.server != self.config.server
                     || next.store != self.config.store
+                    || next.audit != self.config.audit
                     || next.auth != self.config.auth
                     || next.providers != self.config.providers
                 {
                     log::warn!(
-                        "config reload: changes to [server], [store], [auth] and providers take \
+                        "config reload: changes to [server], [store], [audit], [auth] and providers take \
                          effect only after a restart; users, roles and policies are applied now"
                     );
                 }
@@ -118,6 +119,7 @@ impl Application {
             config.store.cache_mb,
             config.store.accept_data_loss,
         )?;
+        store.keep_audit_for(config.audit.keep);
         let openapi = serde_json::to_vec(&crate::openapi::document(&config.providers))
             .unwrap_or_default()
             .into();
@@ -151,6 +153,7 @@ impl Application {
             bind: state.config.server.bind.clone(),
             source,
         })?;
+
         Ok(Application {
             address,
             server,
@@ -173,12 +176,27 @@ impl Application {
 
     /// Serves until the server is stopped (SIGINT/SIGTERM: in-flight requests finish),
     /// then flushes the store.
+    /// Fails when the store failed meanwhile: the process should exit non-zero so that
+    /// a supervisor starts it again on what is durably on disk.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        let result = self.server.await;
-        self.state
-            .store
-            .shutdown()
-            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        // Fail-stop: once the store has failed, stop taking connections and answer
+        // the requests in flight; the server then ends and so does this.
+        let handle = self.server.handle();
+        let state = self.state.clone();
+        let stop_on_failure = async move {
+            state.store.failed().await;
+            handle.stop(true).await;
+            std::future::pending::<std::io::Result<()>>().await
+        };
+        let result = tokio::select! {
+            result = self.server => result,
+            never = stop_on_failure => never,
+        };
+        self.state.store.shutdown().map_err(|e| {
+            std::io::Error::other(format!(
+                "{e}; exiting so that a restart reopens the store on what is durably on disk"
+            ))
+        })?;
         result
     }
 }

@@ -9,25 +9,38 @@
 
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 use sled::{IVec, Tree};
-use tokio::sync::oneshot;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot, watch};
 
 use crate::image::{Image, ImageId, ImagePatch, Provider, ValidationError};
 
-/// Written into every store; a store with another version is refused, not guessed at.
-pub const FORMAT_VERSION: &str = "1";
+/// Written into every store; a store of an older version is upgraded in place at
+/// open, one of an unknown (newer) version is refused, not guessed at.
+///
+/// 2: the meta tree keeps the audit trail's record count, size and next seq, so that
+/// pruning old records never lets a seq be given twice.
+pub const FORMAT_VERSION: &str = "2";
 const FORMAT_KEY: &[u8] = b"format_version";
 const IMAGES_TREE: &[u8] = b"images";
 const AUDIT_TREE: &[u8] = b"audit";
 /// Counters kept in step with the data, so that nothing has to scan the catalog.
 const META_TREE: &[u8] = b"meta";
 const IMAGE_COUNT_KEY: &[u8] = b"image_count";
+const AUDIT_RECORDS_KEY: &[u8] = b"audit_records";
+const AUDIT_BYTES_KEY: &[u8] = b"audit_bytes";
+const NEXT_SEQ_KEY: &[u8] = b"next_seq";
+/// How often the writer looks for audit records past their retention, when idle.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+/// Audit records removed per transaction, so that pruning a long trail does not
+/// hold writes back for long.
+const PRUNE_CHUNK: usize = 10_000;
 /// Upper bound on changes applied between two flushes, so replies are not held back
 /// for long under a flood of writes.
 const MAX_BATCH: usize = 1024;
@@ -54,10 +67,23 @@ pub enum StoreError {
     UnknownFormat { dir: PathBuf, found: String },
     #[error("a stored record is unreadable: {0}")]
     Corrupt(String),
-    #[error("flushing to disk failed: {0}")]
-    Flush(String),
-    #[error("a batch of changes failed: {0}")]
-    Failed(String),
+    /// The change may or may not be on disk: the store failed while making it durable.
+    #[error(
+        "the store failed while this change was being made durable ({0}); its outcome is unknown"
+    )]
+    OutcomeUnknown(String),
+    /// The store stopped after a failure (fail-stop) and applies nothing more.
+    #[error("the store has stopped after a failure ({0})")]
+    Stopped(String),
+    /// An import failed part way and could not be undone at once.
+    #[error(
+        "the import failed part way ({cause}) and could not be undone now ({undo}); nothing \
+         of it will remain: the next start of image-catalog (serve, export or import) undoes it"
+    )]
+    ImportInterrupted { cause: String, undo: String },
+    /// Too many changes are queued for the writer.
+    #[error("too many changes are waiting to be written")]
+    Busy,
     #[error("the store is shut down")]
     Closed,
     #[error("storage engine: {0}")]
@@ -201,6 +227,9 @@ enum Work {
     Change(Change),
     /// Many creates in one atomic step: all land, or none.
     Import(Vec<Image>),
+    /// Makes the writer panic, to test that its death is watched.
+    #[cfg(test)]
+    Crash,
 }
 
 /// One line of the audit trail.
@@ -223,16 +252,112 @@ pub struct Page {
 struct Job {
     work: Work,
     user: String,
-    reply: oneshot::Sender<Result<Applied, StoreError>>,
+    reply: Reply,
+    /// The job's place in the bounded queue, given back when the job is dropped.
+    _slot: OwnedSemaphorePermit,
 }
+
+/// Where a job's outcome goes.
+struct Reply {
+    sender: Option<oneshot::Sender<Result<Applied, StoreError>>>,
+    health: Health,
+}
+
+impl Reply {
+    /// The requester may have gone; the outcome stands all the same.
+    fn send(mut self, outcome: Result<Applied, StoreError>) {
+        if let Some(sender) = self.sender.take() {
+            let _ = sender.send(outcome);
+        }
+    }
+}
+
+impl Drop for Reply {
+    /// A reply dropped while its writer unwinds is of unknown outcome; failing the
+    /// store here, before the sender goes, lets the requester tell that apart from a
+    /// writer that stopped in order.
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.health.fail(WRITER_PANICKED.into());
+        }
+    }
+}
+
+/// Whether the store still vouches for what it serves. Once a flush or a commit has
+/// failed, what sled holds in memory may differ from what is on disk, so the store
+/// stops for good (fail-stop, as PostgreSQL does on a failed fsync): the process is
+/// meant to exit and start again on what is durably on disk.
+#[derive(Clone)]
+struct Health {
+    reason: Arc<watch::Sender<Option<String>>>,
+    /// Mirrors `reason.is_some()` for the checks on every item of a listing.
+    failed: Arc<AtomicBool>,
+}
+
+impl Health {
+    fn new() -> Health {
+        Health {
+            reason: Arc::new(watch::Sender::new(None)),
+            failed: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    fn is_failed(&self) -> bool {
+        self.failed.load(Ordering::Acquire)
+    }
+
+    /// Marks the store as failed; the first reason is the one kept.
+    fn fail(&self, reason: String) {
+        self.failed.store(true, Ordering::Release);
+        self.reason.send_if_modified(|current| {
+            if current.is_some() {
+                return false;
+            }
+            log::error!(
+                "the store has stopped after a failure: {reason}; it serves nothing more, and \
+                 the process exits so that a restart reopens it on what is durably on disk"
+            );
+            *current = Some(reason);
+            true
+        });
+    }
+
+    fn failure(&self) -> Option<String> {
+        if !self.is_failed() {
+            return None;
+        }
+        self.reason.borrow().clone()
+    }
+
+    fn check(&self) -> Result<(), StoreError> {
+        match self.failure() {
+            None => Ok(()),
+            Some(reason) => Err(StoreError::Stopped(reason)),
+        }
+    }
+}
+
+const WRITER_PANICKED: &str = "the store's writer thread panicked";
+
+/// How many changes may wait for the writer; past it a write waits `QUEUE_WAIT` for a
+/// place, then is refused with `Busy` rather than queueing without bound.
+const QUEUE_LIMIT: usize = 4 * MAX_BATCH;
+const QUEUE_WAIT: Duration = Duration::from_secs(1);
 
 pub struct Store {
     db: sled::Db,
     images: Tree,
     audit: Tree,
-    image_count: Arc<AtomicU64>,
+    gauges: Arc<Gauges>,
     generation: Arc<AtomicU64>,
+    /// Seconds an audit record is kept; 0 keeps every record.
+    retention: Arc<AtomicU64>,
     writer: Mutex<Option<(mpsc::Sender<Job>, JoinHandle<()>)>>,
+    queue: Arc<Semaphore>,
+    health: Health,
+    /// Held by tests to hold the writer back between batches.
+    #[cfg(test)]
+    pause: Arc<Mutex<()>>,
     mark: Arc<crate::store_mark::MarkKeeper>,
     /// The data dir's lock: declared last, so it is let go after sled's files.
     _lock: std::fs::File,
@@ -254,46 +379,67 @@ impl Store {
         accept_data_loss: bool,
     ) -> Result<Store, StoreError> {
         let lock = crate::store_open::prepare(dir)?;
-        let opened = crate::store_open::contain(dir, || open_engine(dir, cache_mb))?;
         let Opened {
             db,
             images,
             audit,
             meta,
-            image_count,
-            next_seq,
-            changes,
-        } = opened;
-        crate::store_mark::check(dir, changes, accept_data_loss)?;
+            tally,
+        } = crate::store_open::contain(dir, || open_engine(dir, cache_mb))?;
+        let marked = crate::store_mark::check(dir, tally.changes(), accept_data_loss)?;
         let mark = Arc::new(crate::store_mark::MarkKeeper::start(
             dir,
-            meta.clone(),
-            changes,
+            tally.changes(),
+            marked,
         )?);
-        let image_count = Arc::new(AtomicU64::new(image_count));
+        let gauges = Arc::new(Gauges::default());
+        gauges.show(&tally);
         let generation = Arc::new(AtomicU64::new(0));
         let (sender, receiver) = mpsc::channel();
+        let retention = Arc::new(AtomicU64::new(0));
+        let health = Health::new();
+        #[cfg(test)]
+        let pause = Arc::new(Mutex::new(()));
         let writer = Writer {
             db: db.clone(),
             images: images.clone(),
             audit: audit.clone(),
             meta,
-            image_count: image_count.clone(),
+            gauges: gauges.clone(),
             generation: generation.clone(),
-            next_seq,
+            tally,
+            retention: retention.clone(),
+            last_prune: None,
+            health: health.clone(),
+            #[cfg(test)]
+            pause: pause.clone(),
             mark: mark.clone(),
         };
+        let watched = health.clone();
         let handle = std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || writer.run(receiver))
+            .spawn(move || {
+                // The writer is watched: its death is a failure like a failed flush,
+                // not a silent end of all writes.
+                let run =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| writer.run(receiver)));
+                if run.is_err() {
+                    watched.fail(WRITER_PANICKED.into());
+                }
+            })
             .map_err(|e| StoreError::Engine(e.into()))?;
         Ok(Store {
             db,
             images,
             audit,
-            image_count,
+            gauges,
             generation,
+            retention,
             writer: Mutex::new(Some((sender, handle))),
+            queue: Arc::new(Semaphore::new(QUEUE_LIMIT)),
+            health,
+            #[cfg(test)]
+            pause,
             mark,
             _lock: lock,
         })
@@ -303,7 +449,161 @@ impl Store {
     pub async fn apply(&self, change: Change, user: &str) -> Result<Applied, StoreError> {
         self.submit(Work::Change(change), user).await
     }
+}
 
+/// What `open_engine` hands back: sled opened, upgraded if need be, and read through
+/// once.
+struct Opened {
+    db: sled::Db,
+    images: Tree,
+    audit: Tree,
+    meta: Tree,
+    tally: Tally,
+}
+
+/// How long an open waits for sled's own lock, which its threads may hold for a
+/// moment after this process let go of a store (the data dir's lock is ours already).
+const SLED_LOCK_WAIT: Duration = Duration::from_secs(2);
+
+/// Opens sled in `dir` (locked already) and reads every entry once, so that damage
+/// shows now (an error, or a panic `store_open::contain` catches) rather than on a
+/// request. Any engine error here means the store cannot be trusted as it is.
+fn open_engine(dir: &Path, cache_mb: u64) -> Result<Opened, StoreError> {
+    let started = Instant::now();
+    let db = loop {
+        let opened = sled::Config::new()
+            .path(dir)
+            .cache_capacity(cache_mb.saturating_mul(1024 * 1024))
+            // Every change is flushed before it is acknowledged; sled's own periodic
+            // flusher would only add a thread that holds the data dir's lock for a
+            // while after the store is dropped.
+            .flush_every_ms(None)
+            .open();
+        match opened {
+            Ok(db) => break db,
+            Err(sled::Error::Io(io)) if io.to_string().contains("could not acquire lock") => {
+                // Ours is held, so this is a lingering thread of ours, or an older
+                // image-catalog that did not know the lock file.
+                if started.elapsed() > SLED_LOCK_WAIT {
+                    return Err(StoreError::InUse(dir.to_owned()));
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => return Err(engine_error(dir, StoreError::Engine(e))),
+        }
+    };
+    open_and_verify(dir, db).map_err(|e| engine_error(dir, e))
+}
+
+/// A failure while opening, said as what an operator faces: the folder, or damage.
+fn engine_error(dir: &Path, err: StoreError) -> StoreError {
+    match err {
+        StoreError::Engine(sled::Error::Io(io))
+            if matches!(
+                io.kind(),
+                std::io::ErrorKind::PermissionDenied
+                    | std::io::ErrorKind::ReadOnlyFilesystem
+                    | std::io::ErrorKind::NotADirectory
+                    | std::io::ErrorKind::StorageFull
+            ) =>
+        {
+            crate::store_open::io_error(dir, &io)
+        }
+        StoreError::Engine(other) => crate::store_open::damaged(dir, other),
+        StoreError::Corrupt(detail) => crate::store_open::damaged(dir, detail),
+        other => other,
+    }
+}
+
+fn open_and_verify(dir: &Path, db: sled::Db) -> Result<Opened, StoreError> {
+    let images = db.open_tree(IMAGES_TREE)?;
+    let audit = db.open_tree(AUDIT_TREE)?;
+    let meta = db.open_tree(META_TREE)?;
+    match db.get(FORMAT_KEY)? {
+        Some(found) if found.as_ref() == FORMAT_VERSION.as_bytes() => {}
+        Some(found) if found.as_ref() == b"1" => {
+            upgrade_from_1(&images, &audit, &meta)?;
+            db.insert(FORMAT_KEY, FORMAT_VERSION)?;
+            db.flush()?;
+            log::info!(
+                "the store at {} was upgraded in place from format 1 to {FORMAT_VERSION}",
+                dir.display()
+            );
+        }
+        Some(found) => {
+            return Err(StoreError::UnknownFormat {
+                dir: dir.to_owned(),
+                found: String::from_utf8_lossy(&found).into_owned(),
+            });
+        }
+        None if images.is_empty() && audit.is_empty() => {
+            Tally::default().store(&meta)?;
+            db.insert(FORMAT_KEY, FORMAT_VERSION)?;
+            db.flush()?;
+        }
+        None => {
+            return Err(StoreError::UnknownFormat {
+                dir: dir.to_owned(),
+                found: "none".into(),
+            });
+        }
+    }
+    if let Some(removed) = undo_interrupted_import(&images, &audit, &meta)? {
+        db.flush()?;
+        log::warn!(
+            "an import into {} was interrupted; undone: {removed} images it had created \
+             were removed, so that the import is all or nothing",
+            dir.display()
+        );
+    }
+    let tally = Tally::load(&meta)?;
+    // The first full read: every key and value of every tree, checked against the
+    // tally kept in step with them.
+    let default: &Tree = &db;
+    for tree in [default, &meta] {
+        for item in tree.iter() {
+            item?;
+        }
+    }
+    let mut stored_images = 0u64;
+    for item in images.iter() {
+        let (key, value) = item?;
+        // JSON, not the API's rules of the day: ids stored under older rules stay.
+        serde_json::from_slice::<serde::de::IgnoredAny>(&value).map_err(|e| {
+            let key = String::from_utf8_lossy(&key);
+            StoreError::Corrupt(format!("the record of image '{key}' is not JSON: {e}"))
+        })?;
+        stored_images += 1;
+    }
+    let mut stored_records = 0u64;
+    for item in audit.iter() {
+        let (key, _) = item?;
+        if u64_from_bytes(&key)? >= tally.next_seq {
+            return Err(StoreError::Corrupt(format!(
+                "an audit record has seq {} but the next seq is {}",
+                u64_from_bytes(&key)?,
+                tally.next_seq
+            )));
+        }
+        stored_records += 1;
+    }
+    if (stored_images, stored_records) != (tally.images, tally.audit_records) {
+        return Err(StoreError::Corrupt(format!(
+            "it holds {stored_images} images and {stored_records} audit records but counted \
+             {} and {}",
+            tally.images, tally.audit_records
+        )));
+    }
+    Ok(Opened {
+        db,
+        images,
+        audit,
+        meta,
+        tally,
+    })
+}
+
+impl Store {
     /// Creates all `images` with their audit records in one atomic step, or none of
     /// them if any id exists already (`Conflict`); resolves once they are on disk.
     pub async fn import(&self, images: Vec<Image>, user: &str) -> Result<u64, StoreError> {
@@ -316,36 +616,105 @@ impl Store {
     }
 
     async fn submit(&self, work: Work, user: &str) -> Result<Applied, StoreError> {
+        self.health.check()?;
+        let slot = match self.queue.clone().try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => tokio::time::timeout(QUEUE_WAIT, self.queue.clone().acquire_owned())
+                .await
+                .map_err(|_| StoreError::Busy)?
+                .map_err(|_| StoreError::Closed)?,
+        };
         let (reply, answer) = oneshot::channel();
         let job = Job {
             work,
             user: user.to_owned(),
-            reply,
+            reply: Reply {
+                sender: Some(reply),
+                health: self.health.clone(),
+            },
+            _slot: slot,
         };
         {
             let writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
             let (sender, _) = writer.as_ref().ok_or(StoreError::Closed)?;
-            sender.send(job).map_err(|_| StoreError::Closed)?;
+            // Not sent: the writer is gone, and the change was never applied.
+            sender.send(job).map_err(|_| self.stopped())?;
         }
-        answer.await.map_err(|_| StoreError::Closed)?
+        // Sent but never answered: the writer died with the job in hand, and whether
+        // the change reached the disk cannot be known from here.
+        answer.await.map_err(|_| match self.health.failure() {
+            // A writer that stopped on a failure answered every job it had applied.
+            Some(reason) if reason != WRITER_PANICKED => StoreError::Stopped(reason),
+            _ => StoreError::OutcomeUnknown(WRITER_PANICKED.into()),
+        })?
+    }
+
+    /// Why the writer is gone: a failure, or a shutdown.
+    fn stopped(&self) -> StoreError {
+        match self.health.failure() {
+            Some(reason) => StoreError::Stopped(reason),
+            None => StoreError::Closed,
+        }
+    }
+
+    /// The reason the store stopped, once it has failed.
+    pub fn failure(&self) -> Option<String> {
+        self.health.failure()
+    }
+
+    /// Resolves once the store has failed and stopped (never, if it does not).
+    pub async fn failed(&self) -> String {
+        let mut changes = self.health.reason.subscribe();
+        let reason = changes
+            .wait_for(Option::is_some)
+            .await
+            .map(|reason| reason.clone().unwrap_or_default());
+        match reason {
+            Ok(reason) => reason,
+            // The sender lives as long as `self`; this cannot end otherwise.
+            Err(_) => std::future::pending().await,
+        }
+    }
+
+    /// A read from sled, vouched for: a store that has failed serves nothing, and an
+    /// engine error on a read (a damaged file, an I/O error) fails the store.
+    fn read<T>(&self, read: impl FnOnce() -> sled::Result<T>) -> Result<T, StoreError> {
+        self.health.check()?;
+        let value = read().map_err(|e| self.engine_failed(e))?;
+        // A failure flagged while reading may concern what was just read.
+        self.health.check()?;
+        Ok(value)
+    }
+
+    fn engine_failed(&self, e: sled::Error) -> StoreError {
+        self.health.fail(format!("reading the store failed: {e}"));
+        StoreError::Engine(e)
     }
 
     pub fn get(&self, id: &ImageId) -> Result<Option<Record>, StoreError> {
-        Ok(self.images.get(id.as_str())?.map(Record))
+        Ok(self.read(|| self.images.get(id.as_str()))?.map(Record))
     }
 
-    /// Up to `limit` images after `after` (exclusive), in id order.
-    pub fn list_page(
+    /// Up to `limit` images after `after` (exclusive), in id order. A page of one
+    /// provider may scan much of the catalog to fill: it runs on a blocking thread.
+    pub async fn list_page(
         &self,
         after: Option<&ImageId>,
         provider: Option<&Provider>,
         limit: usize,
     ) -> Result<Page, StoreError> {
-        take_page(self.list_from(after, provider.cloned()), limit)
+        let items = self.list_from(after, provider.cloned());
+        if provider.is_none() {
+            // At most `limit + 1` reads in key order: cheaper than a thread hop.
+            return take_page(items, limit);
+        }
+        tokio::task::spawn_blocking(move || take_page(items, limit))
+            .await
+            .map_err(|e| StoreError::Corrupt(format!("a listing thread failed: {e}")))?
     }
 
     /// Every image after `after`, in id order, read lazily: memory does not grow with
-    /// the catalog.
+    /// the catalog. Blocking: a long scan belongs on a blocking thread.
     pub fn list_from(
         &self,
         after: Option<&ImageId>,
@@ -355,22 +724,47 @@ impl Store {
             Some(id) => Bound::Excluded(IVec::from(id.as_str())),
             None => Bound::Unbounded,
         };
-        self.images
+        let items = self
+            .images
             .range::<IVec, _>((start, Bound::Unbounded))
-            .filter_map(move |item| {
-                let value = match item {
-                    Ok((_, value)) => value,
-                    Err(e) => return Some(Err(e.into())),
-                };
-                let Some(provider) = &provider else {
-                    return Some(Ok(value));
-                };
-                match Record(value.clone()).image() {
-                    Ok(image) if &image.provider == provider => Some(Ok(value)),
-                    Ok(_) => None,
-                    Err(e) => Some(Err(e)),
-                }
-            })
+            .map(|item| item.map(|(_, value)| value));
+        self.vouched(items).filter_map(move |item| {
+            let value = match item {
+                Ok(value) => value,
+                Err(e) => return Some(Err(e)),
+            };
+            let Some(provider) = &provider else {
+                return Some(Ok(value));
+            };
+            match Record(value.clone()).image() {
+                Ok(image) if &image.provider == provider => Some(Ok(value)),
+                Ok(_) => None,
+                Err(e) => Some(Err(e)),
+            }
+        })
+    }
+
+    /// Items read from sled, each vouched for as [`Store::read`] does; the listing
+    /// ends at the first failure.
+    fn vouched(
+        &self,
+        items: impl Iterator<Item = sled::Result<IVec>> + Send + 'static,
+    ) -> impl Iterator<Item = Result<IVec, StoreError>> + Send + 'static {
+        let health = self.health.clone();
+        let mut ended = false;
+        items.map_while(move |item| {
+            if ended {
+                return None;
+            }
+            let checked = health.check().and_then(|()| {
+                item.map_err(|e| {
+                    health.fail(format!("reading the store failed: {e}"));
+                    StoreError::Engine(e)
+                })
+            });
+            ended = checked.is_err();
+            Some(checked)
+        })
     }
 
     /// Up to `limit` audit records older than `before`, newest first.
@@ -387,10 +781,12 @@ impl Store {
             Some(seq) => Bound::Excluded(IVec::from(&seq.to_be_bytes())),
             None => Bound::Unbounded,
         };
-        self.audit
+        let items = self
+            .audit
             .range::<IVec, _>((Bound::Unbounded, end))
             .rev()
-            .map(|item| Ok(item?.1))
+            .map(|item| item.map(|(_, value)| value));
+        self.vouched(items)
     }
 
     /// A number that changes whenever the catalog may have changed, so that what was
@@ -400,7 +796,22 @@ impl Store {
     }
 
     pub fn image_count(&self) -> u64 {
-        self.image_count.load(Ordering::Relaxed)
+        self.gauges.images.load(Ordering::Relaxed)
+    }
+
+    /// Records in the audit trail, and the bytes of their JSON.
+    pub fn audit_size(&self) -> (u64, u64) {
+        (
+            self.gauges.audit_records.load(Ordering::Relaxed),
+            self.gauges.audit_bytes.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Keeps audit records for `keep` (`None`: for ever). Older ones are removed by the
+    /// writer, a chunk at a time, when it is idle and at least once a minute.
+    pub fn keep_audit_for(&self, keep: Option<Duration>) {
+        let seconds = keep.map_or(0, |d| d.as_secs().max(1));
+        self.retention.store(seconds, Ordering::Relaxed);
     }
 
     pub fn size_on_disk(&self) -> Result<u64, StoreError> {
@@ -423,7 +834,8 @@ impl Store {
 
     /// Whether the store still answers reads.
     pub fn is_healthy(&self) -> bool {
-        self.db.get(FORMAT_KEY).is_ok_and(|v| v.is_some())
+        self.read(|| self.db.get(FORMAT_KEY))
+            .is_ok_and(|v| v.is_some())
     }
 
     /// Overwrites the recorded format version: lets tests build a store from another
@@ -442,8 +854,10 @@ impl Store {
             drop(sender);
             let _ = handle.join();
         }
+        // After a failure, what is in memory is not to be written out: the next
+        // start reopens the store on what was durable.
+        self.health.check()?;
         self.db.flush()?;
-        self.mark.made_durable();
         self.mark.close();
         Ok(())
     }
@@ -453,123 +867,6 @@ impl Drop for Store {
     fn drop(&mut self) {
         let _ = self.shutdown();
     }
-}
-
-/// What `open_engine` hands back: sled opened and read through once.
-struct Opened {
-    db: sled::Db,
-    images: Tree,
-    audit: Tree,
-    meta: Tree,
-    image_count: u64,
-    next_seq: u64,
-    /// The store's own count of changes applied (see `store_mark`).
-    changes: u64,
-}
-
-/// Opens sled in `dir` (locked already) and reads every entry once, so that damage
-/// shows now (an error, or a panic `store_open::contain` catches) rather than on a
-/// request. Any engine error here means the store cannot be trusted as it is.
-fn open_engine(dir: &Path, cache_mb: u64) -> Result<Opened, StoreError> {
-    open_and_verify(dir, cache_mb).map_err(|e| match e {
-        StoreError::Engine(sled::Error::Io(io))
-            if matches!(
-                io.kind(),
-                std::io::ErrorKind::PermissionDenied
-                    | std::io::ErrorKind::ReadOnlyFilesystem
-                    | std::io::ErrorKind::NotADirectory
-                    | std::io::ErrorKind::StorageFull
-            ) =>
-        {
-            crate::store_open::io_error(dir, &io)
-        }
-        StoreError::Engine(other) => crate::store_open::damaged(dir, other),
-        StoreError::Corrupt(detail) => crate::store_open::damaged(dir, detail),
-        other => other,
-    })
-}
-
-fn open_and_verify(dir: &Path, cache_mb: u64) -> Result<Opened, StoreError> {
-    let db = sled::Config::new()
-        .path(dir)
-        .cache_capacity(cache_mb.saturating_mul(1024 * 1024))
-        // Every change is flushed before it is acknowledged; sled's own periodic
-        // flusher would only add a thread that holds the data dir's lock for a
-        // while after the store is dropped.
-        .flush_every_ms(None)
-        .open()?;
-    let images = db.open_tree(IMAGES_TREE)?;
-    let audit = db.open_tree(AUDIT_TREE)?;
-    match db.get(FORMAT_KEY)? {
-        Some(found) if found.as_ref() == FORMAT_VERSION.as_bytes() => {}
-        Some(found) => {
-            return Err(StoreError::UnknownFormat {
-                dir: dir.to_owned(),
-                found: String::from_utf8_lossy(&found).into_owned(),
-            });
-        }
-        None if images.is_empty() && audit.is_empty() => {
-            db.insert(FORMAT_KEY, FORMAT_VERSION)?;
-            db.flush()?;
-        }
-        None => {
-            return Err(StoreError::UnknownFormat {
-                dir: dir.to_owned(),
-                found: "none".into(),
-            });
-        }
-    }
-    let meta = db.open_tree(META_TREE)?;
-    let image_count = match meta.get(IMAGE_COUNT_KEY)? {
-        Some(bytes) => u64_from_bytes(&bytes)?,
-        None => {
-            let count = images.len() as u64;
-            meta.insert(IMAGE_COUNT_KEY, &count.to_be_bytes())?;
-            count
-        }
-    };
-    // The first full read: every key and value of every tree.
-    let default: &Tree = &db;
-    for tree in [default, &meta] {
-        for item in tree.iter() {
-            item?;
-        }
-    }
-    let mut stored_images = 0u64;
-    for item in images.iter() {
-        let (_, value) = item?;
-        Record(value).image()?;
-        stored_images += 1;
-    }
-    if stored_images != image_count {
-        return Err(StoreError::Corrupt(format!(
-            "it holds {stored_images} images but counted {image_count}"
-        )));
-    }
-    let mut last_seq = 0;
-    for item in audit.iter() {
-        let (key, _) = item?;
-        last_seq = u64_from_bytes(&key)?;
-    }
-    let changes = match crate::store_mark::stored_changes(dir, &meta)? {
-        Some(changes) => changes,
-        None => {
-            // A store made before the count was kept: every change it holds has its
-            // audit record, numbered from 1.
-            meta.insert(crate::store_mark::CHANGES_KEY, &last_seq.to_be_bytes())?;
-            db.flush()?;
-            last_seq
-        }
-    };
-    Ok(Opened {
-        db,
-        images,
-        audit,
-        meta,
-        image_count,
-        next_seq: last_seq + 1,
-        changes,
-    })
 }
 
 fn take_page(
@@ -592,6 +889,135 @@ fn take_page(
     })
 }
 
+/// The counters kept in the meta tree, changed in the same transaction as what they
+/// count: nothing has to scan the catalog or the trail to know them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Tally {
+    images: u64,
+    audit_records: u64,
+    audit_bytes: u64,
+    /// Never goes back, even when old records are pruned or an import is undone.
+    next_seq: u64,
+}
+
+impl Tally {
+    const KEYS: [&'static [u8]; 4] = [
+        IMAGE_COUNT_KEY,
+        AUDIT_RECORDS_KEY,
+        AUDIT_BYTES_KEY,
+        NEXT_SEQ_KEY,
+    ];
+
+    fn from_values(values: [u64; 4]) -> Tally {
+        let [images, audit_records, audit_bytes, next_seq] = values;
+        Tally {
+            images,
+            audit_records,
+            audit_bytes,
+            next_seq: next_seq.max(1),
+        }
+    }
+
+    fn values(&self) -> [u64; 4] {
+        [
+            self.images,
+            self.audit_records,
+            self.audit_bytes,
+            self.next_seq,
+        ]
+    }
+
+    fn load(meta: &Tree) -> Result<Tally, StoreError> {
+        let mut values = [0u64; 4];
+        for (value, key) in values.iter_mut().zip(Self::KEYS) {
+            if let Some(bytes) = meta.get(key)? {
+                *value = u64_from_bytes(&bytes)?;
+            }
+        }
+        Ok(Tally::from_values(values))
+    }
+
+    fn store(&self, meta: &Tree) -> Result<(), StoreError> {
+        for (value, key) in self.values().into_iter().zip(Self::KEYS) {
+            meta.insert(key, &value.to_be_bytes())?;
+        }
+        Ok(())
+    }
+
+    fn read(
+        meta: &sled::transaction::TransactionalTree,
+    ) -> Result<Tally, ConflictableTransactionError<StoreError>> {
+        let mut values = [0u64; 4];
+        for (value, key) in values.iter_mut().zip(Self::KEYS) {
+            if let Some(bytes) = meta.get(key)? {
+                *value = u64_from_bytes(&bytes).map_err(ConflictableTransactionError::Abort)?;
+            }
+        }
+        Ok(Tally::from_values(values))
+    }
+
+    fn write(
+        &self,
+        meta: &sled::transaction::TransactionalTree,
+    ) -> Result<(), sled::transaction::UnabortableTransactionError> {
+        for (value, key) in self.values().into_iter().zip(Self::KEYS) {
+            meta.insert(key, &value.to_be_bytes())?;
+        }
+        Ok(())
+    }
+
+    /// Changes ever applied: every one took a seq, and a seq is never given twice nor
+    /// taken back (pruning and an undone import leave `next_seq` alone). This is what
+    /// the high-water mark counts.
+    fn changes(&self) -> u64 {
+        self.next_seq.saturating_sub(1)
+    }
+
+    /// One more audit record of `bytes` bytes.
+    fn audited(&mut self, bytes: usize) {
+        self.audit_records += 1;
+        self.audit_bytes += bytes as u64;
+        self.next_seq += 1;
+    }
+}
+
+/// What `/metrics` shows of the tally, readable without the writer.
+#[derive(Default)]
+struct Gauges {
+    images: AtomicU64,
+    audit_records: AtomicU64,
+    audit_bytes: AtomicU64,
+}
+
+impl Gauges {
+    fn show(&self, tally: &Tally) {
+        self.images.store(tally.images, Ordering::Relaxed);
+        self.audit_records
+            .store(tally.audit_records, Ordering::Relaxed);
+        self.audit_bytes.store(tally.audit_bytes, Ordering::Relaxed);
+    }
+}
+
+/// Format 1 kept only the image count: count the trail once.
+fn upgrade_from_1(images: &Tree, audit: &Tree, meta: &Tree) -> Result<(), StoreError> {
+    let mut tally = Tally::load(meta)?;
+    if meta.get(IMAGE_COUNT_KEY)?.is_none() {
+        tally.images = images.len() as u64;
+    }
+    tally.audit_records = 0;
+    tally.audit_bytes = 0;
+    for item in audit.iter() {
+        let (_, value) = item?;
+        tally.audit_records += 1;
+        tally.audit_bytes += value.len() as u64;
+    }
+    tally.next_seq = match audit.last()? {
+        Some((key, _)) => u64_from_bytes(&key)? + 1,
+        None => 1,
+    };
+    tally.store(meta)
+}
+
 fn u64_from_bytes(bytes: &[u8]) -> Result<u64, StoreError> {
     let bytes: [u8; 8] = bytes
         .try_into()
@@ -605,15 +1031,32 @@ struct Writer {
     images: Tree,
     audit: Tree,
     meta: Tree,
-    image_count: Arc<AtomicU64>,
+    gauges: Arc<Gauges>,
     generation: Arc<AtomicU64>,
-    next_seq: u64,
+    /// The meta tree's counters as of the last commit.
+    tally: Tally,
+    retention: Arc<AtomicU64>,
+    last_prune: Option<Instant>,
+    health: Health,
+    #[cfg(test)]
+    pause: Arc<Mutex<()>>,
     mark: Arc<crate::store_mark::MarkKeeper>,
 }
 
 impl Writer {
     fn run(mut self, jobs: mpsc::Receiver<Job>) {
-        while let Ok(first) = jobs.recv() {
+        loop {
+            let first = match jobs.recv_timeout(self.until_prune()) {
+                Ok(job) => job,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if let Err(reason) = self.prune() {
+                        self.health.fail(reason);
+                        break;
+                    }
+                    continue;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            };
             let mut batch = vec![first];
             while batch.len() < MAX_BATCH {
                 match jobs.try_recv() {
@@ -621,89 +1064,236 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            let mut answers = Vec::with_capacity(batch.len());
-            let (changes, imports): (Vec<Job>, Vec<Job>) = batch
-                .into_iter()
-                .partition(|job| matches!(job.work, Work::Change(_)));
-            if !changes.is_empty() {
-                let work: Vec<(&Change, &str)> = changes
-                    .iter()
-                    .filter_map(|job| match &job.work {
-                        Work::Change(change) => Some((change, job.user.as_str())),
-                        Work::Import(_) => None,
-                    })
-                    .collect();
-                match self.apply_all(&work) {
-                    Ok(results) => {
-                        for (job, result) in changes.into_iter().zip(results) {
-                            self.count(&result);
-                            answers.push((job.reply, result));
-                        }
-                    }
-                    Err(e) => {
-                        log::error!("a batch of {} changes failed: {e}", changes.len());
-                        for job in changes {
-                            answers.push((job.reply, Err(StoreError::Failed(e.to_string()))));
-                        }
-                    }
-                }
+            #[cfg(test)]
+            let pause = Arc::clone(&self.pause);
+            #[cfg(test)]
+            let _paused = pause.lock().unwrap_or_else(|p| p.into_inner());
+            if let Err(reason) = self.write_batch(batch) {
+                self.health.fail(reason);
+                break;
             }
-            for job in imports {
-                let Work::Import(images) = &job.work else {
-                    continue;
-                };
-                let result = self.import(images, &job.user);
-                // An import that failed part way may have committed chunks.
-                let result = self.refresh_counters().and(result);
-                self.generation.fetch_add(1, Ordering::Release);
-                answers.push((job.reply, result));
+        }
+        if self.health.failure().is_some() {
+            // Whatever is still queued was never applied: say so, truthfully.
+            let reason = self.health.failure().unwrap_or_default();
+            for job in jobs.try_iter() {
+                job.reply.send(Err(StoreError::Stopped(reason.clone())));
             }
-            // Before any reply: a client that saw its 200 never reads an older page.
-            if answers.iter().any(|(_, r)| r.is_ok()) {
-                self.generation.fetch_add(1, Ordering::Release);
-            }
-            let changed = answers.iter().any(|(_, r)| r.is_ok());
-            let flushed = if changed {
-                self.db.flush().map(drop)
-            } else {
-                Ok(())
-            };
-            if let Err(e) = &flushed {
-                log::error!("flushing the store failed: {e}");
-            } else if changed {
-                self.mark.made_durable();
-            }
-            for (reply, result) in answers {
-                let result = match (&flushed, result) {
-                    (Err(e), Ok(_)) => Err(StoreError::Flush(e.to_string())),
-                    (_, result) => result,
-                };
-                // The requester may have gone; the change stands all the same.
-                let _ = reply.send(result);
-            }
+            return;
         }
         if let Err(e) = self.db.flush() {
             log::error!("final flush of the store failed: {e}");
         }
     }
 
+    fn set_tally(&mut self, tally: Tally) {
+        self.tally = tally;
+        self.gauges.show(&tally);
+    }
+
+    /// How long the writer may wait for work before pruning is due.
+    fn until_prune(&self) -> Duration {
+        if self.retention.load(Ordering::Relaxed) == 0 {
+            return PRUNE_EVERY;
+        }
+        match self.last_prune {
+            None => Duration::ZERO,
+            Some(at) => PRUNE_EVERY.saturating_sub(at.elapsed()),
+        }
+    }
+
+    /// Removes audit records older than the retention, a chunk per transaction; when a
+    /// chunk was full, the next one is due at once (after any queued writes).
+    fn prune(&mut self) -> Result<(), String> {
+        let keep = self.retention.load(Ordering::Relaxed);
+        if keep == 0 {
+            return Ok(());
+        }
+        let cutoff = time::OffsetDateTime::now_utc() - Duration::from_secs(keep);
+        let cutoff = rfc3339(cutoff);
+        let mut expired = Vec::new();
+        let mut bytes = 0u64;
+        for item in self.audit.iter() {
+            let (key, value) = item.map_err(|e| format!("reading the audit trail failed: {e}"))?;
+            let record: AuditRecord = serde_json::from_slice(&value)
+                .map_err(|e| format!("an audit record is unreadable: {e}"))?;
+            // Records are in seq order, which is time order: the first one within
+            // the retention ends the expired run.
+            if record.time >= cutoff || expired.len() == PRUNE_CHUNK {
+                break;
+            }
+            bytes += value.len() as u64;
+            expired.push(key);
+        }
+        let full = expired.len() == PRUNE_CHUNK;
+        self.last_prune = (!full).then(Instant::now);
+        if expired.is_empty() {
+            return Ok(());
+        }
+        let mut removals = sled::Batch::default();
+        for key in &expired {
+            removals.remove(key.clone());
+        }
+        let count = expired.len() as u64;
+        let tally = (&self.audit, &self.meta)
+            .transaction(|(audit, meta)| {
+                audit.apply_batch(&removals)?;
+                let mut tally = Tally::read(meta)?;
+                tally.audit_records = tally.audit_records.saturating_sub(count);
+                tally.audit_bytes = tally.audit_bytes.saturating_sub(bytes);
+                tally.write(meta)?;
+                Ok(tally)
+            })
+            .map_err(|e: TransactionError<StoreError>| {
+                format!("pruning the audit trail failed: {e:?}")
+            })?;
+        self.set_tally(tally);
+        log::info!("audit retention: removed {count} records older than {cutoff}");
+        Ok(())
+    }
+
+    /// Applies a batch, makes it durable, then answers each job. `Err` is a failure of
+    /// the store itself (a commit or a flush): the jobs are answered as of unknown
+    /// outcome where they may have been applied, and the writer must stop.
+    fn write_batch(&mut self, batch: Vec<Job>) -> Result<(), String> {
+        let mut answers = Vec::with_capacity(batch.len());
+        let mut failure = None;
+        #[cfg(test)]
+        if batch.iter().any(|job| matches!(job.work, Work::Crash)) {
+            panic!("crash asked for by a test");
+        }
+        let (changes, imports): (Vec<Job>, Vec<Job>) = batch
+            .into_iter()
+            .partition(|job| matches!(job.work, Work::Change(_)));
+        if !changes.is_empty() {
+            let work: Vec<(&Change, &str)> = changes
+                .iter()
+                .filter_map(|job| match &job.work {
+                    Work::Change(change) => Some((change, job.user.as_str())),
+                    _ => None,
+                })
+                .collect();
+            match self.apply_all(&work) {
+                Ok((results, tally)) => {
+                    self.set_tally(tally);
+                    for (job, result) in changes.into_iter().zip(results) {
+                        answers.push((job.reply, result));
+                    }
+                }
+                Err(e) => {
+                    // A commit that failed in the engine may have reached the log.
+                    let reason =
+                        format!("committing a batch of {} changes failed: {e}", work.len());
+                    for job in changes {
+                        answers.push((job.reply, Err(StoreError::OutcomeUnknown(reason.clone()))));
+                    }
+                    failure = Some(reason);
+                }
+            }
+        }
+        for job in imports {
+            let Work::Import(images) = &job.work else {
+                continue;
+            };
+            let result = if failure.is_some() {
+                Err(StoreError::Stopped("an earlier commit failed".into()))
+            } else {
+                match self.import(images, &job.user) {
+                    Err(ImportFailed::Undone(e)) => Err(e),
+                    Err(ImportFailed::Stuck(e)) => {
+                        failure = Some(e.to_string());
+                        Err(e)
+                    }
+                    Ok(applied) => Ok(applied),
+                }
+            };
+            answers.push((job.reply, result));
+        }
+        // Before any reply: a client that saw its 200 never reads an older page.
+        let changed = answers.iter().any(|(_, r)| r.is_ok());
+        if changed {
+            self.generation.fetch_add(1, Ordering::Release);
+        }
+        if failure.is_none()
+            && changed
+            && let Err(e) = self.db.flush()
+        {
+            failure = Some(format!("flushing to disk failed: {e}"));
+        }
+        if failure.is_none() && changed {
+            self.mark.made_durable(self.tally.changes());
+        }
+        for (reply, result) in answers {
+            let result = match (&failure, result) {
+                // Applied in memory, not known to be on disk.
+                (Some(reason), Ok(_)) => Err(StoreError::OutcomeUnknown(reason.clone())),
+                (_, result) => result,
+            };
+            reply.send(result);
+        }
+        match failure {
+            Some(reason) => Err(reason),
+            None => Ok(()),
+        }
+    }
+
     /// Creates `batch` in transactions of `IMPORT_CHUNK` images, each with its audit
     /// records: one transaction for a million images would hold gigabytes in memory.
-    /// The caller checks the ids beforehand; a conflict found here still aborts its
-    /// chunk whole.
-    fn import(&self, batch: &[Image], user: &str) -> Result<Applied, StoreError> {
+    /// All or nothing all the same: a durable marker names the import while it runs,
+    /// and an import that fails part way is undone, here or, if the store cannot
+    /// write any more, at the next open (see [`undo_interrupted_import`]).
+    fn import(&mut self, batch: &[Image], user: &str) -> Result<Applied, ImportFailed> {
+        let stuck = |e: StoreError| ImportFailed::Stuck(e);
+        let marker = serde_json::to_vec(&ImportMarker {
+            first_seq: self.tally.next_seq,
+            user: user.to_owned(),
+        })
+        .unwrap_or_default();
+        self.meta
+            .insert(IMPORT_KEY, marker)
+            .map_err(|e| stuck(e.into()))?;
+        self.db.flush().map_err(|e| stuck(e.into()))?;
+        match self.import_chunks(batch, user) {
+            Ok(()) => {
+                let interrupted = |e: sled::Error| {
+                    ImportFailed::Stuck(StoreError::ImportInterrupted {
+                        cause: e.to_string(),
+                        undo: "the store cannot write".into(),
+                    })
+                };
+                self.db.flush().map_err(interrupted)?;
+                self.meta.remove(IMPORT_KEY).map_err(interrupted)?;
+                Ok(Applied::Imported(batch.len() as u64))
+            }
+            Err(e) => {
+                let undone = undo_interrupted_import(&self.images, &self.audit, &self.meta)
+                    .and_then(|_| Ok(self.db.flush()?));
+                if let Ok(tally) = Tally::load(&self.meta) {
+                    self.set_tally(tally);
+                }
+                match undone {
+                    Ok(_) => Err(ImportFailed::Undone(e)),
+                    Err(undo) => Err(ImportFailed::Stuck(StoreError::ImportInterrupted {
+                        cause: e.to_string(),
+                        undo: undo.to_string(),
+                    })),
+                }
+            }
+        }
+    }
+
+    fn import_chunks(&mut self, batch: &[Image], user: &str) -> Result<(), StoreError> {
         let time = now_rfc3339();
-        let mut seq = self.next_seq;
         for chunk in batch.chunks(IMPORT_CHUNK) {
             let records: Vec<Vec<u8>> = chunk
                 .iter()
-                .zip(seq..)
+                .zip(self.tally.next_seq..)
                 .map(|(image, seq)| {
                     let record = AuditRecord {
                         seq,
                         time: time.clone(),
                         user: user.to_owned(),
-                        method: "IMPORT".into(),
+                        method: IMPORT_METHOD.into(),
                         id: image.id.to_string(),
                         status: 200,
                     };
@@ -712,61 +1302,26 @@ impl Writer {
                 .collect();
             let result =
                 (&self.images, &self.audit, &self.meta).transaction(|(images, audit, meta)| {
-                    let count = match meta.get(IMAGE_COUNT_KEY)? {
-                        Some(bytes) => {
-                            u64_from_bytes(&bytes).map_err(ConflictableTransactionError::Abort)?
-                        }
-                        None => 0,
-                    };
-                    for ((image, record), seq) in chunk.iter().zip(&records).zip(seq..) {
+                    let mut tally = Tally::read(meta)?;
+                    for (image, record) in chunk.iter().zip(&records) {
                         let key = image.id.as_str().as_bytes();
                         if images.insert(key, image.to_json())?.is_some() {
                             return abort(StoreError::Conflict(image.id.to_string()));
                         }
-                        audit.insert(&seq.to_be_bytes(), record.as_slice())?;
+                        audit.insert(&tally.next_seq.to_be_bytes(), record.as_slice())?;
+                        tally.images += 1;
+                        tally.audited(record.len());
                     }
-                    meta.insert(IMAGE_COUNT_KEY, &(count + chunk.len() as u64).to_be_bytes())?;
-                    crate::store_mark::count_changes(meta, chunk.len() as u64)?;
-                    Ok(())
+                    tally.write(meta)?;
+                    Ok(tally)
                 });
-            result.map_err(|e| match e {
+            let tally = result.map_err(|e| match e {
                 TransactionError::Abort(e) => e,
                 TransactionError::Storage(e) => StoreError::Engine(e),
             })?;
-            seq += chunk.len() as u64;
+            self.set_tally(tally);
         }
-        Ok(Applied::Imported(batch.len() as u64))
-    }
-
-    /// Re-reads the counters from disk: after an import that stopped part way, the
-    /// chunks it committed stand.
-    fn refresh_counters(&mut self) -> Result<(), StoreError> {
-        self.next_seq = match self.audit.last()? {
-            Some((key, _)) => u64_from_bytes(&key)? + 1,
-            None => 1,
-        };
-        let count = match self.meta.get(IMAGE_COUNT_KEY)? {
-            Some(bytes) => u64_from_bytes(&bytes)?,
-            None => 0,
-        };
-        self.image_count.store(count, Ordering::Relaxed);
         Ok(())
-    }
-
-    /// Keeps the in-memory counters in step with an applied change.
-    fn count(&mut self, result: &Result<Applied, StoreError>) {
-        match result {
-            Ok(Applied::Created) => {
-                self.image_count.fetch_add(1, Ordering::Relaxed);
-                self.next_seq += 1;
-            }
-            Ok(Applied::Deleted) => {
-                self.image_count.fetch_sub(1, Ordering::Relaxed);
-                self.next_seq += 1;
-            }
-            Ok(Applied::Updated(_)) => self.next_seq += 1,
-            Ok(Applied::Imported(_)) | Err(_) => {}
-        }
     }
 
     /// Applies a batch of changes in one sled transaction. Each change gets its own
@@ -774,31 +1329,26 @@ impl Writer {
     /// nothing and does not stop the others. One transaction per batch matters: sled
     /// writes its log buffer out at every commit, which made a transaction per change
     /// cost as much as a flush (bench/RESULTS.md).
+    #[allow(clippy::type_complexity)]
     fn apply_all(
         &self,
         changes: &[(&Change, &str)],
-    ) -> Result<Vec<Result<Applied, StoreError>>, StoreError> {
+    ) -> Result<(Vec<Result<Applied, StoreError>>, Tally), StoreError> {
         let time = now_rfc3339();
         let result =
             (&self.images, &self.audit, &self.meta).transaction(|(images, audit, meta)| {
-                let mut count = match meta.get(IMAGE_COUNT_KEY)? {
-                    Some(bytes) => {
-                        u64_from_bytes(&bytes).map_err(ConflictableTransactionError::Abort)?
-                    }
-                    None => 0,
-                };
-                let mut seq = self.next_seq;
+                let mut tally = Tally::read(meta)?;
                 let mut outcomes = Vec::with_capacity(changes.len());
                 for (change, user) in changes {
                     let outcome = apply_one(images, change)?;
                     match &outcome {
-                        Ok(Applied::Created) => count += 1,
-                        Ok(Applied::Deleted) => count = count.saturating_sub(1),
+                        Ok(Applied::Created) => tally.images += 1,
+                        Ok(Applied::Deleted) => tally.images = tally.images.saturating_sub(1),
                         _ => {}
                     }
                     if outcome.is_ok() {
                         let record = AuditRecord {
-                            seq,
+                            seq: tally.next_seq,
                             time: time.clone(),
                             user: (*user).to_owned(),
                             method: change.method().to_owned(),
@@ -806,14 +1356,13 @@ impl Writer {
                             status: 200,
                         };
                         let json = serde_json::to_vec(&record).unwrap_or_default();
-                        audit.insert(&seq.to_be_bytes(), json)?;
-                        seq += 1;
+                        tally.audited(json.len());
+                        audit.insert(&record.seq.to_be_bytes(), json)?;
                     }
                     outcomes.push(outcome);
                 }
-                meta.insert(IMAGE_COUNT_KEY, &count.to_be_bytes())?;
-                crate::store_mark::count_changes(meta, seq - self.next_seq)?;
-                Ok(outcomes)
+                tally.write(meta)?;
+                Ok((outcomes, tally))
             });
         result.map_err(|e| match e {
             TransactionError::Abort(e) => e,
@@ -870,6 +1419,74 @@ fn apply_one(
     })
 }
 
+/// How an import failed: undone (nothing of it remains), or stuck part way because the
+/// store itself failed (the next open undoes it).
+enum ImportFailed {
+    Undone(StoreError),
+    Stuck(StoreError),
+}
+
+/// Kept in the meta tree, flushed, while an import runs.
+#[derive(Serialize, Deserialize)]
+struct ImportMarker {
+    first_seq: u64,
+    user: String,
+}
+
+const IMPORT_KEY: &[u8] = b"import_in_progress";
+const IMPORT_METHOD: &str = "IMPORT";
+
+/// Removes what an interrupted import left: its audit records (from the marker's first
+/// seq on, by that import's user) name exactly the images it created, in the same
+/// transactions. Returns how many images were removed; `None` when no import was
+/// interrupted. Imports run with the data dir locked against servers, so nothing else
+/// wrote after the marker.
+fn undo_interrupted_import(
+    images: &Tree,
+    audit: &Tree,
+    meta: &Tree,
+) -> Result<Option<u64>, StoreError> {
+    let Some(marker) = meta.get(IMPORT_KEY)? else {
+        return Ok(None);
+    };
+    let marker: ImportMarker =
+        serde_json::from_slice(&marker).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let mut removed = 0u64;
+    let mut bytes = 0u64;
+    let mut batch_images = sled::Batch::default();
+    let mut batch_audit = sled::Batch::default();
+    for item in audit.range(marker.first_seq.to_be_bytes()..) {
+        let (key, value) = item?;
+        let record: AuditRecord =
+            serde_json::from_slice(&value).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        if record.method != IMPORT_METHOD || record.user != marker.user {
+            continue;
+        }
+        batch_images.remove(record.id.as_bytes());
+        batch_audit.remove(key);
+        removed += 1;
+        bytes += value.len() as u64;
+    }
+    (images, audit, meta)
+        .transaction(|(images, audit, meta)| {
+            images.apply_batch(&batch_images)?;
+            audit.apply_batch(&batch_audit)?;
+            // The seqs it took stay taken: a seq is never given twice.
+            let mut tally = Tally::read(meta)?;
+            tally.images = tally.images.saturating_sub(removed);
+            tally.audit_records = tally.audit_records.saturating_sub(removed);
+            tally.audit_bytes = tally.audit_bytes.saturating_sub(bytes);
+            tally.write(meta)?;
+            meta.remove(IMPORT_KEY)?;
+            Ok::<_, ConflictableTransactionError<StoreError>>(())
+        })
+        .map_err(|e| match e {
+            TransactionError::Abort(e) => e,
+            TransactionError::Storage(e) => StoreError::Engine(e),
+        })?;
+    Ok(Some(removed))
+}
+
 fn abort<T>(err: StoreError) -> Result<T, ConflictableTransactionError<StoreError>> {
     Err(ConflictableTransactionError::Abort(err))
 }
@@ -895,7 +1512,11 @@ fn current_record(
 /// RFC 3339 in UTC with a fixed width (microseconds), so records line up and sort as
 /// text.
 fn now_rfc3339() -> String {
-    let t = time::OffsetDateTime::now_utc();
+    rfc3339(time::OffsetDateTime::now_utc())
+}
+
+fn rfc3339(t: time::OffsetDateTime) -> String {
+    let t = t.to_offset(time::UtcOffset::UTC);
     format!(
         "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
         t.year(),
@@ -978,28 +1599,263 @@ mod tests {
         assert!(err.to_string().contains("format version '99'"), "{err}");
     }
 
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap()
+    }
+
     #[test]
-    fn a_store_made_before_the_change_count_counts_its_audit_trail() {
+    fn a_full_queue_refuses_writes_after_a_short_wait() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(dir.path(), 8).unwrap();
+        store.queue = Arc::new(Semaphore::new(2));
+        let store = Arc::new(store);
+        let held = store.pause.lock().unwrap();
+        runtime().block_on(async {
+            let local = tokio::task::LocalSet::new();
+            local
+                .run_until(async {
+                    // Two take the two places (the writer holds the first batch).
+                    let waiting: Vec<_> = ["q1", "q2"]
+                        .into_iter()
+                        .map(|id| {
+                            let store = store.clone();
+                            tokio::task::spawn_local(async move {
+                                store.apply(Change::Create(image(id)), "a").await
+                            })
+                        })
+                        .collect();
+                    tokio::task::yield_now().await;
+                    let refused = store.apply(Change::Create(image("q3")), "a").await;
+                    assert!(matches!(refused, Err(StoreError::Busy)), "{refused:?}");
+                    drop(held);
+                    for task in waiting {
+                        task.await.unwrap().unwrap();
+                    }
+                })
+                .await;
+        });
+        assert_eq!(store.image_count(), 2);
+        assert!(store.get(&ImageId::parse("q3").unwrap()).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_dead_writer_is_fail_stop() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 8).unwrap();
+        block_on(store.apply(Change::Create(image("kept")), "a")).unwrap();
+        assert!(store.is_healthy());
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(|_| {}));
+        let crashed = block_on(store.submit(Work::Crash, "a"));
+        std::panic::set_hook(previous);
+        assert!(
+            matches!(crashed, Err(StoreError::OutcomeUnknown(_))),
+            "{crashed:?}"
+        );
+        assert!(!store.is_healthy());
+        assert_eq!(block_on(store.failed()), WRITER_PANICKED);
+        let after = block_on(store.apply(Change::Create(image("later")), "a"));
+        assert!(matches!(after, Err(StoreError::Stopped(_))), "{after:?}");
+        let read = store.get(&ImageId::parse("kept").unwrap());
+        assert!(matches!(read, Err(StoreError::Stopped(_))), "{read:?}");
+        assert!(store.list_from(None, None).next().unwrap().is_err());
+        assert!(store.shutdown().is_err(), "a failed store is not flushed");
+    }
+
+    #[test]
+    fn an_import_that_fails_part_way_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 8).unwrap();
+        block_on(store.apply(Change::Create(image("taken")), "a")).unwrap();
+        // The conflict sits in the third chunk: two chunks commit before it.
+        let mut batch: Vec<Image> = (0..2 * IMPORT_CHUNK + 10)
+            .map(|i| image(&format!("new-{i:05}")))
+            .collect();
+        batch.push(image("taken"));
+        let err = block_on(store.import(batch, "import:file")).unwrap_err();
+        assert!(matches!(err, StoreError::Conflict(_)), "{err}");
+        assert_eq!(store.image_count(), 1);
+        assert_eq!(store.list_from(None, None).count(), 1);
+        assert_eq!(
+            store.audit_from(None).count(),
+            1,
+            "its audit records went too"
+        );
+        // The next change takes the next seq after the surviving record.
+        block_on(store.apply(Change::Create(image("next")), "a")).unwrap();
+        // The seqs the undone chunks took are not given again.
+        let page = store.audit_page(None, 1).unwrap();
+        let newest: AuditRecord = serde_json::from_slice(&page.records[0]).unwrap();
+        assert_eq!(newest.seq, 2 + 2 * IMPORT_CHUNK as u64);
+    }
+
+    #[test]
+    fn an_interrupted_import_is_undone_at_the_next_open() {
         let dir = tempfile::tempdir().unwrap();
         {
             let store = Store::open(dir.path(), 8).unwrap();
-            block_on(async {
-                for id in ["a", "b", "c"] {
-                    store.apply(Change::Create(image(id)), "u").await.unwrap();
-                }
-            });
-            // As a store written before the count was kept: no counter, no mark.
+            block_on(store.apply(Change::Create(image("kept")), "a")).unwrap();
+            let mut writer = writer_of(&store);
+            // As if the process died after the marker and one chunk reached the disk.
+            let marker = serde_json::to_vec(&ImportMarker {
+                first_seq: 2,
+                user: "import:f".into(),
+            })
+            .unwrap();
+            writer.meta.insert(IMPORT_KEY, marker).unwrap();
+            let batch: Vec<Image> = (0..5).map(|i| image(&format!("half-{i}"))).collect();
+            writer.import_chunks(&batch, "import:f").unwrap();
+            store.db.flush().unwrap();
+            assert_eq!(store.list_from(None, None).count(), 6);
+        }
+        let store = reopen(dir.path());
+        assert_eq!(store.list_from(None, None).count(), 1);
+        assert_eq!(store.image_count(), 1);
+        assert_eq!(store.audit_from(None).count(), 1);
+    }
+
+    /// A second writer on the store's trees, for driving the writer's steps directly.
+    fn writer_of(store: &Store) -> Writer {
+        let meta = store.db.open_tree(META_TREE).unwrap();
+        Writer {
+            db: store.db.clone(),
+            images: store.images.clone(),
+            audit: store.audit.clone(),
+            tally: Tally::load(&meta).unwrap(),
+            meta,
+            gauges: store.gauges.clone(),
+            generation: store.generation.clone(),
+            retention: store.retention.clone(),
+            last_prune: None,
+            health: Health::new(),
+            pause: Arc::new(Mutex::new(())),
+            mark: store.mark.clone(),
+        }
+    }
+
+    #[test]
+    fn retention_prunes_old_audit_records_but_never_reuses_a_seq() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path(), 8).unwrap();
+            for id in ["a", "b", "c", "d"] {
+                block_on(store.apply(Change::Create(image(id)), "u")).unwrap();
+            }
+            // The first three records are 40 days old.
+            for seq in 1u64..=3 {
+                let key = seq.to_be_bytes();
+                let mut record: AuditRecord =
+                    serde_json::from_slice(&store.audit.get(key).unwrap().unwrap()).unwrap();
+                record.time = "2020-01-01T00:00:00.000000Z".into();
+                store
+                    .audit
+                    .insert(key, serde_json::to_vec(&record).unwrap())
+                    .unwrap();
+            }
+            let mut writer = writer_of(&store);
+            writer.prune().unwrap();
+            assert_eq!(store.audit_from(None).count(), 4, "no retention: all kept");
+            store.keep_audit_for(Some(Duration::from_secs(30 * 86_400)));
+            writer.prune().unwrap();
+            let kept: Vec<u64> = store
+                .audit_from(None)
+                .map(|r| {
+                    serde_json::from_slice::<AuditRecord>(&r.unwrap())
+                        .unwrap()
+                        .seq
+                })
+                .collect();
+            assert_eq!(kept, [4]);
+            let (records, bytes) = store.audit_size();
+            assert_eq!(records, 1);
+            assert_eq!(
+                bytes,
+                store.audit.get(4u64.to_be_bytes()).unwrap().unwrap().len() as u64
+            );
+            store.db.flush().unwrap();
+        }
+        let store = reopen(dir.path());
+        assert_eq!(store.audit_size().0, 1, "the tally is kept on disk");
+        block_on(store.apply(Change::Create(image("e")), "u")).unwrap();
+        let page = store.audit_page(None, 1).unwrap();
+        let newest: AuditRecord = serde_json::from_slice(&page.records[0]).unwrap();
+        assert_eq!(newest.seq, 5);
+    }
+
+    #[test]
+    fn a_format_1_store_is_upgraded_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path(), 8).unwrap();
+            for id in ["a", "b", "c"] {
+                block_on(store.apply(Change::Create(image(id)), "u")).unwrap();
+            }
+            // What format 1 had: the version and the image count, nothing else.
             let meta = store.db.open_tree(META_TREE).unwrap();
-            meta.remove(crate::store_mark::CHANGES_KEY).unwrap();
+            for key in [AUDIT_RECORDS_KEY, AUDIT_BYTES_KEY, NEXT_SEQ_KEY] {
+                meta.remove(key).unwrap();
+            }
+            store.set_format_version_for_tests("1").unwrap();
+        }
+        let store = reopen(dir.path());
+        assert_eq!(
+            store.db.get(FORMAT_KEY).unwrap().unwrap(),
+            FORMAT_VERSION.as_bytes()
+        );
+        assert_eq!(store.image_count(), 3);
+        assert_eq!(store.audit_size().0, 3);
+        block_on(store.apply(Change::Create(image("d")), "u")).unwrap();
+        let page = store.audit_page(None, 1).unwrap();
+        let newest: AuditRecord = serde_json::from_slice(&page.records[0]).unwrap();
+        assert_eq!(newest.seq, 4);
+    }
+
+    /// Opens again; sled's own threads may still hold its lock for a moment after the
+    /// last handle goes, and nothing announces when they let go.
+    fn reopen(dir: &Path) -> Store {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match Store::open(dir, 8) {
+                Err(StoreError::InUse(_)) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                other => break other.unwrap(),
+            }
+        }
+    }
+
+    #[test]
+    fn a_store_without_a_mark_gets_one_at_its_count_of_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path(), 8).unwrap();
+            for id in ["a", "b", "c"] {
+                block_on(store.apply(Change::Create(image(id)), "u")).unwrap();
+            }
+            block_on(store.apply(
+                Change::Delete {
+                    id: ImageId::parse("a").unwrap(),
+                    precondition: None,
+                },
+                "u",
+            ))
+            .unwrap();
+            // As a store written before the mark: format 1, no tally, no mark.
+            let meta = store.db.open_tree(META_TREE).unwrap();
+            for key in [AUDIT_RECORDS_KEY, AUDIT_BYTES_KEY, NEXT_SEQ_KEY] {
+                meta.remove(key).unwrap();
+            }
+            store.set_format_version_for_tests("1").unwrap();
         }
         std::fs::remove_file(dir.path().join(crate::store_mark::MARK_FILE)).unwrap();
-        let store = Store::open(dir.path(), 8).unwrap();
-        let meta = store.db.open_tree(META_TREE).unwrap();
-        assert_eq!(
-            crate::store_mark::stored_changes(dir.path(), &meta).unwrap(),
-            Some(3)
-        );
-        assert_eq!(crate::store_mark::read(dir.path()).unwrap(), Some(3));
+        let store = reopen(dir.path());
+        assert_eq!(crate::store_mark::read(dir.path()).unwrap(), Some(4));
+        block_on(store.apply(Change::Create(image("d")), "u")).unwrap();
+        store.shutdown().unwrap();
+        assert_eq!(crate::store_mark::read(dir.path()).unwrap(), Some(5));
     }
 
     #[test]
@@ -1010,8 +1866,20 @@ mod tests {
             block_on(store.apply(Change::Create(image("a")), "u")).unwrap();
             store.images.remove("a").unwrap();
         }
-        let err = Store::open(dir.path(), 8).err().expect("refused");
+        let err = (|| loop {
+            match Store::open(dir.path(), 8) {
+                Err(StoreError::InUse(_)) => std::thread::yield_now(),
+                other => return other,
+            }
+        })()
+        .err()
+        .expect("refused");
         assert!(matches!(err, StoreError::Damaged { .. }), "{err}");
+        assert!(
+            err.to_string()
+                .contains("0 images and 1 audit records but counted 1 and 1"),
+            "{err}"
+        );
         assert!(err.needs_operator());
     }
 

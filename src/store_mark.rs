@@ -4,54 +4,21 @@
 //! had acknowledged (a damaged log that sled silently cut short, an old copy put back)
 //! and is refused at start instead of serving an older catalog.
 //!
-//! The count is of changes, not the highest audit seq: audit retention may prune the
-//! trail, the count only grows. Every applied create, update and delete is one, every
-//! imported image is one.
+//! The count is of changes (every applied create, update and delete is one, every
+//! imported image one), kept in the store as its `next_seq` counter less one: audit
+//! retention may prune the trail, but that counter only grows, in the same transaction
+//! as the changes.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
-
-use sled::Tree;
-use sled::transaction::{TransactionalTree, UnabortableTransactionError};
 
 use crate::store::StoreError;
 use crate::store_open::{damaged, data_dir_error};
 
 pub const MARK_FILE: &str = "high-water-mark";
-/// In the `meta` tree: the changes applied to this store, updated in the same
-/// transaction as the changes.
-pub const CHANGES_KEY: &[u8] = b"changes";
-
-/// Adds `count` applied changes to the store's own counter, inside their transaction.
-pub fn count_changes(
-    meta: &TransactionalTree,
-    count: u64,
-) -> Result<(), UnabortableTransactionError> {
-    if count == 0 {
-        return Ok(());
-    }
-    let current = meta
-        .get(CHANGES_KEY)?
-        .and_then(|bytes| <[u8; 8]>::try_from(bytes.as_ref()).ok())
-        .map_or(0, u64::from_be_bytes);
-    meta.insert(CHANGES_KEY, &(current + count).to_be_bytes())?;
-    Ok(())
-}
-
-/// The store's own count of applied changes; `None` for a store made before it was
-/// kept.
-pub fn stored_changes(dir: &Path, meta: &Tree) -> Result<Option<u64>, StoreError> {
-    let Some(bytes) = meta.get(CHANGES_KEY)? else {
-        return Ok(None);
-    };
-    let bytes = <[u8; 8]>::try_from(bytes.as_ref())
-        .map_err(|_| damaged(dir, "the store's change counter is not 8 bytes"))?;
-    Ok(Some(u64::from_be_bytes(bytes)))
-}
-
 /// The mark in `dir`, if there is one.
 pub fn read(dir: &Path) -> Result<Option<u64>, StoreError> {
     let path = dir.join(MARK_FILE);
@@ -85,18 +52,29 @@ pub fn write(dir: &Path, changes: u64) -> std::io::Result<()> {
 }
 
 /// Compares the store's count of changes with the mark at start. Returns the count
-/// the mark holds afterwards.
+/// the mark holds afterwards: a mark that cannot be raised now (a full disk) only
+/// lags, and [`MarkKeeper`] raises it later.
 pub fn check(dir: &Path, store: u64, accept_data_loss: bool) -> Result<u64, StoreError> {
     let unwritable =
         |e: std::io::Error| data_dir_error(dir, format!("cannot write its high-water mark: {e}"));
+    let lagging = |mark: u64, e: std::io::Error| {
+        log::warn!(
+            "cannot write the high-water mark in {}: {e}; it stays at {mark} for now",
+            dir.display()
+        );
+        mark
+    };
     match read(dir)? {
-        None => {
-            write(dir, store).map_err(unwritable)?;
-            log::info!(
-                "no high-water mark in {}: created one at {store} changes",
-                dir.display()
-            );
-        }
+        None => match write(dir, store) {
+            Ok(()) => {
+                log::info!(
+                    "no high-water mark in {}: created one at {store} changes",
+                    dir.display()
+                );
+                Ok(store)
+            }
+            Err(e) => Ok(lagging(0, e)),
+        },
         Some(mark) if store < mark => {
             if !accept_data_loss {
                 return Err(StoreError::BehindMark {
@@ -114,12 +92,15 @@ pub fn check(dir: &Path, store: u64, accept_data_loss: bool) -> Result<u64, Stor
                 mark - store
             );
             write(dir, store).map_err(unwritable)?;
+            Ok(store)
         }
         // A crash between a flush and the mark's write: the store is ahead, as it may be.
-        Some(mark) if store > mark => write(dir, store).map_err(unwritable)?,
-        Some(_) => {}
+        Some(mark) if store > mark => match write(dir, store) {
+            Ok(()) => Ok(store),
+            Err(e) => Ok(lagging(mark, e)),
+        },
+        Some(_) => Ok(store),
     }
-    Ok(store)
 }
 
 struct Progress {
@@ -133,17 +114,16 @@ struct Progress {
 /// for the mark's two fsyncs. The mark may lag the store for a moment (a crash then
 /// leaves the store ahead, which is normal); it is never ahead of it.
 pub struct MarkKeeper {
-    dir: PathBuf,
-    meta: Tree,
     progress: Arc<(Mutex<Progress>, Condvar)>,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl MarkKeeper {
-    pub fn start(dir: &Path, meta: Tree, written: u64) -> Result<MarkKeeper, StoreError> {
+    /// `durable`: the store's count now; `written`: what the mark holds.
+    pub fn start(dir: &Path, durable: u64, written: u64) -> Result<MarkKeeper, StoreError> {
         let progress = Arc::new((
             Mutex::new(Progress {
-                durable: written,
+                durable,
                 written,
                 closed: false,
             }),
@@ -156,23 +136,13 @@ impl MarkKeeper {
             .spawn(move || keep(&folder, &shared))
             .map_err(|e| StoreError::Engine(e.into()))?;
         Ok(MarkKeeper {
-            dir: dir.to_owned(),
-            meta,
             progress,
             thread: Mutex::new(Some(thread)),
         })
     }
 
-    /// Called after a flush succeeded: everything the store's counter holds is durable.
-    pub fn made_durable(&self) {
-        let changes = match stored_changes(&self.dir, &self.meta) {
-            Ok(Some(changes)) => changes,
-            Ok(None) => return,
-            Err(e) => {
-                log::error!("cannot read the store's change counter: {e}");
-                return;
-            }
-        };
+    /// Called after a flush succeeded: `changes` are durable in the store.
+    pub fn made_durable(&self, changes: u64) {
         let (lock, wake) = &*self.progress;
         let mut progress = lock.lock().unwrap_or_else(|p| p.into_inner());
         if changes > progress.durable {

@@ -6,6 +6,7 @@
 use std::cell::{Cell, RefCell};
 use std::fs::{File, OpenOptions};
 use std::io::ErrorKind;
+use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::panic::{AssertUnwindSafe, PanicHookInfo};
 use std::path::Path;
@@ -43,10 +44,15 @@ pub fn prepare(dir: &Path) -> Result<File, StoreError> {
         .truncate(false)
         .open(dir.join(LOCK_FILE))
         .map_err(|e| io_error(dir, &e))?;
-    match lock.try_lock() {
-        Ok(()) => Ok(lock),
-        Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::InUse(dir.to_owned())),
-        Err(std::fs::TryLockError::Error(e)) => Err(io_error(dir, &e)),
+    // SAFETY: the descriptor is open for as long as `lock` lives; flock only locks it.
+    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        return Ok(lock);
+    }
+    let err = std::io::Error::last_os_error();
+    if err.kind() == ErrorKind::WouldBlock {
+        Err(StoreError::InUse(dir.to_owned()))
+    } else {
+        Err(io_error(dir, &err))
     }
 }
 

@@ -9,6 +9,7 @@ use rand::RngCore;
 
 use crate::config::{Config, ConfigError};
 
+mod init;
 mod transfer;
 use crate::routes::TABLE;
 use crate::startup::{Application, warn_demo_passwords};
@@ -47,6 +48,23 @@ pub enum Command {
         #[arg(long)]
         accept_data_loss: bool,
     },
+    /// Write a new config.toml to deploy with: an admin user with a generated password
+    /// (printed once), the standard policies, and DATA_DIR.
+    Init {
+        /// Where the catalog will live (relative paths: to the config file's folder).
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// The address to serve on.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        bind: String,
+        /// The admin user's name.
+        #[arg(long, default_value = "admin")]
+        admin: String,
+        /// Make the file readable by this group (mode 0640) for a service user;
+        /// otherwise it is 0600.
+        #[arg(long)]
+        group: Option<String>,
+    },
     /// Read a password from stdin and print the password_hash line for config.toml.
     HashPassword,
     /// Print a new random Bearer token and the token_sha256 line for config.toml.
@@ -68,6 +86,14 @@ pub enum Command {
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
+    /// Print a shell completion script (e.g. `image-catalog completions bash >
+    /// /etc/bash_completion.d/image-catalog`).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff; `image-catalog man | man -l -`).
+    Man,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -113,11 +139,40 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             accept_data_loss,
         } => serve(cli.config, bind, data_dir, accept_data_loss),
         Command::HashPassword => hash_password(),
+        Command::Init {
+            data_dir,
+            bind,
+            admin,
+            group,
+        } => init::init(
+            &cli.config,
+            &init::InitOptions {
+                data_dir,
+                bind,
+                admin,
+                group,
+            },
+        ),
         Command::NewToken => {
             let (token, digest) = new_token();
-            println!("token = {token}");
-            println!("token_sha256 = \"{digest}\"");
-            Ok(())
+            // Both quoted: each line pastes into TOML as it is.
+            print_lines(&[
+                format!("token = \"{token}\""),
+                format!("token_sha256 = \"{digest}\""),
+            ])
+        }
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            let mut out = Vec::new();
+            clap_complete::generate(shell, &mut command, "image-catalog", &mut out);
+            write_stdout(&out)
+        }
+        Command::Man => {
+            let mut out = Vec::new();
+            clap_mangen::Man::new(<Cli as clap::CommandFactory>::command())
+                .render(&mut out)
+                .map_err(|e| CliError::Runtime(format!("cannot render the man page: {e}")))?;
+            write_stdout(&out)
         }
         Command::CheckConfig => check_config(&cli.config),
         Command::Export { data_dir } => transfer::export(&cli.config, data_dir),
@@ -233,8 +288,7 @@ fn hash_password() -> Result<(), CliError> {
     }
     let hash = crate::auth::hash_password(password.as_bytes())
         .map_err(|e| CliError::Runtime(e.to_string()))?;
-    println!("password_hash = \"{hash}\"");
-    Ok(())
+    print_lines(&[format!("password_hash = \"{hash}\"")])
 }
 
 /// A fresh token (256 random bits, URL-safe base64) and its SHA-256 in hex.
@@ -246,16 +300,36 @@ pub fn new_token() -> (String, String) {
     (token, digest)
 }
 
+/// Writes `bytes` to stdout. A reader that went away (`| head -1`) is not an error.
+fn write_stdout(bytes: &[u8]) -> Result<(), CliError> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(bytes).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(CliError::Runtime(format!("cannot write to stdout: {e}")))
+        }
+        _ => Ok(()),
+    }
+}
+
+fn print_lines(lines: &[String]) -> Result<(), CliError> {
+    let mut text = lines.join("\n");
+    text.push('\n');
+    write_stdout(text.as_bytes())
+}
+
 fn check_config(path: &std::path::Path) -> Result<(), CliError> {
     let config = Config::load(path)?;
-    println!("{}: valid", path.display());
-    println!(
-        "bind {}, data_dir {}, providers {}",
-        config.server.bind,
-        config.server.data_dir.display(),
-        config.providers.join(", ")
-    );
-    println!();
+    let mut out = vec![
+        format!("{}: valid", path.display()),
+        format!(
+            "bind {}, data_dir {}, providers {}",
+            config.server.bind,
+            config.server.data_dir.display(),
+            config.providers.join(", ")
+        ),
+        String::new(),
+    ];
     let users = config.access.users();
     let mut rows = vec![vec![
         "USER".to_string(),
@@ -279,8 +353,8 @@ fn check_config(path: &std::path::Path) -> Result<(), CliError> {
             or_none(&policies.join(",")).to_owned(),
         ]);
     }
-    print_table(&rows);
-    println!();
+    print_table(&rows, &mut out);
+    out.push(String::new());
     let mut header = vec!["ROUTE".to_string(), "POLICY".into()];
     header.extend(users.iter().map(|u| u.name.clone()));
     let mut rows = vec![header];
@@ -295,11 +369,11 @@ fn check_config(path: &std::path::Path) -> Result<(), CliError> {
         }));
         rows.push(row);
     }
-    print_table(&rows);
-    Ok(())
+    print_table(&rows, &mut out);
+    print_lines(&out)
 }
 
-fn print_table(rows: &[Vec<String>]) {
+fn print_table(rows: &[Vec<String>], out: &mut Vec<String>) {
     let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> = (0..columns)
         .map(|c| {
@@ -316,7 +390,7 @@ fn print_table(rows: &[Vec<String>]) {
             .zip(&widths)
             .map(|(cell, width)| format!("{cell:<width$}"))
             .collect();
-        println!("{}", cells.join("  ").trim_end());
+        out.push(cells.join("  ").trim_end().to_owned());
     }
 }
 

@@ -116,11 +116,16 @@ pub fn import(config_path: &Path, file: &Path, data_dir: Option<PathBuf>) -> Res
     let count = images.len();
     let user = format!("import:{}", file.display());
     let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
         .build()
         .map_err(|e| CliError::Runtime(e.to_string()))?;
     runtime
         .block_on(store.import(images, &user))
-        .map_err(|e| CliError::Runtime(format!("{e}; nothing was imported")))?;
+        .map_err(|e| match e {
+            // Its message says what remains and what undoes it.
+            StoreError::ImportInterrupted { .. } => CliError::Runtime(e.to_string()),
+            e => CliError::Runtime(format!("{e}; nothing was imported")),
+        })?;
     store
         .shutdown()
         .map_err(|e| CliError::Runtime(e.to_string()))?;

@@ -54,7 +54,7 @@ pub(crate) async fn list(
         })
         .transpose()?;
     let Some(limit) = params.get("limit") else {
-        return Ok(listing::streamed_array(auth.store().audit_from(before)));
+        return listing::streamed_array(auth.store().audit_from(before)).await;
     };
     let limit = listing::parse_limit(limit)?;
     let page = auth.store().audit_page(before, limit)?;

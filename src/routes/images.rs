@@ -110,9 +110,7 @@ pub(crate) async fn list(
         })
         .transpose()?;
     let Some(limit) = params.get("limit") else {
-        return Ok(listing::streamed_array(
-            auth.store().list_from(marker.as_ref(), provider),
-        ));
+        return listing::streamed_array(auth.store().list_from(marker.as_ref(), provider)).await;
     };
     let limit = listing::parse_limit(limit)?;
     // Read the generation first: a page built while a write lands is then filed
@@ -128,7 +126,8 @@ pub(crate) async fn list(
         None => {
             let found = auth
                 .store()
-                .list_page(marker.as_ref(), provider.as_ref(), limit)?;
+                .list_page(marker.as_ref(), provider.as_ref(), limit)
+                .await?;
             let link = match found.records.last() {
                 Some(last) if found.more => {
                     let last = Record::from(last.clone()).image()?;

@@ -134,16 +134,115 @@ fn hash_password_output_is_accepted_by_config() {
 fn new_token_prints_a_token_and_its_digest() {
     let output = binary().arg("new-token").output().unwrap();
     let text = String::from_utf8(output.stdout).unwrap();
-    let token = text
-        .lines()
-        .next()
-        .unwrap()
-        .strip_prefix("token = ")
-        .unwrap();
+    // Both lines are TOML as they stand.
+    let parsed: toml::Table = text.parse().unwrap();
+    let token = parsed["token"].as_str().unwrap();
     let digest = text.lines().nth(1).unwrap();
     assert!(token.len() >= 43, "256 bits of randomness: {token}");
     assert_eq!(
         digest,
         format!("token_sha256 = \"{}\"", crate::helpers::sha256_hex(token))
     );
+}
+
+#[test]
+fn audit_retention_of_zero_days_is_refused() {
+    let config = crate::helpers::config_with("", "[audit]\nkeep_days = 0\n");
+    let (code, said) = serve_with(&config);
+    assert_eq!(code, 2, "{said}");
+    assert!(said.contains("keep_days must be at least 1"), "{said}");
+}
+
+#[test]
+fn init_writes_a_private_config_whose_admin_password_works() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    let init = |extra: &[&str]| {
+        binary()
+            .arg("--config")
+            .arg(&config)
+            .args(["init", "--data-dir", "catalog", "--bind", "127.0.0.1:0"])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let output = init(&[]);
+    assert!(output.status.success(), "{output:?}");
+    let said = String::from_utf8(output.stdout).unwrap();
+    let password = said
+        .lines()
+        .find_map(|l| l.strip_prefix("user 'admin', password: "))
+        .unwrap_or_else(|| panic!("no password in {said}"))
+        .to_owned();
+    assert_eq!(std::fs::metadata(&config).unwrap().mode() & 0o777, 0o600);
+
+    let again = init(&[]);
+    assert_eq!(again.status.code(), Some(2), "never overwrites");
+    assert!(String::from_utf8_lossy(&again.stderr).contains("exists already"));
+
+    let loaded = image_catalog::config::Config::load(&config).unwrap();
+    assert_eq!(loaded.server.data_dir, dir.path().join("catalog"));
+    let user = loaded.access.user("admin").unwrap();
+    assert!(image_catalog::auth::verify_password(
+        password.as_bytes(),
+        user.password_hash.as_ref().unwrap()
+    ));
+    assert!(user.holds("delete_image") && user.holds("read_audit"));
+    assert!(!said.contains("argon2"), "the hash is not shown");
+
+    // --group: readable by that group, for a service user.
+    let shared = dir.path().join("shared.toml");
+    let output = binary()
+        .arg("--config")
+        .arg(&shared)
+        .args(["init", "--data-dir", "/var/lib/x", "--group", "root"])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let meta = std::fs::metadata(&shared).unwrap();
+    assert_eq!(meta.mode() & 0o777, 0o640);
+    assert_eq!(meta.gid(), 0);
+}
+
+#[test]
+fn completions_and_man_page_are_generated() {
+    for (shell, words) in [
+        ("bash", "COMPREPLY"),
+        ("zsh", "#compdef image-catalog"),
+        ("fish", "complete -c image-catalog"),
+    ] {
+        let output = binary().args(["completions", shell]).output().unwrap();
+        assert!(output.status.success(), "{shell}");
+        let text = String::from_utf8(output.stdout).unwrap();
+        assert!(text.contains(words), "{shell}: {text}");
+        assert!(
+            text.contains("check-config"),
+            "{shell} completes subcommands"
+        );
+    }
+    let output = binary().arg("man").output().unwrap();
+    let text = String::from_utf8(output.stdout).unwrap();
+    assert!(
+        text.starts_with(".ie") || text.contains(".TH image-catalog"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_reader_that_goes_away_is_not_an_error() {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &config_text(DEFAULT_POLICIES, &default_users()));
+    let output = binary()
+        .arg("--config")
+        .arg(&config)
+        .arg("check-config")
+        .stdout(writer)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert!(!said.contains("panicked"), "{said}");
+    assert_eq!(output.status.code(), Some(0), "{said}");
 }

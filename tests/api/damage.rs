@@ -523,21 +523,23 @@ async fn the_data_dir_lock_keeps_a_second_process_out() {
     std::fs::create_dir(&data).unwrap();
     let config = config_for(dir.path(), &data);
     let held = std::fs::File::create(data.join("lock")).unwrap();
-    held.lock().unwrap();
+    let flock = |operation| {
+        use std::os::fd::AsRawFd;
+        // SAFETY: `held` is open for the whole test.
+        unsafe { libc::flock(held.as_raw_fd(), operation) }
+    };
+    assert_eq!(flock(libc::LOCK_EX | libc::LOCK_NB), 0);
     let (code, printed) = refused(&config, false).await;
     assert_eq!(code, 1, "another process may let go: a restart can help");
     assert!(
         printed.contains("is in use by another image-catalog process"),
         "{printed}"
     );
-    held.unlock().unwrap();
+    assert_eq!(flock(libc::LOCK_UN), 0);
     let Outcome::Serving(mut child, ..) = start(&config, &[]).await else {
         panic!("does not start once the lock is free");
     };
     // And now the server holds it.
-    assert!(matches!(
-        held.try_lock(),
-        Err(std::fs::TryLockError::WouldBlock)
-    ));
+    assert_ne!(flock(libc::LOCK_EX | libc::LOCK_NB), 0);
     child.kill().await.unwrap();
 }

@@ -7,6 +7,7 @@ mod brute_force;
 mod conditional;
 mod config;
 mod damage;
+mod disk_full;
 mod durability;
 mod errors;
 mod helpers;

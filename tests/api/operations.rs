@@ -177,3 +177,23 @@ async fn the_access_log_names_requests_but_never_a_secret() {
     let access_lines = log.lines().filter(|l| l.contains("request_id=")).count();
     assert_eq!(access_lines, 5, "{log}");
 }
+
+#[tokio::test]
+async fn metrics_show_the_audit_trail_size_and_retention_is_a_setting() {
+    let config = crate::helpers::config_with("", "[audit]\nkeep_days = 30\n");
+    assert!(config.contains("keep_days = 30"));
+    let app = crate::helpers::spawn_app_with(&config).await;
+    app.seed("a", "ec2").await;
+    app.seed("b", "ec2").await;
+    let text = app
+        .request(Method::GET, "/metrics")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(metric(&text, "image_catalog_audit_records "), Some(2.0));
+    let bytes = metric(&text, "image_catalog_audit_bytes ").unwrap();
+    assert!(bytes > 100.0 && bytes < 1000.0, "{bytes}");
+}
