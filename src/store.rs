@@ -379,6 +379,7 @@ impl Store {
         accept_data_loss: bool,
     ) -> Result<Store, StoreError> {
         let lock = crate::store_open::prepare(dir)?;
+        let started = Instant::now();
         let Opened {
             db,
             images,
@@ -386,6 +387,14 @@ impl Store {
             meta,
             tally,
         } = crate::store_open::contain(dir, || open_engine(dir, cache_mb))?;
+        log::info!(
+            "store at {} read through: {} images, {} audit records, {} changes in {:.0} ms",
+            dir.display(),
+            tally.images,
+            tally.audit_records,
+            tally.changes(),
+            started.elapsed().as_secs_f64() * 1000.0
+        );
         let marked = crate::store_mark::check(dir, tally.changes(), accept_data_loss)?;
         let mark = Arc::new(crate::store_mark::MarkKeeper::start(
             dir,
