@@ -22,7 +22,10 @@ pub const DEFAULT_PROVIDERS: &[&str] = &["ec2", "openstack", "static"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read {path}: {source}")]
+    #[error(
+        "cannot read {path}: {source}; name the config file with --config PATH or the \
+         IMAGE_CATALOG_CONFIG variable, or write one with `image-catalog init`"
+    )]
     Read {
         path: String,
         source: std::io::Error,
@@ -64,7 +67,12 @@ pub struct ServerConfig {
     /// How long a request body may take to arrive once the handler reads it.
     pub body_timeout: Duration,
     /// Connections served at once; the ones past it are answered 503 and closed.
-    pub max_connections: usize,
+    /// `None`: set at start from the limit on open files (see `limits`).
+    pub max_connections: Option<usize>,
+    /// Connections served at once from one peer address; past it, 503 and closed.
+    pub max_connections_per_address: usize,
+    /// The request headers' names and values, in bytes; past it, 431 and closed.
+    pub max_header_bytes: usize,
     /// Connections the kernel queues before the server accepts them.
     pub backlog: u32,
 }
@@ -158,7 +166,9 @@ struct RawServer {
     client_disconnect_timeout_ms: u64,
     keep_alive_ms: u64,
     body_timeout_ms: u64,
-    max_connections: usize,
+    max_connections: Option<usize>,
+    max_connections_per_address: usize,
+    max_header_bytes: usize,
     backlog: u32,
 }
 
@@ -172,7 +182,10 @@ impl Default for RawServer {
             client_disconnect_timeout_ms: 1000,
             keep_alive_ms: 5000,
             body_timeout_ms: 10_000,
-            max_connections: 256,
+            max_connections: None,
+            max_connections_per_address: 64,
+            // Node's default.
+            max_header_bytes: 16 * 1024,
             backlog: 1024,
         }
     }
@@ -258,7 +271,15 @@ impl Config {
                 server.client_disconnect_timeout_ms,
             ),
             ("body_timeout_ms", server.body_timeout_ms),
-            ("max_connections", server.max_connections as u64),
+            (
+                "max_connections",
+                server.max_connections.map_or(1, |n| n as u64),
+            ),
+            (
+                "max_connections_per_address",
+                server.max_connections_per_address as u64,
+            ),
+            ("max_header_bytes", server.max_header_bytes as u64),
             ("backlog", u64::from(server.backlog)),
         ] {
             if value == 0 {
@@ -302,6 +323,8 @@ impl Config {
                 keep_alive: Duration::from_millis(server.keep_alive_ms),
                 body_timeout: Duration::from_millis(server.body_timeout_ms),
                 max_connections: server.max_connections,
+                max_connections_per_address: server.max_connections_per_address,
+                max_header_bytes: server.max_header_bytes,
                 backlog: server.backlog,
             },
             store: StoreConfig {
@@ -524,7 +547,9 @@ mod tests {
         );
         assert_eq!(config.server.keep_alive, Duration::from_secs(5));
         assert_eq!(config.server.body_timeout, Duration::from_secs(10));
-        assert_eq!(config.server.max_connections, 256);
+        assert_eq!(config.server.max_connections, None);
+        assert_eq!(config.server.max_connections_per_address, 64);
+        assert_eq!(config.server.max_header_bytes, 16384);
         assert_eq!(config.server.backlog, 1024);
         assert_eq!(
             config.auth,
@@ -543,7 +568,8 @@ mod tests {
     fn limits_are_read_and_zero_is_refused() {
         let config = parse(
             "[server]\nclient_request_timeout_ms = 250\nkeep_alive_ms = 0\nbody_timeout_ms = 75\n\
-             max_connections = 3\nbacklog = 8\n[auth]\nfree_failures = 1\nfirst_delay_ms = 10\n\
+             max_connections = 3\nmax_connections_per_address = 2\nmax_header_bytes = 100\n\
+             backlog = 8\n[auth]\nfree_failures = 1\nfirst_delay_ms = 10\n\
              max_delay_ms = 20\nquiet_window_secs = 2\nmax_tracked = 5",
         )
         .unwrap();
@@ -553,7 +579,9 @@ mod tests {
         );
         assert_eq!(config.server.keep_alive, Duration::ZERO);
         assert_eq!(config.server.body_timeout, Duration::from_millis(75));
-        assert_eq!(config.server.max_connections, 3);
+        assert_eq!(config.server.max_connections, Some(3));
+        assert_eq!(config.server.max_connections_per_address, 2);
+        assert_eq!(config.server.max_header_bytes, 100);
         assert_eq!(config.server.backlog, 8);
         assert_eq!(config.auth.max_delay, Duration::from_millis(20));
         assert_eq!(config.auth.max_tracked, 5);
@@ -569,6 +597,14 @@ mod tests {
             (
                 "[server]\nmax_connections = 0",
                 "max_connections must be at least 1",
+            ),
+            (
+                "[server]\nmax_connections_per_address = 0",
+                "max_connections_per_address must be at least 1",
+            ),
+            (
+                "[server]\nmax_header_bytes = 0",
+                "max_header_bytes must be at least 1",
             ),
             (
                 "[auth]\nfree_failures = 0",

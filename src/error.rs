@@ -21,7 +21,10 @@ pub enum ApiError {
     Forbidden { user: String, policy: &'static str },
     #[error("{0}")]
     NotFound(String),
-    #[error("method {method} is not allowed on {path}; allowed: {allow}")]
+    #[error(
+        "method {method} is not allowed on {path}; allowed: {allow}{}",
+        method_hint(method, path)
+    )]
     MethodNotAllowed {
         method: String,
         path: String,
@@ -37,6 +40,16 @@ pub enum ApiError {
     PayloadTooLarge { limit: usize },
     #[error("Content-Type must be application/json, got {0}")]
     UnsupportedMediaType(String),
+    #[error(
+        "Content-Encoding '{0}' is not supported: send the body uncompressed (no \
+         Content-Encoding, or identity)"
+    )]
+    UnsupportedEncoding(String),
+    #[error(
+        "the request headers are {size} bytes (names and values), more than the {limit} bytes \
+         of request headers this server accepts"
+    )]
+    HeadersTooLarge { size: usize, limit: usize },
     #[error("the store is unavailable, nothing was changed; retry later")]
     StoreUnavailable,
     #[error(
@@ -60,6 +73,11 @@ pub enum ApiError {
     TooManyFailedLogins { retry_after_secs: u64 },
     #[error("the server is serving as many connections as it may ({limit}); retry in a moment")]
     TooManyConnections { limit: usize },
+    #[error(
+        "your address holds as many connections to this server as one address may ({limit}); \
+         reuse or close them, or retry in a moment"
+    )]
+    TooManyConnectionsFromAddress { limit: usize },
 }
 
 impl ApiError {
@@ -69,6 +87,14 @@ impl ApiError {
 
     pub fn unknown_image(id: &str) -> Self {
         ApiError::NotFound(format!("no image with id '{id}'"))
+    }
+}
+
+/// Where the client most likely meant to go.
+fn method_hint(method: &str, path: &str) -> &'static str {
+    match (method, path) {
+        ("POST", "/v3/images") => "; to create an image, POST to /v3/image",
+        _ => "",
     }
 }
 
@@ -127,6 +153,8 @@ impl ResponseError for ApiError {
             ApiError::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::UnsupportedEncoding(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ApiError::StoreUnavailable
             | ApiError::OutcomeUnknown
             | ApiError::StoreStopped
@@ -134,6 +162,7 @@ impl ResponseError for ApiError {
             ApiError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ApiError::TooManyFailedLogins { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::TooManyConnections { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::TooManyConnectionsFromAddress { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -150,7 +179,8 @@ impl ResponseError for ApiError {
             ApiError::TooManyFailedLogins { retry_after_secs } => {
                 response.insert_header((header::RETRY_AFTER, *retry_after_secs));
             }
-            ApiError::TooManyConnections { .. } => {
+            ApiError::TooManyConnections { .. }
+            | ApiError::TooManyConnectionsFromAddress { .. } => {
                 // A connection over the limit is not kept for a next request.
                 response.insert_header((header::RETRY_AFTER, 1));
                 response.force_close();
@@ -159,6 +189,11 @@ impl ResponseError for ApiError {
                 response.insert_header((header::RETRY_AFTER, 1));
             }
             ApiError::BodyTimeout { .. } => {
+                response.force_close();
+            }
+            ApiError::HeadersTooLarge { .. } => {
+                // Its body, if any, is not read; a client that sends such heads gets no
+                // second request on this connection.
                 response.force_close();
             }
             _ => {}

@@ -1,5 +1,5 @@
 //! Parsing of the request headers the API reacts to: Accept, Content-Type,
-//! If-Match / If-None-Match and X-Request-Id. Pure functions, no I/O.
+//! Content-Encoding, If-Match / If-None-Match and X-Request-Id. Pure functions, no I/O.
 
 use crate::store::Precondition;
 
@@ -38,6 +38,18 @@ pub fn is_json_content_type(content_type: &[u8]) -> bool {
     media.eq_ignore_ascii_case("application/json")
 }
 
+/// Whether a `Content-Encoding` value leaves the body as it is: empty, or only
+/// `identity`. The server decodes no content coding, so a body in any other is refused.
+pub fn is_identity_encoding(content_encoding: &[u8]) -> bool {
+    let Ok(value) = std::str::from_utf8(content_encoding) else {
+        return false;
+    };
+    value
+        .split(',')
+        .map(str::trim)
+        .all(|coding| coding.is_empty() || coding.eq_ignore_ascii_case("identity"))
+}
+
 /// The entity tags of an `If-Match` or `If-None-Match` value, or `None` for `*`.
 /// Weak tags keep their `W/` prefix, so they never equal a strong tag.
 fn entity_tags(value: &str) -> Option<Vec<String>> {
@@ -53,13 +65,32 @@ fn entity_tags(value: &str) -> Option<Vec<String>> {
     )
 }
 
-/// The compare-and-swap condition of an `If-Match` header.
-pub fn if_match(value: Option<&[u8]>) -> Option<Precondition> {
-    let value = String::from_utf8_lossy(value?);
-    Some(match entity_tags(&value) {
+/// The compare-and-swap condition of an `If-Match` header. An entity tag must be
+/// quoted, as the `ETag` header gives it: a bare one is refused with a message that
+/// says so, rather than never matching and reading as a lost race (412).
+pub fn if_match(value: Option<&[u8]>) -> Result<Option<Precondition>, String> {
+    let Some(value) = value else { return Ok(None) };
+    let value = String::from_utf8_lossy(value);
+    Ok(Some(match entity_tags(&value) {
         None => Precondition::Exists,
-        Some(tags) => Precondition::EtagIn(tags),
-    })
+        Some(tags) => {
+            if let Some(bare) = tags.iter().find(|t| !is_quoted_tag(t)) {
+                return Err(format!(
+                    "If-Match holds '{}', which is not an entity tag: quote it as the ETag \
+                     header gives it, e.g. If-Match: \"{}\"",
+                    bare.escape_debug(),
+                    bare.trim_matches('"').escape_debug()
+                ));
+            }
+            Precondition::EtagIn(tags)
+        }
+    }))
+}
+
+/// `"..."` or `W/"..."`.
+fn is_quoted_tag(tag: &str) -> bool {
+    let tag = tag.strip_prefix("W/").unwrap_or(tag);
+    tag.len() >= 2 && tag.starts_with('"') && tag.ends_with('"')
 }
 
 /// Whether `If-None-Match` matches `etag` (weak comparison, as RFC 9110 says for GET).
@@ -91,6 +122,25 @@ pub fn sane_request_id(value: &[u8]) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn if_match_wants_quoted_tags() {
+        assert_eq!(if_match(None), Ok(None));
+        assert_eq!(if_match(Some(b"*")), Ok(Some(Precondition::Exists)));
+        assert_eq!(
+            if_match(Some(b"\"a\", W/\"b\"")),
+            Ok(Some(Precondition::EtagIn(vec![
+                "\"a\"".into(),
+                "W/\"b\"".into()
+            ])))
+        );
+        let err = if_match(Some(b"abc123")).unwrap_err();
+        assert!(
+            err.contains("quote it") && err.contains("\"abc123\""),
+            "{err}"
+        );
+        assert!(if_match(Some(b"\"a\", b")).is_err());
+    }
 
     #[test]
     fn accept_admits_json() {
@@ -128,13 +178,30 @@ mod tests {
     }
 
     #[test]
+    fn only_identity_encoding_leaves_the_body_alone() {
+        for identity in [
+            &b"identity"[..],
+            b"IDENTITY",
+            b" identity ",
+            b"",
+            b"identity, identity",
+        ] {
+            assert!(is_identity_encoding(identity), "{identity:?}");
+        }
+        for coded in [
+            &b"gzip"[..],
+            b"br",
+            b"identity, gzip",
+            b"x-gzip",
+            b"\xff",
+            b"identityx",
+        ] {
+            assert!(!is_identity_encoding(coded), "{coded:?}");
+        }
+    }
+
+    #[test]
     fn conditional_headers() {
-        assert_eq!(if_match(None), None);
-        assert_eq!(if_match(Some(b"*")), Some(Precondition::Exists));
-        assert_eq!(
-            if_match(Some(br#""a", W/"b""#)),
-            Some(Precondition::EtagIn(vec!["\"a\"".into(), "W/\"b\"".into()]))
-        );
         assert!(if_none_match_matches(Some(b"*"), "\"a\""));
         assert!(if_none_match_matches(Some(br#"W/"a""#), "\"a\""));
         assert!(!if_none_match_matches(Some(br#""b""#), "\"a\""));

@@ -1,8 +1,10 @@
 //! An image and its fields. Each field type can only hold a value that obeys SPEC §1,
 //! so handlers and the store never check again. No I/O here.
 
-use serde::{Deserialize, Serialize};
+use serde::de::{self, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
+use unicode_general_category::{GeneralCategory, get_general_category};
 use utoipa::openapi::RefOr;
 use utoipa::openapi::schema::{AdditionalProperties, ObjectBuilder, Schema, Type};
 use utoipa::{PartialSchema, ToSchema};
@@ -20,6 +22,29 @@ pub const ID_MAX_BYTES: usize = 255;
 pub const REMOTE_USER_MAX_CHARS: usize = 64;
 pub const NAME_MAX_CHARS: usize = 255;
 
+/// `U+200B`: how a refusal names a character a person may not see.
+fn code_point(c: char) -> String {
+    format!("U+{:04X}", u32::from(c))
+}
+
+/// A Unicode format character (general category Cf): zero-width spaces and joiners,
+/// bidi controls, the soft hyphen, tag characters. Invisible, so an id holding one
+/// looks exactly like another id.
+fn is_format(c: char) -> bool {
+    get_general_category(c) == GeneralCategory::Format
+}
+
+/// The invisible characters refused in `remote_user` and `name`: bidi embeddings,
+/// overrides and isolates, which can make text read in another order than it is
+/// stored, and the zero-width space, word joiner and byte-order mark. The zero-width
+/// joiner and non-joiner stay allowed: scripts and emoji need them.
+fn is_invisible_in_text(c: char) -> bool {
+    matches!(
+        c,
+        '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{200B}' | '\u{2060}' | '\u{FEFF}'
+    )
+}
+
 /// The characters `char::is_whitespace` or `char::is_control` accepts, as a regex class
 /// body, so the OpenAPI patterns below say exactly what `parse` refuses.
 const WHITESPACE_OR_CONTROL: &str =
@@ -27,12 +52,33 @@ const WHITESPACE_OR_CONTROL: &str =
 
 /// The provider's own image id, chosen by the client. It travels in URL paths, so the
 /// characters that would change a path's meaning are refused.
+///
+/// Two parses: [`ImageId::parse`] for the id of a new image, and the more lenient
+/// [`ImageId::parse_existing`] for an id that may already be stored (a path, a marker,
+/// a stored record), so that ids created before a rule was added stay readable,
+/// updatable and deletable.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct ImageId(String);
 
 impl ImageId {
+    /// The id of an image being created: the rules of [`ImageId::parse_existing`], and
+    /// no Unicode format character (category Cf), so that `ami-\u{200b}123` cannot sit
+    /// beside `ami-123`.
     pub fn parse(value: impl Into<String>) -> Result<Self, ValidationError> {
+        let id = ImageId::parse_existing(value)?;
+        if let Some(c) = id.0.chars().find(|&c| is_format(c)) {
+            return Err(invalid(format!(
+                "id must not contain invisible format characters (found {})",
+                code_point(c)
+            )));
+        }
+        Ok(id)
+    }
+
+    /// An id that may name a stored image: 1 to 255 bytes, no whitespace, control
+    /// characters or `/ ? # %`, not `.` or `..`.
+    pub fn parse_existing(value: impl Into<String>) -> Result<Self, ValidationError> {
         let value = value.into();
         if value.is_empty() || value.len() > ID_MAX_BYTES {
             return Err(invalid(format!(
@@ -59,10 +105,11 @@ impl ImageId {
     }
 }
 
+/// How stored records read back: leniently (see [`ImageId::parse_existing`]).
 impl TryFrom<String> for ImageId {
     type Error = ValidationError;
     fn try_from(value: String) -> Result<Self, Self::Error> {
-        ImageId::parse(value)
+        ImageId::parse_existing(value)
     }
 }
 
@@ -110,7 +157,21 @@ impl Provider {
 pub struct RemoteUser(String);
 
 impl RemoteUser {
+    /// A remote_user being written: the rules of [`RemoteUser::parse_existing`], and
+    /// none of the invisible characters of `is_invisible_in_text`.
     pub fn parse(value: impl Into<String>) -> Result<Self, ValidationError> {
+        let user = RemoteUser::parse_existing(value)?;
+        if let Some(c) = user.0.chars().find(|&c| is_invisible_in_text(c)) {
+            return Err(invalid(format!(
+                "remote_user must not contain invisible characters (found {})",
+                code_point(c)
+            )));
+        }
+        Ok(user)
+    }
+
+    /// A remote_user as it may already be stored.
+    fn parse_existing(value: impl Into<String>) -> Result<Self, ValidationError> {
         let value = value.into();
         let chars = value.chars().count();
         if chars == 0 || chars > REMOTE_USER_MAX_CHARS {
@@ -137,7 +198,7 @@ impl RemoteUser {
 impl TryFrom<String> for RemoteUser {
     type Error = ValidationError;
     fn try_from(value: String) -> Result<Self, Self::Error> {
-        RemoteUser::parse(value)
+        RemoteUser::parse_existing(value)
     }
 }
 
@@ -153,7 +214,21 @@ impl From<RemoteUser> for String {
 pub struct ImageName(String);
 
 impl ImageName {
+    /// A name being written: the rules of [`ImageName::parse_existing`], and none of
+    /// the invisible characters of `is_invisible_in_text`.
     pub fn parse(value: impl Into<String>) -> Result<Self, ValidationError> {
+        let name = ImageName::parse_existing(value)?;
+        if let Some(c) = name.0.chars().find(|&c| is_invisible_in_text(c)) {
+            return Err(invalid(format!(
+                "name must not contain invisible characters (found {})",
+                code_point(c)
+            )));
+        }
+        Ok(name)
+    }
+
+    /// A name as it may already be stored.
+    fn parse_existing(value: impl Into<String>) -> Result<Self, ValidationError> {
         let value = value.into();
         let chars = value.chars().count();
         if chars > NAME_MAX_CHARS {
@@ -177,7 +252,7 @@ impl ImageName {
 impl TryFrom<String> for ImageName {
     type Error = ValidationError;
     fn try_from(value: String) -> Result<Self, Self::Error> {
-        ImageName::parse(value)
+        ImageName::parse_existing(value)
     }
 }
 
@@ -202,13 +277,40 @@ fn string_schema(
         .into()
 }
 
+/// The format characters (Cf) of the Basic Multilingual Plane as a regex class body.
+/// The few above it are left out: `\u{...}` escapes differ between regex dialects.
+fn bmp_format_characters() -> String {
+    let mut class = String::new();
+    let mut chars = ('\u{0}'..='\u{ffff}').filter(|&c| is_format(c)).peekable();
+    while let Some(first) = chars.next() {
+        let mut last = first;
+        while let Some(&next) = chars.peek() {
+            if u32::from(next) != u32::from(last) + 1 {
+                break;
+            }
+            last = next;
+            chars.next();
+        }
+        class.push_str(&format!("\\u{:04x}", u32::from(first)));
+        if last != first {
+            class.push_str(&format!("-\\u{:04x}", u32::from(last)));
+        }
+    }
+    class
+}
+
+/// The invisible characters of `is_invisible_in_text`, as a regex class body.
+const INVISIBLE_IN_TEXT: &str = r"\u200b\u202a-\u202e\u2060\u2066-\u2069\ufeff";
+
 impl PartialSchema for ImageId {
     fn schema() -> RefOr<Schema> {
-        let allowed = format!("[^{WHITESPACE_OR_CONTROL}/?#%]");
-        let allowed_but_dot = format!("[^{WHITESPACE_OR_CONTROL}/?#%.]");
+        let refused = format!("{WHITESPACE_OR_CONTROL}{}/?#%", bmp_format_characters());
+        let allowed = format!("[^{refused}]");
+        let allowed_but_dot = format!("[^{refused}.]");
         string_schema(
             "The provider's image id, chosen by the client: 1 to 255 bytes of UTF-8, no \
-             whitespace or control characters, none of / ? # %, not . or ..",
+             whitespace, control or invisible format (Unicode Cf) characters, none of \
+             / ? # %, not . or ..",
             Some(1),
             Some(ID_MAX_BYTES),
             // At least one character that is not a dot, or three dots and more.
@@ -232,10 +334,10 @@ impl PartialSchema for RemoteUser {
     fn schema() -> RefOr<Schema> {
         string_schema(
             "The SSH user to log in as: 1 to 64 characters, no whitespace, control \
-             characters or ':'",
+             characters, bidi controls, zero-width spaces or ':'",
             Some(1),
             Some(REMOTE_USER_MAX_CHARS),
-            Some(format!("^[^{WHITESPACE_OR_CONTROL}:]*$")),
+            Some(format!("^[^{WHITESPACE_OR_CONTROL}{INVISIBLE_IN_TEXT}:]*$")),
         )
     }
 }
@@ -244,10 +346,11 @@ impl ToSchema for RemoteUser {}
 impl PartialSchema for ImageName {
     fn schema() -> RefOr<Schema> {
         string_schema(
-            "A human name: 0 to 255 characters, no control characters",
+            "A human name: 0 to 255 characters, no control characters, bidi controls or \
+             zero-width spaces",
             Some(0),
             Some(NAME_MAX_CHARS),
-            Some(r"^[^\x00-\x1f\x7f-\x9f]*$".to_string()),
+            Some(format!(r"^[^\x00-\x1f\x7f-\x9f{INVISIBLE_IN_TEXT}]*$")),
         )
     }
 }
@@ -399,13 +502,21 @@ struct JsonFields(Map<String, Value>);
 
 impl JsonFields {
     fn parse(body: &[u8], allowed: &[&str]) -> Result<Self, ValidationError> {
-        let value: Value = serde_json::from_slice(body)
+        let parsed: ParsedBody = serde_json::from_slice(body)
             .map_err(|e| invalid(format!("the body is not valid JSON: {e}")))?;
-        let Value::Object(map) = value else {
-            return Err(invalid(format!(
-                "the body must be a JSON object, got {}",
-                json_kind(&value)
-            )));
+        let map = match parsed {
+            ParsedBody::Object(map) => map,
+            ParsedBody::DuplicateKey(key) => {
+                return Err(invalid(format!(
+                    "field '{}' is given more than once; send each field once",
+                    key.escape_debug()
+                )));
+            }
+            ParsedBody::NotObject(kind) => {
+                return Err(invalid(format!(
+                    "the body must be a JSON object, got {kind}"
+                )));
+            }
         };
         if let Some(unknown) = map.keys().find(|k| !allowed.contains(&k.as_str())) {
             return Err(invalid(format!(
@@ -431,6 +542,80 @@ impl JsonFields {
     fn required(&mut self, field: &str) -> Result<String, ValidationError> {
         self.optional(field)?
             .ok_or_else(|| invalid(format!("field '{field}' is required")))
+    }
+}
+
+/// A request body as read in one pass: an object's members, each key at most once
+/// (serde_json's own map would keep the last of two silently), or what it is instead.
+enum ParsedBody {
+    Object(Map<String, Value>),
+    /// An object that gives this key more than once (the first such key).
+    DuplicateKey(String),
+    /// Not an object: what kind of JSON it is, as [`json_kind`] says it.
+    NotObject(&'static str),
+}
+
+impl<'de> Deserialize<'de> for ParsedBody {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(ParsedBodyVisitor)
+    }
+}
+
+struct ParsedBodyVisitor;
+
+impl<'de> Visitor<'de> for ParsedBodyVisitor {
+    type Value = ParsedBody;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut members: A) -> Result<ParsedBody, A::Error> {
+        let mut map = Map::new();
+        let mut duplicate = None;
+        while let Some(key) = members.next_key::<String>()? {
+            if duplicate.is_some() || map.contains_key(&key) {
+                // Read on, so that a body which is not JSON at all is still told so.
+                members.next_value::<IgnoredAny>()?;
+                duplicate.get_or_insert(key);
+            } else {
+                let value = members.next_value::<Value>()?;
+                map.insert(key, value);
+            }
+        }
+        Ok(match duplicate {
+            Some(key) => ParsedBody::DuplicateKey(key),
+            None => ParsedBody::Object(map),
+        })
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut items: A) -> Result<ParsedBody, A::Error> {
+        while items.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(ParsedBody::NotObject("an array"))
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<ParsedBody, E> {
+        Ok(ParsedBody::NotObject("a boolean"))
+    }
+
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<ParsedBody, E> {
+        Ok(ParsedBody::NotObject("a number"))
+    }
+
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<ParsedBody, E> {
+        Ok(ParsedBody::NotObject("a number"))
+    }
+
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<ParsedBody, E> {
+        Ok(ParsedBody::NotObject("a number"))
+    }
+
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<ParsedBody, E> {
+        Ok(ParsedBody::NotObject("a string"))
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<ParsedBody, E> {
+        Ok(ParsedBody::NotObject("null"))
     }
 }
 
@@ -509,6 +694,88 @@ mod tests {
     }
 
     #[test]
+    fn new_ids_refuse_format_characters_existing_ids_keep_them() {
+        // Every Cf character, including ones outside the BMP and the soft hyphen.
+        for c in [
+            '\u{ad}',
+            '\u{600}',
+            '\u{200b}',
+            '\u{200c}',
+            '\u{200d}',
+            '\u{200e}',
+            '\u{202e}',
+            '\u{2060}',
+            '\u{2066}',
+            '\u{feff}',
+            '\u{110bd}',
+            '\u{e0001}',
+            '\u{e007f}',
+        ] {
+            let id = format!("ami-{c}123");
+            let err = ImageId::parse(id.as_str()).expect_err(&id);
+            let expected = format!("U+{:04X}", u32::from(c));
+            assert!(
+                err.0.starts_with("id ") && err.0.contains(&expected),
+                "{err}"
+            );
+            assert_eq!(ImageId::parse_existing(id.as_str()).unwrap().as_str(), id);
+        }
+        // Visible neighbours of those characters are fine, and the other rules apply
+        // to existing ids as well.
+        for good in ["ami-123", "a\u{2010}b", "\u{1f600}", "\u{5d0}\u{5d1}"] {
+            assert!(ImageId::parse(good).is_ok(), "{good}");
+        }
+        for bad in ["a b", "a/b", "..", ""] {
+            assert!(ImageId::parse_existing(bad).is_err(), "{bad}");
+        }
+        // Stored records read back leniently.
+        let stored: ImageId = serde_json::from_str("\"ami-\\u200b123\"").unwrap();
+        assert_eq!(stored.as_str(), "ami-\u{200b}123");
+    }
+
+    #[test]
+    fn text_fields_refuse_bidi_controls_and_zero_width_spaces() {
+        for c in [
+            '\u{202a}', '\u{202b}', '\u{202c}', '\u{202d}', '\u{202e}', '\u{2066}', '\u{2067}',
+            '\u{2068}', '\u{2069}', '\u{200b}', '\u{2060}', '\u{feff}',
+        ] {
+            let value = format!("ub{c}untu");
+            let expected = format!("U+{:04X}", u32::from(c));
+            let err = RemoteUser::parse(value.as_str()).expect_err(&value);
+            assert!(
+                err.0.starts_with("remote_user ") && err.0.contains(&expected),
+                "{err}"
+            );
+            let err = ImageName::parse(value.as_str()).expect_err(&value);
+            assert!(
+                err.0.starts_with("name ") && err.0.contains(&expected),
+                "{err}"
+            );
+            // What is already stored still reads.
+            let stored = serde_json::to_string(&value).unwrap();
+            assert!(serde_json::from_str::<RemoteUser>(&stored).is_ok());
+            assert!(serde_json::from_str::<ImageName>(&stored).is_ok());
+        }
+        // The joiners that scripts and emoji need, and the neighbours of the refused
+        // ranges, stay allowed.
+        for good in [
+            "\u{1f468}\u{200d}\u{1f4bb}",
+            "\u{915}\u{94d}\u{200c}\u{937}",
+            "a\u{2029}b",
+            "a\u{2065}b",
+            "a\u{206a}b",
+            "a\u{2061}b",
+        ] {
+            let remote_user = good.replace('\u{2029}', "-");
+            assert!(
+                RemoteUser::parse(remote_user.as_str()).is_ok(),
+                "{remote_user:?}"
+            );
+            assert!(ImageName::parse(remote_user.as_str()).is_ok(), "{good:?}");
+        }
+    }
+
+    #[test]
     fn provider_must_be_configured() {
         assert!(Provider::parse("ec2", &providers()).is_ok());
         let err = Provider::parse("gce", &providers()).unwrap_err();
@@ -553,6 +820,19 @@ mod tests {
                 br#"{"id":"a","provider":"ec2","remote_user":"u","name":null}"#,
                 "field 'name' must be a string, got null",
             ),
+            (
+                br#"{"id":"a","provider":"ec2","remote_user":"u","id":"b"}"#,
+                "field 'id' is given more than once",
+            ),
+            (
+                br#"{"id":"a","provider":"ec2","remote_user":"u","name":"x","name":"x"}"#,
+                "field 'name' is given more than once",
+            ),
+            (br#"{"id":"a","id":"b""#, "not valid JSON"),
+            (b"null", "must be a JSON object, got null"),
+            (b"\"s\"", "must be a JSON object, got a string"),
+            (b"1.5", "must be a JSON object, got a number"),
+            (b"true", "must be a JSON object, got a boolean"),
         ];
         for (body, expected) in cases {
             let err = Image::from_json(body, &providers()).unwrap_err();
@@ -568,6 +848,14 @@ mod tests {
         )
         .unwrap();
         assert!(ImagePatch::from_json(br#"{}"#).is_err());
+        let err = ImagePatch::from_json(br#"{"name":"a","name":"b"}"#).unwrap_err();
+        assert!(
+            err.0.contains("field 'name' is given more than once"),
+            "{err}"
+        );
+        // A key repeated inside a nested value is that field's wrong type, no more.
+        let err = ImagePatch::from_json(br#"{"name":{"a":1,"a":2}}"#).unwrap_err();
+        assert!(err.0.contains("'name' must be a string"), "{err}");
         assert!(ImagePatch::from_json(br#"{"id":"a","provider":"ec2"}"#).is_err());
 
         let patch = ImagePatch::from_json(br#"{"name":"new"}"#).unwrap();

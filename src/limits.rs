@@ -1,18 +1,19 @@
 //! What keeps one client from starving the others at the connection level: the
-//! listening socket and its backlog, the cap on connections served at once, and the
-//! closing of a connection whose request body was left unread.
+//! listening socket and its backlog, the caps on connections served at once (in all
+//! and per peer address), the size of request headers, and the closing of a
+//! connection whose request body was left unread.
 //!
 //! The timeouts themselves are actix's (`startup` sets them from `[server]`), except
 //! the one on reading a JSON body, which is in `routes::JsonBody`.
 
 use std::any::Any;
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::io;
-use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr, TcpListener, ToSocketAddrs};
 use std::pin::Pin;
 use std::rc::Rc;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 
 use actix_web::body::{BodySize, BoxBody, MessageBody};
@@ -64,52 +65,227 @@ pub fn per_worker_cap(max_connections: usize) -> usize {
     max_connections.saturating_mul(2)
 }
 
-/// Counts the open connections of the whole server, across worker threads.
+/// Open files kept out of `max_connections` when it is derived from the limit on open
+/// files: the store's files, the log, the listener.
+pub const RESERVED_FILES: u64 = 64;
+/// The least `max_connections` derived from a small limit on open files.
+const MIN_CONNECTIONS: usize = 16;
+/// `max_connections` when the limit on open files cannot be read.
+const FALLBACK_CONNECTIONS: usize = 256;
+
+/// Raises the soft limit on open files to the hard one, as many servers do: each
+/// connection holds a file. Returns the soft limit in force afterwards, if known.
+pub fn raise_open_file_limit() -> Option<u64> {
+    #[cfg(unix)]
+    {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit and setrlimit only read and write the struct passed.
+        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+            return None;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            // SAFETY: as above.
+            if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+                limit = raised;
+            } else {
+                log::warn!(
+                    "could not raise the limit on open files from {} to {}: {}",
+                    limit.rlim_cur,
+                    limit.rlim_max,
+                    io::Error::last_os_error()
+                );
+            }
+        }
+        #[allow(clippy::unnecessary_cast)] // rlim_t is not u64 on every unix
+        Some(limit.rlim_cur as u64)
+    }
+    #[cfg(not(unix))]
+    None
+}
+
+/// The `max_connections` for a soft limit on open files: all of them but
+/// [`RESERVED_FILES`], and at least a few.
+pub fn max_connections_for(open_files: Option<u64>) -> usize {
+    match open_files {
+        Some(files) => usize::try_from(files.saturating_sub(RESERVED_FILES))
+            .unwrap_or(usize::MAX)
+            .max(MIN_CONNECTIONS),
+        None => FALLBACK_CONNECTIONS,
+    }
+}
+
+/// The cap on connections from all addresses: `configured`, else derived from the
+/// limit on open files (raised first to its hard limit). Logs what it chose.
+pub fn choose_max_connections(configured: Option<usize>) -> usize {
+    let open_files = raise_open_file_limit();
+    let shown = open_files.map_or("unknown".to_string(), |n| n.to_string());
+    match configured {
+        Some(max) => {
+            if open_files.is_some_and(|files| max as u64 > files.saturating_sub(RESERVED_FILES)) {
+                log::warn!(
+                    "[server] max_connections = {max}, but the limit on open files is {shown}: \
+                     past it, new connections wait unaccepted; raise the limit (LimitNOFILE= \
+                     under systemd) or lower max_connections"
+                );
+            }
+            log::info!("serving at most {max} connections (max_connections in config)");
+            max
+        }
+        None => {
+            let max = max_connections_for(open_files);
+            log::info!(
+                "serving at most {max} connections: the limit on open files ({shown}) less \
+                 {RESERVED_FILES} for the store and logs; set [server] max_connections to choose"
+            );
+            max
+        }
+    }
+}
+
+/// Counts the open connections of the whole server and of each peer address, across
+/// worker threads (actix's own cap, [`per_worker_cap`], is per worker).
+///
+/// A connection past a cap holds no slot: it is answered 503 at its first request and
+/// closed. So the connections one address opens past its own cap never count against
+/// the server's: they cannot turn other addresses away.
 #[derive(Clone)]
 pub struct ConnectionCounter {
-    open: Arc<AtomicUsize>,
+    counts: Arc<Mutex<Counts>>,
     limit: usize,
+    per_address: usize,
+}
+
+#[derive(Default)]
+struct Counts {
+    open: usize,
+    by_address: HashMap<IpAddr, usize>,
 }
 
 impl ConnectionCounter {
-    pub fn new(limit: usize) -> ConnectionCounter {
+    pub fn new(limit: usize, per_address: usize) -> ConnectionCounter {
         ConnectionCounter {
-            open: Arc::new(AtomicUsize::new(0)),
+            counts: Default::default(),
             limit,
+            per_address,
         }
     }
 
     /// For `HttpServer::on_connect`: gives the new connection its slot, which it
-    /// holds in its connection data until it closes.
-    pub fn on_connect(&self, _io: &dyn Any, data: &mut Extensions) {
-        let open = self.open.fetch_add(1, Ordering::SeqCst) + 1;
-        data.insert(ConnectionSlot {
-            open: self.open.clone(),
-            over_limit: open > self.limit,
-            limit: self.limit,
-        });
+    /// holds in its connection data until it closes, or the refusal its first request
+    /// gets.
+    pub fn on_connect(&self, io: &dyn Any, data: &mut Extensions) {
+        match self.admit(peer_address(io)) {
+            Ok(slot) => {
+                data.insert(slot);
+            }
+            Err(refusal) => {
+                data.insert(refusal);
+            }
+        }
     }
+
+    /// The cap on the connections from `address`.
+    ///
+    /// A trusted proxy (a later issue) carries many clients' connections: it is to be
+    /// exempt, or given its own cap, here.
+    fn cap_for(&self, _address: IpAddr) -> usize {
+        self.per_address
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Counts> {
+        self.counts.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A slot for a connection from `address` (`None` when the peer is unknown: only
+    /// the server's cap applies), or why there is none.
+    fn admit(&self, address: Option<IpAddr>) -> Result<ConnectionSlot, ConnectionRefusal> {
+        // An IPv4 address mapped into IPv6 counts as the IPv4 one.
+        let address = address.map(|a| a.to_canonical());
+        let mut counts = self.lock();
+        if let Some(address) = address {
+            let cap = self.cap_for(address);
+            if counts.by_address.get(&address).copied().unwrap_or(0) >= cap {
+                return Err(ConnectionRefusal::Address { limit: cap });
+            }
+        }
+        if counts.open >= self.limit {
+            return Err(ConnectionRefusal::Server { limit: self.limit });
+        }
+        counts.open += 1;
+        if let Some(address) = address {
+            *counts.by_address.entry(address).or_default() += 1;
+        }
+        Ok(ConnectionSlot {
+            counter: self.clone(),
+            address,
+        })
+    }
+}
+
+/// The peer's address of a new connection.
+fn peer_address(io: &dyn Any) -> Option<IpAddr> {
+    // Plain TCP; a TLS stream (a later issue) must be looked through here as well.
+    let stream = io.downcast_ref::<actix_web::rt::net::TcpStream>()?;
+    Some(stream.peer_addr().ok()?.ip())
 }
 
 /// One open connection, counted until the connection (and so this) is dropped.
 pub struct ConnectionSlot {
-    open: Arc<AtomicUsize>,
-    over_limit: bool,
-    limit: usize,
+    counter: ConnectionCounter,
+    address: Option<IpAddr>,
 }
 
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
-        self.open.fetch_sub(1, Ordering::SeqCst);
+        let mut counts = self.counter.lock();
+        counts.open = counts.open.saturating_sub(1);
+        if let Some(address) = self.address
+            && let Some(count) = counts.by_address.get_mut(&address)
+        {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                counts.by_address.remove(&address);
+            }
+        }
     }
 }
 
-/// The 503 for a request on a connection that was opened past `max_connections`; it
-/// is answered before any work is done for it, and the connection closed.
+/// Why a connection got no slot; its first request is answered with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectionRefusal {
+    /// The server serves `max_connections` already.
+    Server { limit: usize },
+    /// The peer's address holds `max_connections_per_address` already.
+    Address { limit: usize },
+}
+
+/// The 503 for a request on a connection that was opened past `max_connections` or
+/// `max_connections_per_address`; it is answered before any work is done for it, and
+/// the connection closed.
 pub fn over_limit(req: &ServiceRequest) -> Option<ApiError> {
-    let slot = req.conn_data::<ConnectionSlot>()?;
-    slot.over_limit
-        .then_some(ApiError::TooManyConnections { limit: slot.limit })
+    Some(match *req.conn_data::<ConnectionRefusal>()? {
+        ConnectionRefusal::Server { limit } => ApiError::TooManyConnections { limit },
+        ConnectionRefusal::Address { limit } => ApiError::TooManyConnectionsFromAddress { limit },
+    })
+}
+
+/// The 431 for a request whose header names and values pass `limit` bytes in all.
+/// (actix refuses, before this, a head over 128 KiB or with more than 96 headers, with
+/// an empty 431.)
+pub fn oversize_headers(req: &ServiceRequest, limit: usize) -> Option<ApiError> {
+    let size: usize = req
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len())
+        .sum();
+    (size > limit).then_some(ApiError::HeadersTooLarge { size, limit })
 }
 
 /// Closes the connection when a request's body was not read to its end.
@@ -187,9 +363,13 @@ impl MessageBody for HoldingBody {
 mod tests {
     use super::*;
 
+    fn ip(text: &str) -> Option<IpAddr> {
+        Some(text.parse().unwrap())
+    }
+
     #[test]
     fn slots_count_open_connections() {
-        let counter = ConnectionCounter::new(2);
+        let counter = ConnectionCounter::new(2, 10);
         let mut connections: Vec<Extensions> = (0..3)
             .map(|_| {
                 let mut data = Extensions::new();
@@ -197,16 +377,67 @@ mod tests {
                 data
             })
             .collect();
-        let over: Vec<bool> = connections
+        let refused: Vec<Option<ConnectionRefusal>> = connections
             .iter()
-            .map(|d| d.get::<ConnectionSlot>().is_some_and(|s| s.over_limit))
+            .map(|d| d.get::<ConnectionRefusal>().copied())
             .collect();
-        assert_eq!(over, [false, false, true]);
+        assert_eq!(
+            refused,
+            [None, None, Some(ConnectionRefusal::Server { limit: 2 })]
+        );
         connections.clear();
-        assert_eq!(counter.open.load(Ordering::SeqCst), 0);
+        assert_eq!(counter.lock().open, 0);
         let mut data = Extensions::new();
         counter.on_connect(&(), &mut data);
-        assert!(data.get::<ConnectionSlot>().is_some_and(|s| !s.over_limit));
+        assert!(data.get::<ConnectionSlot>().is_some());
+    }
+
+    #[test]
+    fn one_address_cannot_take_the_slots_of_others() {
+        let counter = ConnectionCounter::new(5, 2);
+        let a = ip("127.0.0.1");
+        let first: Vec<_> = (0..2).map(|_| counter.admit(a).unwrap()).collect();
+        // Past its own cap, an address gets no slot, and takes none from the server.
+        for _ in 0..10 {
+            assert_eq!(
+                counter.admit(a).err(),
+                Some(ConnectionRefusal::Address { limit: 2 })
+            );
+        }
+        // An IPv4 address mapped into IPv6 is the same address.
+        assert!(counter.admit(ip("::ffff:127.0.0.1")).is_err());
+        let others: Vec<_> = ["127.0.0.2", "::1", "10.0.0.1"]
+            .iter()
+            .map(|other| counter.admit(ip(other)).unwrap())
+            .collect();
+        assert_eq!(
+            counter.admit(ip("10.0.0.2")).err(),
+            Some(ConnectionRefusal::Server { limit: 5 })
+        );
+        drop(first);
+        assert!(
+            counter.admit(a).is_ok(),
+            "a closed connection frees its slot"
+        );
+        drop(others);
+        let counts = counter.lock();
+        assert_eq!(counts.open, 0);
+        assert!(
+            counts.by_address.is_empty(),
+            "no address is kept without a connection"
+        );
+    }
+
+    #[test]
+    fn max_connections_follows_the_open_file_limit() {
+        assert_eq!(max_connections_for(Some(1024)), 960);
+        assert_eq!(max_connections_for(Some(1_048_576)), 1_048_512);
+        assert_eq!(max_connections_for(Some(70)), MIN_CONNECTIONS);
+        assert_eq!(max_connections_for(Some(0)), MIN_CONNECTIONS);
+        assert_eq!(max_connections_for(None), FALLBACK_CONNECTIONS);
+        assert_eq!(choose_max_connections(Some(7)), 7);
+        let chosen = choose_max_connections(None);
+        assert!(chosen >= MIN_CONNECTIONS, "{chosen}");
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::sync::RwLock;
 
 use actix_web::web::Bytes;
 use futures_util::StreamExt;
-use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
 
 use crate::error::ApiError;
 
@@ -23,11 +23,20 @@ const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'~');
 
 /// Decodes a query string that may only hold `allowed` keys, each at most once.
+///
+/// As `application/x-www-form-urlencoded` (`+` is a space), but strictly: a name or
+/// value whose percent-decoded bytes are not UTF-8 is refused, where the usual decoders
+/// put U+FFFD in their place and so would name another marker or provider.
 pub fn parse_query(query: &str, allowed: &[&str]) -> Result<BTreeMap<String, String>, ApiError> {
-    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query)
-        .map_err(|e| ApiError::bad_request(format!("the query string is malformed: {e}")))?;
     let mut params = BTreeMap::new();
-    for (key, value) in pairs {
+    for pair in query.split('&').filter(|pair| !pair.is_empty()) {
+        let (raw_key, raw_value) = pair.split_once('=').unwrap_or((pair, ""));
+        let key = decode_component(raw_key).ok_or_else(|| {
+            ApiError::bad_request(
+                "a query parameter name is not valid UTF-8 once percent-decoded; \
+                 percent-encode the UTF-8 bytes of each character",
+            )
+        })?;
         if !allowed.contains(&key.as_str()) {
             return Err(ApiError::bad_request(format!(
                 "unknown query parameter '{}'; this route takes: {}",
@@ -35,6 +44,13 @@ pub fn parse_query(query: &str, allowed: &[&str]) -> Result<BTreeMap<String, Str
                 allowed.join(", ")
             )));
         }
+        let value = decode_component(raw_value).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "query parameter '{key}' is not valid UTF-8 once percent-decoded (as in \
+                 '{}'); percent-encode the UTF-8 bytes of each character",
+                raw_value.escape_debug()
+            ))
+        })?;
         if params.insert(key.clone(), value).is_some() {
             return Err(ApiError::bad_request(format!(
                 "query parameter '{key}' is given more than once"
@@ -42,6 +58,15 @@ pub fn parse_query(query: &str, allowed: &[&str]) -> Result<BTreeMap<String, Str
         }
     }
     Ok(params)
+}
+
+/// One percent-encoded name or value of a query, or `None` if its bytes are not UTF-8.
+fn decode_component(raw: &str) -> Option<String> {
+    let spaced = raw.replace('+', " ");
+    percent_decode_str(&spaced)
+        .decode_utf8()
+        .ok()
+        .map(|decoded| decoded.into_owned())
 }
 
 pub fn parse_limit(value: &str) -> Result<usize, ApiError> {
@@ -161,6 +186,14 @@ where
         .streaming(body))
 }
 
+/// The answer to a HEAD of a streamed listing: the headers of [`streamed_array`],
+/// without reading the items for a body that would be thrown away.
+pub fn streamed_head() -> actix_web::HttpResponse {
+    actix_web::HttpResponse::Ok()
+        .content_type("application/json")
+        .streaming(futures_util::stream::empty::<Result<Bytes, ApiError>>())
+}
+
 /// Turns an iterator of pre-serialized items into the chunks of one JSON array.
 pub struct JsonArrayChunks<I> {
     items: I,
@@ -271,6 +304,25 @@ mod tests {
         let err = parse_query("limt=1", allowed).unwrap_err().to_string();
         assert!(err.contains("'limt'"), "{err}");
         assert!(parse_query("limit=1&limit=2", allowed).is_err());
+    }
+
+    #[test]
+    fn query_values_decode_strictly() {
+        let allowed = &["limit", "marker"];
+        let params = parse_query("marker=a+b%20c%C3%A9%2B&&limit=", allowed).unwrap();
+        assert_eq!(params["marker"], "a b cé+");
+        assert_eq!(params["limit"], "");
+        assert_eq!(parse_query("marker", allowed).unwrap()["marker"], "");
+        assert_eq!(parse_query("marker=a=b", allowed).unwrap()["marker"], "a=b");
+        // A lone '%' is kept as it is, as form decoding does.
+        assert_eq!(parse_query("marker=%zz", allowed).unwrap()["marker"], "%zz");
+        for bad in ["marker=%FF", "marker=a%C3", "limit=%80", "marker=%ED%A0%80"] {
+            let err = parse_query(bad, allowed).unwrap_err().to_string();
+            assert!(err.contains("is not valid UTF-8"), "{bad}: {err}");
+            assert!(err.contains("query parameter '"), "{bad}: {err}");
+        }
+        let err = parse_query("%FF=1", allowed).unwrap_err().to_string();
+        assert!(err.contains("name is not valid UTF-8"), "{err}");
     }
 
     #[test]

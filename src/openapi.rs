@@ -74,6 +74,9 @@ pub fn document(providers: &[String]) -> Value {
         if route.path != "/metrics" {
             operation["responses"]["406"] = error("Accept rules out application/json");
         }
+        operation["responses"]["431"] = error(
+            "The request headers are larger than the server accepts; the connection is closed",
+        );
         if operation["responses"]["503"].is_null() {
             operation["responses"]["503"] =
                 error("The server holds as many connections as it may; retry in a moment");

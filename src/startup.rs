@@ -203,7 +203,8 @@ impl Application {
 
 fn run(listener: TcpListener, state: web::Data<AppState>) -> std::io::Result<Server> {
     let settings: ServerConfig = state.config.server.clone();
-    let connections = ConnectionCounter::new(settings.max_connections);
+    let max_connections = limits::choose_max_connections(settings.max_connections);
+    let connections = ConnectionCounter::new(max_connections, settings.max_connections_per_address);
     let server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
@@ -217,7 +218,7 @@ fn run(listener: TcpListener, state: web::Data<AppState>) -> std::io::Result<Ser
     .client_request_timeout(settings.client_request_timeout)
     .client_disconnect_timeout(settings.client_disconnect_timeout)
     .keep_alive(settings.keep_alive)
-    .max_connections(limits::per_worker_cap(settings.max_connections))
+    .max_connections(limits::per_worker_cap(max_connections))
     // Signals are the command line's business (see `cli`): actix would treat SIGINT
     // as a hard stop, and tests run servers in-process.
     .disable_signals()
@@ -226,10 +227,12 @@ fn run(listener: TcpListener, state: web::Data<AppState>) -> std::io::Result<Ser
     Ok(server)
 }
 
-/// Wraps every request: refuses a connection past `max_connections` (503) and an
-/// Accept that rules out JSON (406) before any work is done (`/metrics` speaks Prometheus text and is exempt), gives every response an
-/// `X-Request-Id`, counts the request in the metrics and writes its access-log line.
-/// Credentials never reach the line: only the authenticated user's name does.
+/// Wraps every request: refuses a connection past `max_connections` or
+/// `max_connections_per_address` (503), request headers past `max_header_bytes` (431)
+/// and an Accept that rules out JSON (406) before any work is done (`/metrics` speaks
+/// Prometheus text and is exempt), gives every response an `X-Request-Id`, counts the
+/// request in the metrics and writes its access-log line. Credentials never reach the
+/// line: only the authenticated user's name does.
 async fn access_log(
     mut req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
@@ -244,7 +247,12 @@ async fn access_log(
     let method = req.method().clone();
     let state = req.app_data::<web::Data<AppState>>().cloned();
     let accept = req.headers().get(header::ACCEPT);
-    let mut response = if let Some(refusal) = limits::over_limit(&req) {
+    let max_header_bytes = state
+        .as_ref()
+        .map_or(16 * 1024, |s| s.config.server.max_header_bytes);
+    let refusal =
+        limits::over_limit(&req).or_else(|| limits::oversize_headers(&req, max_header_bytes));
+    let mut response = if let Some(refusal) = refusal {
         req.into_response(refusal.error_response())
     } else if req.path() != "/metrics" && !headers::accepts_json(accept.map(|v| v.as_bytes())) {
         let shown = accept

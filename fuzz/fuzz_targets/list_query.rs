@@ -21,7 +21,7 @@ fuzz_target!(|query: &[u8]| {
         assert!((1..=1000).contains(&n));
     }
     if let Some(marker) = params.get("marker") {
-        let _ = ImageId::parse(marker.as_str());
+        let _ = ImageId::parse_existing(marker.as_str());
     }
     let link = next_link(
         "/v3/images",

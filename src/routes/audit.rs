@@ -1,15 +1,16 @@
 //! The audit trail, newest first.
 
+use actix_web::http::Method;
 use actix_web::{HttpRequest, HttpResponse, web};
 
-use super::resource;
+use super::{get_or_head, resource};
 use crate::error::{ApiError, ErrorBody};
 use crate::listing;
 use crate::policy::{Authorized, ReadAudit};
 use crate::store::AuditRecord;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(resource("/v3/audit", "GET").route(web::get().to(list)));
+    cfg.service(resource("/v3/audit", "GET, HEAD").route(get_or_head().to(list)));
 }
 
 /// The audit trail
@@ -54,6 +55,9 @@ pub(crate) async fn list(
         })
         .transpose()?;
     let Some(limit) = params.get("limit") else {
+        if req.method() == Method::HEAD {
+            return Ok(listing::streamed_head());
+        }
         return listing::streamed_array(auth.store().audit_from(before)).await;
     };
     let limit = listing::parse_limit(limit)?;

@@ -6,13 +6,13 @@ use std::future::{Ready, ready};
 use std::time::Duration;
 
 use actix_web::dev::Payload;
-use actix_web::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use actix_web::http::header::{CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE};
 use actix_web::web::{self, Bytes, BytesMut};
-use actix_web::{FromRequest, HttpRequest, HttpResponse, Resource};
+use actix_web::{FromRequest, HttpRequest, HttpResponse, Resource, guard};
 use futures_util::StreamExt;
 
 use crate::error::{ApiError, mime_json};
-use crate::headers::is_json_content_type;
+use crate::headers::{is_identity_encoding, is_json_content_type};
 use crate::image::{Image, ImageId};
 use crate::policy::{CreateImage, DeleteImage, Policy, ReadAudit, ReadImages};
 use crate::startup::AppState;
@@ -39,7 +39,8 @@ const fn route(method: &'static str, path: &'static str, policy: Option<&'static
 }
 
 /// Every route and the policy it needs; `check-config` and the tests read it. The
-/// handlers' `Authorized<P>` arguments are what enforce it.
+/// handlers' `Authorized<P>` arguments are what enforce it. Each GET route also
+/// answers HEAD, with the same handler and policy (see [`get_or_head`]).
 pub const TABLE: &[Route] = &[
     route("GET", "/v3/images", Some(ReadImages::NAME)),
     route("POST", "/v3/image", Some(CreateImage::NAME)),
@@ -62,6 +63,13 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 /// as resource data: asking actix for the pattern would match the path again.
 #[derive(Debug, Clone, Copy)]
 pub struct RoutePattern(pub &'static str);
+
+/// The route of a GET handler, which answers HEAD as well: the same status and
+/// headers (Content-Type, ETag, Link, Content-Length), and actix leaves the body out.
+/// Load balancers probe with HEAD.
+pub(crate) fn get_or_head() -> actix_web::Route {
+    web::route().guard(guard::Any(guard::Get()).or(guard::Head()))
+}
 
 /// A resource whose unmatched methods get a 405 naming the ones it has.
 fn resource(path: &'static str, allow: &'static str) -> Resource {
@@ -110,6 +118,8 @@ pub fn json_response(body: impl actix_web::body::MessageBody + 'static) -> HttpR
 /// argument has run, so an unauthenticated client learns nothing from 415 or 413.
 pub struct JsonBody {
     content_type: Option<Vec<u8>>,
+    /// Every `Content-Encoding` header, joined with ", ".
+    content_encoding: Option<Vec<u8>>,
     content_length: Option<usize>,
     limit: usize,
     timeout: Duration,
@@ -125,8 +135,20 @@ impl FromRequest for JsonBody {
         let limit = state.map_or(65536, |s| s.max_body_bytes);
         let timeout = state.map_or(Duration::from_secs(10), |s| s.body_timeout);
         let header = |name| req.headers().get(name).map(|v| v.as_bytes());
+        let mut encodings = req
+            .headers()
+            .get_all(CONTENT_ENCODING)
+            .map(|v| v.as_bytes());
+        let content_encoding = encodings.next().map(|first| {
+            encodings.fold(first.to_vec(), |mut all, more| {
+                all.extend_from_slice(b", ");
+                all.extend_from_slice(more);
+                all
+            })
+        });
         ready(Ok(JsonBody {
             content_type: header(CONTENT_TYPE).map(<[u8]>::to_vec),
+            content_encoding,
             content_length: header(CONTENT_LENGTH)
                 .and_then(|v| std::str::from_utf8(v).ok()?.trim().parse().ok()),
             limit,
@@ -147,6 +169,13 @@ impl JsonBody {
                 )));
             }
             None => return Err(ApiError::UnsupportedMediaType("no Content-Type".into())),
+        }
+        if let Some(encoding) = &self.content_encoding
+            && !is_identity_encoding(encoding)
+        {
+            return Err(ApiError::UnsupportedEncoding(
+                String::from_utf8_lossy(encoding).into_owned(),
+            ));
         }
         if self.content_length.is_some_and(|n| n > self.limit) {
             return Err(ApiError::PayloadTooLarge { limit: self.limit });

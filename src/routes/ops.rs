@@ -3,14 +3,14 @@
 use actix_web::http::header::CONTENT_TYPE;
 use actix_web::{HttpResponse, web};
 
-use super::{json_response, resource};
+use super::{get_or_head, json_response, resource};
 use crate::error::{ApiError, ErrorBody};
 use crate::startup::AppState;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(resource("/healthz", "GET").route(web::get().to(health)))
-        .service(resource("/metrics", "GET").route(web::get().to(metrics)))
-        .service(resource("/v3/openapi.json", "GET").route(web::get().to(openapi)));
+    cfg.service(resource("/healthz", "GET, HEAD").route(get_or_head().to(health)))
+        .service(resource("/metrics", "GET, HEAD").route(get_or_head().to(metrics)))
+        .service(resource("/v3/openapi.json", "GET, HEAD").route(get_or_head().to(openapi)));
 }
 
 /// `{"status": "ok"}`

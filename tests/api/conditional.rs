@@ -150,3 +150,22 @@ async fn concurrent_updates_never_mix_fields() {
     let user = last["remote_user"].as_str().unwrap();
     assert_eq!(last["name"], user.replace("user", "name"), "{last}");
 }
+
+#[tokio::test]
+async fn an_unquoted_if_match_is_a_400_saying_to_quote_it() {
+    let app = spawn_app().await;
+    app.seed("q", "ec2").await;
+    let etag = etag_of(&app, "q").await;
+    let bare = etag.trim_matches('"');
+    for method in [Method::PUT, Method::DELETE] {
+        let response = app
+            .as_admin(method.clone(), "/v3/image/q")
+            .header("If-Match", bare)
+            .json(&json!({"name": "renamed"}))
+            .send()
+            .await
+            .unwrap();
+        assert_error(response, 400, &format!("If-Match: \"{bare}\"")).await;
+    }
+    assert_eq!(etag_of(&app, "q").await, etag, "nothing changed");
+}

@@ -62,7 +62,12 @@ fn a_missing_config_file_is_exit_code_2() {
         .output()
         .unwrap();
     assert_eq!(output.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&output.stderr).contains("/nonexistent/config.toml"));
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert!(said.contains("/nonexistent/config.toml"), "{said}");
+    assert!(
+        said.contains("--config") && said.contains("IMAGE_CATALOG_CONFIG"),
+        "says how to name another file: {said}"
+    );
 }
 
 #[test]

@@ -18,17 +18,26 @@ async fn unknown_route_is_404_json() {
 async fn wrong_method_is_405_with_allow() {
     let app = spawn_app().await;
     for (method, path, allow) in [
-        (Method::POST, "/v3/images", "GET"),
+        (Method::POST, "/v3/images", "GET, HEAD"),
         (Method::GET, "/v3/image", "POST"),
-        (Method::PATCH, "/v3/image/x", "GET, PUT, DELETE"),
-        (Method::POST, "/v3/image/x", "GET, PUT, DELETE"),
-        (Method::DELETE, "/v3/audit", "GET"),
-        (Method::POST, "/healthz", "GET"),
+        (Method::PATCH, "/v3/image/x", "GET, HEAD, PUT, DELETE"),
+        (Method::POST, "/v3/image/x", "GET, HEAD, PUT, DELETE"),
+        (Method::DELETE, "/v3/audit", "GET, HEAD"),
+        (Method::POST, "/healthz", "GET, HEAD"),
+        (Method::PUT, "/metrics", "GET, HEAD"),
+        (Method::DELETE, "/v3/openapi.json", "GET, HEAD"),
     ] {
         let response = app.as_admin(method.clone(), path).send().await.unwrap();
         assert_eq!(response.headers()["allow"], allow, "{method} {path}");
         assert_error(response, 405, &format!("method {method} is not allowed")).await;
     }
+    // The plural path is the list; creating is the singular one.
+    let response = app
+        .as_admin(Method::POST, "/v3/images")
+        .send()
+        .await
+        .unwrap();
+    assert_error(response, 405, "to create an image, POST to /v3/image").await;
 }
 
 #[tokio::test]

@@ -111,7 +111,12 @@ pub async fn spawn_app() -> TestApp {
 
 /// Starts the real server on the given config text, in a fresh temporary folder.
 pub async fn spawn_app_with(config: &str) -> TestApp {
-    let dir = tempfile::tempdir().unwrap();
+    spawn_app_in(tempfile::tempdir().unwrap(), config).await
+}
+
+/// Starts the real server on the given config text in `dir`, which may hold a data
+/// dir already.
+pub async fn spawn_app_in(dir: TempDir, config: &str) -> TestApp {
     let path = dir.path().join("config.toml");
     std::fs::write(&path, config).unwrap();
     let config = Config::load(&path).expect("test config is valid");

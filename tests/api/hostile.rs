@@ -347,3 +347,139 @@ async fn connections_past_the_limit_get_503_while_the_others_are_served() {
         assert_eq!(get_healthz(stream).await.status, 200);
     }
 }
+
+/// A connection to the server from the local address `from` (any of 127/8 on Linux).
+async fn connect_from(app: &TestApp, from: &str) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket
+        .bind(format!("{from}:0").parse().unwrap())
+        .unwrap_or_else(|e| panic!("binding a client socket to {from}: {e}"));
+    socket
+        .connect(app.socket_address().parse().unwrap())
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn one_address_holding_idle_connections_does_not_refuse_another() {
+    let app = spawn_app_with(&config_with(
+        "max_connections = 8\nmax_connections_per_address = 4\nkeep_alive_ms = 600000\n\
+         client_request_timeout_ms = 600000",
+        "",
+    ))
+    .await;
+    // One address opens more connections than the whole server serves, each proven
+    // counted by an answer: the first four are served and then idle, the rest refused.
+    let mut admitted = Vec::new();
+    for i in 0..10 {
+        let mut stream = connect_from(&app, "127.0.0.1").await;
+        let response = get_healthz(&mut stream).await;
+        if i < 4 {
+            assert_eq!(response.status, 200, "connection {i}: {response:?}");
+            admitted.push(stream);
+            continue;
+        }
+        assert_eq!(response.status, 503, "connection {i}: {response:?}");
+        assert!(
+            response
+                .head
+                .to_ascii_lowercase()
+                .contains("connection: close"),
+            "{response:?}"
+        );
+        assert!(
+            response
+                .body
+                .contains("as many connections to this server as one address may (4)"),
+            "{}",
+            response.body
+        );
+        guard(
+            "the close of a refused connection",
+            closed_by_server(&mut stream),
+        )
+        .await;
+    }
+    // And more that stay silent, past its cap: they hold no slot.
+    let mut silent = Vec::new();
+    for _ in 0..20 {
+        silent.push(connect_from(&app, "127.0.0.1").await);
+    }
+    // Another address is served on as many connections as its own cap allows.
+    let mut others = Vec::new();
+    for i in 0..4 {
+        let mut stream = connect_from(&app, "127.0.0.2").await;
+        let response = get_healthz(&mut stream).await;
+        assert_eq!(
+            response.status, 200,
+            "127.0.0.2, connection {i}: {response:?}"
+        );
+        others.push(stream);
+    }
+    // Now the server serves its eight: a third address is refused by the server's cap.
+    let mut third = connect_from(&app, "127.0.0.3").await;
+    let response = get_healthz(&mut third).await;
+    assert_eq!(response.status, 503, "{response:?}");
+    assert!(
+        response.body.contains("as many connections as it may (8)"),
+        "{}",
+        response.body
+    );
+    // The first address's served connections are still served.
+    for stream in &mut admitted {
+        assert_eq!(get_healthz(stream).await.status, 200);
+    }
+    for stream in &mut others {
+        assert_eq!(get_healthz(stream).await.status, 200);
+    }
+    drop(silent);
+}
+
+#[tokio::test]
+async fn max_connections_follows_the_open_file_limit() {
+    use std::os::unix::process::CommandExt;
+
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes the struct passed.
+    assert_eq!(
+        unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) },
+        0
+    );
+    let hard = limit.rlim_max;
+    let dir = tempfile::tempdir().unwrap();
+    let config = crate::process::write_config(dir.path(), &config_with("", ""));
+    let mut command = crate::process::binary();
+    // SAFETY: only setrlimit, which is async-signal-safe, runs in the child.
+    unsafe {
+        command.pre_exec(move || {
+            let low = libc::rlimit {
+                rlim_cur: 256.min(hard),
+                rlim_max: hard,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &low) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    command.arg("--config").arg(&config).arg("serve");
+    let mut server = crate::process::ChildServer::start_command(command, "info").await;
+    // The soft limit was raised to the hard one, and all but 64 are for connections.
+    let expected = format!(
+        "serving at most {} connections: the limit on open files ({hard}) less 64",
+        hard.saturating_sub(64).max(16)
+    );
+    assert!(
+        server
+            .startup_log
+            .iter()
+            .any(|line| line.contains(&expected)),
+        "{expected:?} in {:#?}",
+        server.startup_log
+    );
+    server.signal("TERM");
+    assert!(server.wait().success());
+}

@@ -9,6 +9,7 @@ mod config;
 mod damage;
 mod disk_full;
 mod durability;
+mod edges;
 mod errors;
 mod helpers;
 mod hostile;

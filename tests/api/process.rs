@@ -62,10 +62,15 @@ impl ChildServer {
     /// [`ChildServer::start`] with the `RUST_LOG` filter `filter`. Both stdout and
     /// stderr are read as log lines.
     pub async fn start_logging(config: &Path, filter: &str) -> ChildServer {
-        let mut child = binary()
-            .arg("--config")
-            .arg(config)
-            .arg("serve")
+        let mut command = binary();
+        command.arg("--config").arg(config).arg("serve");
+        ChildServer::start_command(command, filter).await
+    }
+
+    /// Runs `command` (the binary with its arguments) as [`ChildServer::start_logging`]
+    /// does.
+    pub async fn start_command(mut command: Command, filter: &str) -> ChildServer {
+        let mut child = command
             .env("RUST_LOG", filter)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
