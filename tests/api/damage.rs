@@ -176,23 +176,28 @@ fn flip(path: &Path, offset: u64) {
     std::fs::write(path, bytes).unwrap();
 }
 
-/// One start on a damaged copy: a clear refusal (exit 3, naming the folder), or the
-/// acknowledged catalog exactly. Returns whether it refused.
+/// One start on a damaged copy: a clear refusal (exit 3, naming the folder and the
+/// user), or the acknowledged catalog exactly. Returns the refusal, if it refused.
 async fn start_damaged(
     config: &Path,
     data: &Path,
     acknowledged: &Acknowledged,
     what: &str,
-) -> bool {
+) -> Option<String> {
     match start(config, &[]).await {
         Outcome::Exited(code, printed) => {
             assert!(!printed.contains("panicked"), "{what}: a panic\n{printed}");
             assert_eq!(code, 3, "{what}: exit code\n{printed}");
-            assert!(
-                printed.contains(&format!("cannot open the store at {}", data.display())),
-                "{what}: the message names the folder\n{printed}"
+            let names = format!(
+                "cannot open the store at {} as user {}: ",
+                data.display(),
+                whoami()
             );
-            true
+            assert!(
+                printed.contains(&names),
+                "{what}: the message names the folder and the user\n{printed}"
+            );
+            Some(printed)
         }
         Outcome::Serving(mut child, address, printed) => {
             let client = reqwest::Client::new();
@@ -208,8 +213,35 @@ async fn start_damaged(
                 acknowledged.images.as_array().map_or(0, Vec::len),
                 acknowledged.audit.as_array().map_or(0, Vec::len),
             );
-            false
+            None
         }
+    }
+}
+
+/// `export` and `import` on a store that `serve` refused: the same refusal, exit 3.
+fn transfer_refused(config: &Path, what: &str) {
+    for command in [&["export"][..], &["import", "-"][..]] {
+        let output = binary()
+            .arg("--config")
+            .arg(config)
+            .args(command)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            !stderr.contains("panicked"),
+            "{what}, {command:?}: {stderr}"
+        );
+        assert_eq!(
+            output.status.code(),
+            Some(3),
+            "{what}, {command:?}: {stderr}"
+        );
+        assert!(
+            stderr.contains("it is damaged"),
+            "{what}, {command:?}: {stderr}"
+        );
     }
 }
 
@@ -240,13 +272,18 @@ async fn a_flipped_byte_never_panics_nor_rolls_back_silently() {
         }
     }
     let mut refused = 0;
+    let mut transfers_checked = false;
     for (n, (file, offset)) in targets.iter().enumerate() {
         let data = dir.path().join(format!("copy-{n}"));
         copy_dir(&pristine, &data);
         flip(&data.join(file), *offset);
         let config = config_for(dir.path(), &data);
         let what = format!("a byte flipped at {offset} of {file}");
-        if start_damaged(&config, &data, &acknowledged, &what).await {
+        if let Some(refusal) = start_damaged(&config, &data, &acknowledged, &what).await {
+            if refusal.contains("it is damaged") && !transfers_checked {
+                transfer_refused(&config, &what);
+                transfers_checked = true;
+            }
             refused += 1;
         }
         std::fs::remove_dir_all(&data).unwrap();
@@ -254,6 +291,10 @@ async fn a_flipped_byte_never_panics_nor_rolls_back_silently() {
     println!(
         "{refused} of {} damaged copies refused, the rest served intact",
         targets.len()
+    );
+    assert!(
+        transfers_checked,
+        "no copy was refused as damaged: export was not tried"
     );
 }
 
