@@ -386,6 +386,7 @@ impl Store {
             audit,
             meta,
             tally,
+            fresh,
         } = crate::store_open::contain(dir, || open_engine(dir, cache_mb))?;
         log::info!(
             "store at {} read through: {} images, {} audit records, {} changes in {:.0} ms",
@@ -396,6 +397,11 @@ impl Store {
             started.elapsed().as_secs_f64() * 1000.0
         );
         let marked = crate::store_mark::check(dir, tally.changes(), accept_data_loss)?;
+        if fresh {
+            Tally::default().store(&meta)?;
+            db.insert(FORMAT_KEY, FORMAT_VERSION)?;
+            db.flush()?;
+        }
         let mark = Arc::new(crate::store_mark::MarkKeeper::start(
             dir,
             tally.changes(),
@@ -468,6 +474,9 @@ struct Opened {
     audit: Tree,
     meta: Tree,
     tally: Tally,
+    /// Empty and without a format version: new, or emptied by damage. Nothing is
+    /// written to it before the mark is checked, so a damaged store is left as found.
+    fresh: bool,
 }
 
 /// How long an open waits for sled's own lock, which its threads may hold for a
@@ -528,6 +537,7 @@ fn open_and_verify(dir: &Path, db: sled::Db) -> Result<Opened, StoreError> {
     let images = db.open_tree(IMAGES_TREE)?;
     let audit = db.open_tree(AUDIT_TREE)?;
     let meta = db.open_tree(META_TREE)?;
+    let mut fresh = false;
     match db.get(FORMAT_KEY)? {
         Some(found) if found.as_ref() == FORMAT_VERSION.as_bytes() => {}
         Some(found) if found.as_ref() == b"1" => {
@@ -545,11 +555,8 @@ fn open_and_verify(dir: &Path, db: sled::Db) -> Result<Opened, StoreError> {
                 found: String::from_utf8_lossy(&found).into_owned(),
             });
         }
-        None if images.is_empty() && audit.is_empty() => {
-            Tally::default().store(&meta)?;
-            db.insert(FORMAT_KEY, FORMAT_VERSION)?;
-            db.flush()?;
-        }
+        // A new store: set up once its mark is checked (see `Opened::fresh`).
+        None if images.is_empty() && audit.is_empty() => fresh = true,
         None => {
             return Err(StoreError::UnknownFormat {
                 dir: dir.to_owned(),
@@ -609,6 +616,7 @@ fn open_and_verify(dir: &Path, db: sled::Db) -> Result<Opened, StoreError> {
         audit,
         meta,
         tally,
+        fresh,
     })
 }
 
