@@ -2,6 +2,11 @@
 //! against their SHA-256. A successful Basic verification is remembered for a few
 //! minutes so steady traffic does not pay argon2 on every request. Every attempt first
 //! passes the brute-force [`Throttle`].
+//!
+//! Every remembered proof belongs to the access table it was proven under: a reload
+//! (`replace`) starts a new epoch, a proof of an older epoch is a miss, and a
+//! verification that a reload overtook is not remembered and counts only if the new
+//! table still has the same credential for that user.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -101,17 +106,75 @@ pub fn sha256(bytes: &[u8]) -> [u8; 32] {
     Sha256::digest(bytes).into()
 }
 
-/// When an Authorization header value last authenticated, and as whom.
-type ProvenHeader = (Instant, Arc<User>);
+/// The access table in force and its epoch: how many times it was replaced.
+#[derive(Clone)]
+struct Table {
+    epoch: u64,
+    access: Arc<Access>,
+}
 
-/// The access table in force, the cache of verified passwords and the brute-force
+/// Proofs remembered for `VERIFIED_TTL`, by keyed hash, each filed under the epoch of
+/// the access table it was proven under.
+struct ProofCache<V> {
+    entries: RwLock<HashMap<[u8; 32], Proof<V>>>,
+}
+
+struct Proof<V> {
+    at: Instant,
+    epoch: u64,
+    value: V,
+}
+
+impl<V: Clone> ProofCache<V> {
+    fn new() -> ProofCache<V> {
+        ProofCache {
+            entries: RwLock::new(HashMap::new()),
+        }
+    }
+
+    /// The value proven under `epoch` in the last `VERIFIED_TTL`; a proof of another
+    /// epoch is a miss.
+    fn get(&self, key: &[u8; 32], epoch: u64) -> Option<V> {
+        let entries = self.entries.read().unwrap_or_else(|p| p.into_inner());
+        let proof = entries.get(key)?;
+        (proof.epoch == epoch && proof.at.elapsed() < VERIFIED_TTL).then(|| proof.value.clone())
+    }
+
+    /// Remembers `value` as proven under `epoch`, unless `current_epoch` says the table
+    /// has been replaced meanwhile. The epoch is read under the cache's write lock, so
+    /// a `replace` either comes first (nothing is inserted) or clears the entry after.
+    fn insert(&self, key: [u8; 32], epoch: u64, value: V, current_epoch: impl FnOnce() -> u64) {
+        let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
+        if current_epoch() != epoch {
+            return;
+        }
+        if entries.len() >= VERIFIED_MAX_ENTRIES {
+            entries.retain(|_, proof| proof.at.elapsed() < VERIFIED_TTL);
+            if entries.len() >= VERIFIED_MAX_ENTRIES {
+                entries.clear();
+            }
+        }
+        let at = Instant::now();
+        entries.insert(key, Proof { at, epoch, value });
+    }
+
+    fn clear(&self) {
+        self.entries
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+}
+
+/// The access table in force, the caches of proven credentials and the brute-force
 /// throttle.
 pub struct Authenticator {
-    access: RwLock<Arc<Access>>,
-    verified: RwLock<HashMap<[u8; 32], Instant>>,
-    /// Authorization header values that authenticated recently, by their keyed hash:
-    /// steady traffic skips decoding and every lookup. Cleared with the access table.
-    proven_headers: RwLock<HashMap<[u8; 32], ProvenHeader>>,
+    table: RwLock<Table>,
+    /// (user, password, stored hash) triples whose argon2 check passed.
+    verified: ProofCache<()>,
+    /// Authorization header values that authenticated recently, by their keyed hash,
+    /// and as whom: steady traffic skips decoding and every lookup.
+    proven_headers: ProofCache<Arc<User>>,
     /// Per-process key of the cache, so its keys say nothing outside this process.
     cache_key: [u8; 64],
     /// Verified for unknown users, so they cost the same as a wrong password.
@@ -131,9 +194,12 @@ impl Authenticator {
         rand::rng().fill_bytes(&mut decoy);
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         Authenticator {
-            access: RwLock::new(Arc::new(access)),
-            verified: RwLock::new(HashMap::new()),
-            proven_headers: RwLock::new(HashMap::new()),
+            table: RwLock::new(Table {
+                epoch: 0,
+                access: Arc::new(access),
+            }),
+            verified: ProofCache::new(),
+            proven_headers: ProofCache::new(),
             cache_key,
             decoy_hash: hash_password(&decoy).unwrap_or_default(),
             throttle: Throttle::new(throttle),
@@ -149,25 +215,27 @@ impl Authenticator {
     }
 
     pub fn access(&self) -> Arc<Access> {
-        match self.access.read() {
-            Ok(guard) => guard.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
+        self.table().access
     }
 
-    /// Switches to a new access table at once and forgets every cached verification.
+    fn table(&self) -> Table {
+        self.table.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn epoch(&self) -> u64 {
+        self.table.read().unwrap_or_else(|p| p.into_inner()).epoch
+    }
+
+    /// Switches to a new access table at once, in a new epoch: every proof of the old
+    /// one stops counting, also one that a verification still running adds later.
     pub fn replace(&self, access: Access) {
-        let mut guard = self.access.write().unwrap_or_else(|p| p.into_inner());
-        *guard = Arc::new(access);
-        drop(guard);
-        self.verified
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .clear();
-        self.proven_headers
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .clear();
+        let mut table = self.table.write().unwrap_or_else(|p| p.into_inner());
+        table.epoch += 1;
+        table.access = Arc::new(access);
+        drop(table);
+        // Only memory: the old epoch's entries are misses already.
+        self.verified.clear();
+        self.proven_headers.clear();
     }
 
     /// Who an `Authorization` header value belongs to. A value that authenticated in
@@ -183,30 +251,17 @@ impl Authenticator {
         if let Some(user) = self.proven_header(&key) {
             return Ok(user);
         }
-        let user = self
-            .authenticate(Credentials::parse(value)?, client)
-            .await?;
-        let mut proven = self
-            .proven_headers
-            .write()
-            .unwrap_or_else(|p| p.into_inner());
-        if proven.len() >= VERIFIED_MAX_ENTRIES {
-            proven.retain(|_, (at, _)| at.elapsed() < VERIFIED_TTL);
-            if proven.len() >= VERIFIED_MAX_ENTRIES {
-                proven.clear();
-            }
-        }
-        proven.insert(key, (Instant::now(), user.clone()));
+        let (epoch, user) = self.login(Credentials::parse(value)?, client).await?;
+        self.proven_headers
+            .insert(key, epoch, user.clone(), || self.epoch());
         Ok(user)
     }
 
+    /// The user of a header proven under the current table, as that table has it.
     fn proven_header(&self, key: &[u8; 32]) -> Option<Arc<User>> {
-        let proven = self
-            .proven_headers
-            .read()
-            .unwrap_or_else(|p| p.into_inner());
-        let (at, user) = proven.get(key)?;
-        (at.elapsed() < VERIFIED_TTL).then(|| user.clone())
+        let table = self.table();
+        let user = self.proven_headers.get(key, table.epoch)?;
+        table.access.user(&user.name).cloned()
     }
 
     /// Who `credentials` belong to, after the throttle has let the attempt through.
@@ -216,24 +271,71 @@ impl Authenticator {
         credentials: Credentials,
         client: Option<IpAddr>,
     ) -> Result<Arc<User>, ApiError> {
+        Ok(self.login(credentials, client).await?.1)
+    }
+
+    /// [`Authenticator::authenticate`], and the epoch of the access table the user was
+    /// proven under: remember the proof only if that is still the current one.
+    async fn login(
+        &self,
+        credentials: Credentials,
+        client: Option<IpAddr>,
+    ) -> Result<(u64, Arc<User>), ApiError> {
+        let table = self.table();
         // Proven credentials skip the throttle, which is there to slow guesses: a
         // guess never is proven (failures are not remembered).
-        if let Some(user) = self.proven(&credentials) {
-            return Ok(user);
+        if let Some(user) = self.proven(&table, &credentials) {
+            return Ok((table.epoch, user));
         }
+        let bearer = matches!(credentials, Credentials::Bearer(_));
         let (key, who) = match &credentials {
             Credentials::Basic { user, .. } => (Key::user(user, client), self.shown_name(user)),
             Credentials::Bearer(_) => (Key::token(client), "a Bearer token".to_owned()),
         };
         let from = client.map_or_else(|| "an unknown address".to_owned(), |ip| ip.to_string());
         let mut ticket = self.wait_for_turn(key, &who, &from).await?;
-        let result = self.verify(credentials).await;
+        // Taken before the check starts: whatever a reload changes from here on, the
+        // answer is checked again against the table then in force.
+        let table = self.table();
+        log::debug!("verifying the credentials of {who} from {from}");
+        let result = self
+            .verify(&table, credentials)
+            .await
+            .and_then(|user| self.still_valid(table.epoch, &user, bearer));
         let failures = ticket.finish(Some(result.is_ok()));
         if result.is_err() {
             self.failed_logins.fetch_add(1, Ordering::Relaxed);
             log::warn!("failed login for {who} from {from} ({failures} in a row)");
         }
-        result
+        Ok((table.epoch, result?))
+    }
+
+    /// `user`, proven under the table of `epoch`, as the current table has it. When a
+    /// reload came in between, the user must still be there with the same password
+    /// hash (or token, for a Bearer login): the current table's roles apply, and a
+    /// removed user or a changed credential is refused.
+    fn still_valid(
+        &self,
+        epoch: u64,
+        user: &Arc<User>,
+        bearer: bool,
+    ) -> Result<Arc<User>, ApiError> {
+        let table = self.table();
+        if table.epoch == epoch {
+            return Ok(user.clone());
+        }
+        table
+            .access
+            .user(&user.name)
+            .filter(|current| {
+                if bearer {
+                    current.token_sha256.is_some() && current.token_sha256 == user.token_sha256
+                } else {
+                    current.password_hash.is_some() && current.password_hash == user.password_hash
+                }
+            })
+            .cloned()
+            .ok_or(ApiError::Unauthorized(BAD_CREDENTIALS))
     }
 
     /// Waits until the throttle admits an attempt of `key`, or refuses it.
@@ -275,11 +377,12 @@ impl Authenticator {
         }
     }
 
-    async fn verify(&self, credentials: Credentials) -> Result<Arc<User>, ApiError> {
-        let access = self.access();
+    /// Checks `credentials` against `table`, the table in force when the attempt began.
+    async fn verify(&self, table: &Table, credentials: Credentials) -> Result<Arc<User>, ApiError> {
+        let access = &table.access;
         match credentials {
             Credentials::Bearer(token) => {
-                token_user(&access, &token).ok_or(ApiError::Unauthorized(BAD_CREDENTIALS))
+                token_user(access, &token).ok_or(ApiError::Unauthorized(BAD_CREDENTIALS))
             }
             Credentials::Basic { user, password } => {
                 let found = access
@@ -296,7 +399,7 @@ impl Authenticator {
                     return Err(ApiError::Unauthorized(BAD_CREDENTIALS));
                 };
                 let key = self.cache_entry(&user.name, &password, &hash);
-                if self.recently_verified(&key) {
+                if self.verified.get(&key, table.epoch).is_some() {
                     return Ok(user);
                 }
                 let slot = self.verification_slot().await;
@@ -309,24 +412,23 @@ impl Authenticator {
                 if !ok {
                     return Err(ApiError::Unauthorized(BAD_CREDENTIALS));
                 }
-                self.remember(key);
+                self.verified.insert(key, table.epoch, (), || self.epoch());
                 Ok(user)
             }
         }
     }
 
     /// The user of credentials proven already: a valid Bearer token (one SHA-256), or
-    /// a Basic password verified in the last `VERIFIED_TTL` against the user's current
-    /// hash. This is the path of steady traffic: no argon2, no throttle.
-    fn proven(&self, credentials: &Credentials) -> Option<Arc<User>> {
-        let access = self.access();
+    /// a Basic password verified in the last `VERIFIED_TTL` against the user's hash in
+    /// `table`. This is the path of steady traffic: no argon2, no throttle.
+    fn proven(&self, table: &Table, credentials: &Credentials) -> Option<Arc<User>> {
         match credentials {
-            Credentials::Bearer(token) => token_user(&access, token),
+            Credentials::Bearer(token) => token_user(&table.access, token),
             Credentials::Basic { user, password } => {
-                let user = access.user(user)?;
+                let user = table.access.user(user)?;
                 let hash = user.password_hash.as_ref()?;
                 let key = self.cache_entry(&user.name, password, hash);
-                self.recently_verified(&key).then(|| user.clone())
+                self.verified.get(&key, table.epoch).map(|()| user.clone())
             }
         }
     }
@@ -364,24 +466,6 @@ impl Authenticator {
             mac.update(part);
         }
         mac.finalize().into_bytes().into()
-    }
-
-    fn recently_verified(&self, key: &[u8; 32]) -> bool {
-        let verified = self.verified.read().unwrap_or_else(|p| p.into_inner());
-        verified
-            .get(key)
-            .is_some_and(|at| at.elapsed() < VERIFIED_TTL)
-    }
-
-    fn remember(&self, key: [u8; 32]) {
-        let mut verified = self.verified.write().unwrap_or_else(|p| p.into_inner());
-        if verified.len() >= VERIFIED_MAX_ENTRIES {
-            verified.retain(|_, at| at.elapsed() < VERIFIED_TTL);
-            if verified.len() >= VERIFIED_MAX_ENTRIES {
-                verified.clear();
-            }
-        }
-        verified.insert(key, Instant::now());
     }
 }
 
@@ -510,6 +594,135 @@ mod tests {
             }
             assert_eq!(auth.failed_logins(), 3);
         });
+    }
+
+    fn config(users: &[(&str, &str, &str)]) -> crate::config::Config {
+        let mut text =
+            "[policies]\nread_images = [\"r\", \"w\"]\ncreate_image = [\"w\"]\n".to_owned();
+        for (name, password, role) in users {
+            text.push_str(&format!(
+                "[[users]]\nname = \"{name}\"\npassword_hash = \"{}\"\nroles = [\"{role}\"]\n",
+                cheap_hash(password)
+            ));
+        }
+        crate::config::Config::parse(&text, std::path::Path::new("/")).unwrap()
+    }
+
+    fn access(users: &[(&str, &str, &str)]) -> Access {
+        config(users).access
+    }
+
+    fn authenticator(users: &[(&str, &str, &str)]) -> Authenticator {
+        let config = config(users);
+        Authenticator::new(config.access, config.auth)
+    }
+
+    const CLIENT: Option<IpAddr> = Some(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
+
+    /// Starts a login with `header` and lets it run until it waits for a verification
+    /// slot (its access table is taken by then), applies `reload`, then lets it finish:
+    /// a reload that lands while the password is being checked, without timing.
+    async fn login_overtaken_by(
+        auth: &Authenticator,
+        header: &[u8],
+        reload: impl FnOnce(),
+    ) -> Result<Arc<User>, ApiError> {
+        let slots = auth.verifications.available_permits() as u32;
+        let held = auth
+            .verifications
+            .clone()
+            .acquire_many_owned(slots)
+            .await
+            .unwrap();
+        let mut login = std::pin::pin!(auth.authenticate_header(Some(header), CLIENT));
+        let first =
+            std::future::poll_fn(|cx| std::task::Poll::Ready(login.as_mut().poll(cx).is_pending()))
+                .await;
+        assert!(first, "the login waits for a verification slot");
+        reload();
+        drop(held);
+        login.await
+    }
+
+    fn run<T>(test: impl Future<Output = T>) -> T {
+        actix_web::rt::System::new().block_on(test)
+    }
+
+    #[test]
+    fn a_user_removed_while_its_password_is_checked_is_refused() {
+        let auth = authenticator(&[("u", "pw", "w"), ("other", "o", "r")]);
+        run(async {
+            let login = login_overtaken_by(&auth, &basic("u:pw"), || {
+                auth.replace(access(&[("other", "o", "r")]))
+            })
+            .await;
+            assert!(login.is_err(), "the login that a reload overtook");
+            let again = auth.authenticate_header(Some(&basic("u:pw")), CLIENT).await;
+            assert!(again.is_err(), "the removed user's next request");
+        });
+    }
+
+    #[test]
+    fn a_password_rotated_while_it_is_checked_is_refused() {
+        let auth = authenticator(&[("u", "old", "w")]);
+        run(async {
+            let login = login_overtaken_by(&auth, &basic("u:old"), || {
+                auth.replace(access(&[("u", "new", "w")]))
+            })
+            .await;
+            assert!(login.is_err(), "the login that a reload overtook");
+            let again = auth
+                .authenticate_header(Some(&basic("u:old")), CLIENT)
+                .await;
+            assert!(again.is_err(), "the old password's next request");
+            let new = auth
+                .authenticate_header(Some(&basic("u:new")), CLIENT)
+                .await;
+            assert!(new.unwrap().holds("create_image"));
+        });
+    }
+
+    #[test]
+    fn roles_changed_while_a_password_is_checked_apply_at_once() {
+        let auth = authenticator(&[("u", "pw", "w")]);
+        run(async {
+            let login = login_overtaken_by(&auth, &basic("u:pw"), || {
+                auth.replace(access(&[("u", "pw", "r")]))
+            })
+            .await
+            .expect("same user, same password");
+            assert!(login.holds("read_images"));
+            assert!(!login.holds("create_image"), "the new roles");
+            // Proven in the old epoch: not remembered, so argon2 runs again, under the
+            // new table.
+            let key = auth.keyed_hash(&[&basic("u:pw")]);
+            assert!(auth.proven_header(&key).is_none());
+            let again = auth.authenticate_header(Some(&basic("u:pw")), CLIENT).await;
+            assert!(!again.unwrap().holds("create_image"));
+            // Now remembered; a reload that changes the roles again is seen at once.
+            assert!(auth.proven_header(&key).is_some());
+            auth.replace(access(&[("u", "pw", "w")]));
+            let cached = auth.authenticate_header(Some(&basic("u:pw")), CLIENT).await;
+            assert!(cached.unwrap().holds("create_image"));
+        });
+    }
+
+    #[test]
+    fn a_proof_of_another_epoch_is_neither_kept_nor_found() {
+        let cache = ProofCache::new();
+        cache.insert([1; 32], 4, "stale", || 5);
+        assert_eq!(
+            cache.get(&[1; 32], 4),
+            None,
+            "the epoch moved: not inserted"
+        );
+        cache.insert([1; 32], 5, "fresh", || 5);
+        assert_eq!(cache.get(&[1; 32], 5), Some("fresh"));
+        assert_eq!(
+            cache.get(&[1; 32], 6),
+            None,
+            "an older epoch's proof is a miss"
+        );
     }
 
     #[test]

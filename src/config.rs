@@ -20,6 +20,10 @@ pub const DEMO_PASSWORDS: &[&str] = &["admin-demo-password", "reader-demo-passwo
 
 pub const DEFAULT_PROVIDERS: &[&str] = &["ec2", "openstack", "static"];
 
+const NO_USERS: &str = "no users: add at least one [[users]] entry with a password_hash \
+                        (from `image-catalog hash-password`) or a token_sha256 (from \
+                        `image-catalog new-token`)";
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error(
@@ -75,6 +79,16 @@ pub struct ServerConfig {
     pub max_header_bytes: usize,
     /// Connections the kernel queues before the server accepts them.
     pub backlog: u32,
+    /// HTTPS on `bind`, when set; SIGHUP reads the files again.
+    pub tls: Option<TlsFiles>,
+}
+
+/// The PEM files of `[server] tls_cert` and `tls_key`, resolved against the config
+/// file's folder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 /// The brute-force throttle (see `throttle`).
@@ -170,6 +184,8 @@ struct RawServer {
     max_connections_per_address: usize,
     max_header_bytes: usize,
     backlog: u32,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
 }
 
 impl Default for RawServer {
@@ -187,6 +203,8 @@ impl Default for RawServer {
             // Node's default.
             max_header_bytes: 16 * 1024,
             backlog: 1024,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -259,6 +277,21 @@ impl Config {
         let raw: RawConfig = toml::from_str(text).map_err(|e| e.to_string())?;
         let providers = check_providers(raw.providers)?;
         let server = raw.server;
+        check_bind(&server.bind)?;
+        let tls = match (&server.tls_cert, &server.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsFiles {
+                cert: base.join(cert),
+                key: base.join(key),
+            }),
+            (None, None) => None,
+            _ => {
+                return Err(
+                    "[server] tls_cert and tls_key go together: set both (HTTPS) or \
+                            neither (plain HTTP)"
+                        .into(),
+                );
+            }
+        };
         // A zero would switch the limit off in actix, or refuse every request.
         for (name, value) in [
             ("max_body_bytes", server.max_body_bytes as u64),
@@ -310,6 +343,10 @@ impl Config {
         };
         let auth = check_auth(raw.auth)?;
         let access = build_access(text, raw.policies, raw.users)?;
+        if access.users.is_empty() {
+            // Nobody could log in: on a reload that would lock everyone out.
+            return Err(NO_USERS.into());
+        }
         Ok(Config {
             providers,
             server: ServerConfig {
@@ -326,6 +363,7 @@ impl Config {
                 max_connections_per_address: server.max_connections_per_address,
                 max_header_bytes: server.max_header_bytes,
                 backlog: server.backlog,
+                tls,
             },
             store: StoreConfig {
                 cache_mb: raw.store.cache_mb,
@@ -379,22 +417,79 @@ pub fn permission_problems(mode: u32) -> Vec<&'static str> {
 
 /// Logs a warning for each [`permission_problems`] of the config file at `path`.
 pub fn warn_insecure_permissions(path: &Path) {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let Ok(metadata) = std::fs::metadata(path) else {
-            return;
-        };
-        let mode = metadata.permissions().mode();
-        for problem in permission_problems(mode) {
-            log::warn!(
+    for warning in permission_warnings(path) {
+        log::warn!("{warning}");
+    }
+}
+
+/// What is wrong with who may read or change the config file at `path`.
+pub fn permission_warnings(path: &Path) -> Vec<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(metadata) = std::fs::metadata(path) else {
+        return Vec::new();
+    };
+    let mode = metadata.permissions().mode();
+    permission_problems(mode)
+        .into_iter()
+        .map(|problem| {
+            format!(
                 "{} (mode {:03o}) {problem}; restrict it with: chmod 600 {}",
                 path.display(),
                 mode & 0o777,
                 path.display()
-            );
+            )
+        })
+        .collect()
+}
+
+impl Config {
+    /// What an operator should hear about at start and from `check-config`, short of
+    /// refusing the config. (Demo passwords are `startup::demo_password_users`: they
+    /// cost an argon2 verification each.)
+    pub fn warnings(&self, path: &Path) -> Vec<String> {
+        let mut warnings = permission_warnings(path);
+        if self.server.tls.is_none() && !is_loopback(&self.server.bind) {
+            warnings.push(format!(
+                "bind {} is reachable from other machines over plain HTTP: passwords and \
+                 tokens would cross the network in clear; serve HTTPS (README, \"TLS\"), put a \
+                 TLS proxy in front, or bind 127.0.0.1",
+                self.server.bind
+            ));
         }
+        warnings
     }
+}
+
+/// Whether `bind` (already checked by [`check_bind`]) only listens on this machine.
+fn is_loopback(bind: &str) -> bool {
+    if let Ok(address) = bind.parse::<std::net::SocketAddr>() {
+        return address.ip().is_loopback();
+    }
+    bind.rsplit_once(':')
+        .is_some_and(|(host, _)| host.eq_ignore_ascii_case("localhost"))
+}
+
+/// `host:port`, where host is an IP address (IPv6 in brackets) or a name.
+fn check_bind(bind: &str) -> Result<(), String> {
+    if bind.parse::<std::net::SocketAddr>().is_ok() {
+        return Ok(());
+    }
+    let refuse = || {
+        format!(
+            "[server] bind '{}' is not host:port (e.g. \"127.0.0.1:8080\", \"0.0.0.0:8080\", \
+             \"[::1]:8080\", \"localhost:8080\")",
+            bind.escape_debug()
+        )
+    };
+    let (host, port) = bind.rsplit_once(':').ok_or_else(refuse)?;
+    let name_ok = !host.is_empty()
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
+    if !name_ok || port.parse::<u16>().is_err() {
+        return Err(refuse());
+    }
+    Ok(())
 }
 
 fn check_providers(providers: Vec<String>) -> Result<Vec<String>, String> {
@@ -532,9 +627,41 @@ mod tests {
         Config::parse(text, Path::new("/etc/ic"))
     }
 
+    /// One user, so that a config is valid.
+    fn with_user(text: &str) -> String {
+        format!("{text}\n[[users]]\nname = \"u\"\npassword_hash = \"{HASH}\"\n")
+    }
+
+    #[test]
+    fn bind_must_be_host_and_port() {
+        for ok in [
+            "127.0.0.1:8080",
+            "0.0.0.0:0",
+            "[::1]:80",
+            "localhost:8080",
+            "catalog.internal:443",
+        ] {
+            assert!(check_bind(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "8080",
+            "127.0.0.1",
+            "127.0.0.1:99999",
+            ":8080",
+            "host name:80",
+            "http://x:80",
+        ] {
+            assert!(check_bind(bad).is_err(), "{bad}");
+        }
+        assert!(
+            is_loopback("127.0.0.1:8080") && is_loopback("[::1]:1") && is_loopback("localhost:1")
+        );
+        assert!(!is_loopback("0.0.0.0:8080") && !is_loopback("catalog.internal:443"));
+    }
+
     #[test]
     fn defaults_apply() {
-        let config = parse("").unwrap();
+        let config = parse(&with_user("")).unwrap();
         assert_eq!(config.providers, ["ec2", "openstack", "static"]);
         assert_eq!(config.server.bind, "127.0.0.1:8080");
         assert_eq!(config.server.data_dir, Path::new("/etc/ic/data"));
@@ -561,17 +688,25 @@ mod tests {
                 max_tracked: 10_000,
             }
         );
-        assert!(config.access.users().is_empty());
+        assert_eq!(config.access.users().len(), 1);
+    }
+
+    #[test]
+    fn a_config_without_users_is_refused() {
+        for text in ["", "[policies]\nread_images = [\"reader\"]\n", "users = []"] {
+            let err = parse(text).unwrap_err();
+            assert!(err.starts_with("no users"), "{err}");
+        }
     }
 
     #[test]
     fn limits_are_read_and_zero_is_refused() {
-        let config = parse(
+        let config = parse(&with_user(
             "[server]\nclient_request_timeout_ms = 250\nkeep_alive_ms = 0\nbody_timeout_ms = 75\n\
              max_connections = 3\nmax_connections_per_address = 2\nmax_header_bytes = 100\n\
              backlog = 8\n[auth]\nfree_failures = 1\nfirst_delay_ms = 10\n\
              max_delay_ms = 20\nquiet_window_secs = 2\nmax_tracked = 5",
-        )
+        ))
         .unwrap();
         assert_eq!(
             config.server.client_request_timeout,

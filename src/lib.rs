@@ -22,3 +22,4 @@ pub mod store;
 pub mod store_mark;
 pub mod store_open;
 pub mod throttle;
+pub mod tls;

@@ -231,8 +231,12 @@ impl ConnectionCounter {
 
 /// The peer's address of a new connection.
 fn peer_address(io: &dyn Any) -> Option<IpAddr> {
-    // Plain TCP; a TLS stream (a later issue) must be looked through here as well.
-    let stream = io.downcast_ref::<actix_web::rt::net::TcpStream>()?;
+    use actix_tls::accept::rustls_0_23::TlsStream;
+    use actix_web::rt::net::TcpStream;
+    let stream = match io.downcast_ref::<TcpStream>() {
+        Some(plain) => plain,
+        None => io.downcast_ref::<TlsStream<TcpStream>>()?.get_ref().0,
+    };
     Some(stream.peer_addr().ok()?.ip())
 }
 

@@ -6,14 +6,23 @@
 //! thread writes whatever is queued in one go, then naps briefly so that under load
 //! lines pile up instead of each one waking it (a wake-up is a system call for the
 //! worker that logs). A line reaches stderr at most `NAP` after it was logged.
+//!
+//! The queue holds at most `QUEUE_BYTES`: when stderr is not read (a full pipe), lines
+//! past it are dropped, never waited for, and counted; the writer says how many once
+//! it can write again.
 
 use std::io::{BufWriter, Write};
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 /// How long the writer waits after each write before it looks at the queue again.
 const NAP: Duration = Duration::from_millis(20);
+
+/// The most memory that lines waiting for the writer may take: about ten thousand
+/// access lines.
+pub const QUEUE_BYTES: usize = 2 * 1024 * 1024;
 
 enum Message {
     Line(Vec<u8>),
@@ -21,16 +30,82 @@ enum Message {
     Flush(SyncSender<()>),
 }
 
-static QUEUE: OnceLock<Sender<Message>> = OnceLock::new();
+static QUEUE: OnceLock<LogQueue> = OnceLock::new();
+
+/// The sending end of the queue; never blocks.
+#[derive(Clone)]
+struct LogQueue {
+    sender: Sender<Message>,
+    counts: Arc<Counts>,
+}
+
+/// What the senders and the writer share.
+struct Counts {
+    bound: usize,
+    /// Bytes of the lines queued and not yet taken by the writer.
+    queued: AtomicUsize,
+    /// Lines dropped since start.
+    dropped: AtomicU64,
+    /// Lines dropped since the writer last said so.
+    unreported: AtomicU64,
+}
+
+impl LogQueue {
+    fn new(bound: usize) -> (LogQueue, Receiver<Message>, Arc<Counts>) {
+        let (sender, receiver) = mpsc::channel();
+        let counts = Arc::new(Counts {
+            bound,
+            queued: AtomicUsize::new(0),
+            dropped: AtomicU64::new(0),
+            unreported: AtomicU64::new(0),
+        });
+        let queue = LogQueue {
+            sender,
+            counts: counts.clone(),
+        };
+        (queue, receiver, counts)
+    }
+
+    /// Queues `line`, or drops and counts it when the queue is full.
+    fn push(&self, line: Vec<u8>) {
+        let cost = cost(&line);
+        let bound = self.counts.bound;
+        let room = self
+            .counts
+            .queued
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |queued| {
+                (queued + cost <= bound).then_some(queued + cost)
+            });
+        if room.is_err() {
+            self.counts.dropped.fetch_add(1, Ordering::Relaxed);
+            self.counts.unreported.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        if self.sender.send(Message::Line(line)).is_err() {
+            // The writer is gone: nothing will take the line.
+            self.counts.queued.fetch_sub(cost, Ordering::AcqRel);
+        }
+    }
+}
+
+/// The memory a queued line holds.
+fn cost(line: &Vec<u8>) -> usize {
+    line.capacity() + std::mem::size_of::<Message>()
+}
+
+/// Log lines dropped since start because the queue was full.
+pub fn dropped_lines() -> u64 {
+    QUEUE
+        .get()
+        .map_or(0, |queue| queue.counts.dropped.load(Ordering::Relaxed))
+}
 
 /// What env_logger writes to: the queue.
-struct Queue(Sender<Message>);
+struct Queue(LogQueue);
 
 impl Write for Queue {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .send(Message::Line(buf.to_vec()))
-            .map_err(|_| std::io::Error::other("the log writer has stopped"))?;
+        self.0.push(buf.to_vec());
         Ok(buf.len())
     }
 
@@ -42,15 +117,15 @@ impl Write for Queue {
 
 /// Sets up env_logger (`RUST_LOG`, default `info`) with the background writer.
 pub fn init() {
-    let (sender, receiver) = mpsc::channel();
+    let (queue, receiver, counts) = LogQueue::new(QUEUE_BYTES);
     let spawned = std::thread::Builder::new()
         .name("log-writer".into())
-        .spawn(move || write_queued(receiver));
+        .spawn(move || write_queued(receiver, &counts, std::io::stderr()));
     let mut builder =
         env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
     if spawned.is_ok() {
-        let _ = QUEUE.set(sender.clone());
-        builder.target(env_logger::Target::Pipe(Box::new(Queue(sender))));
+        let _ = QUEUE.set(queue.clone());
+        builder.target(env_logger::Target::Pipe(Box::new(Queue(queue))));
     }
     builder.init();
 }
@@ -96,7 +171,7 @@ pub fn access(
     for part in ["ms user=", user, " request_id=", request_id, "\n"] {
         line.push_str(part);
     }
-    let _ = queue.send(Message::Line(line.into_bytes()));
+    queue.push(line.into_bytes());
 }
 
 /// The current second as env_logger prints it, formatted once per second per thread.
@@ -130,26 +205,40 @@ impl SecondsClock {
     }
 }
 
-/// Waits until every line logged so far is written: call before the process exits.
+/// Waits until every line logged so far is written, for 10 s at most: call before the
+/// process exits. A log nobody reads must not keep the process from exiting.
 pub fn flush() {
     let Some(queue) = QUEUE.get() else { return };
-    let (done, written) = mpsc::sync_channel(1);
-    if queue.send(Message::Flush(done)).is_ok() {
-        let _ = written.recv();
+    queue.flush(Duration::from_secs(10));
+}
+
+impl LogQueue {
+    /// Waits until every line queued so far is written, or `at_most`.
+    fn flush(&self, at_most: Duration) {
+        let (done, written) = mpsc::sync_channel(1);
+        if self.sender.send(Message::Flush(done)).is_ok() {
+            let _ = written.recv_timeout(at_most);
+        }
     }
 }
 
-fn write_queued(queue: Receiver<Message>) {
-    let mut out = BufWriter::with_capacity(64 * 1024, std::io::stderr());
+fn write_queued(queue: Receiver<Message>, counts: &Counts, out: impl Write) {
+    let mut out = BufWriter::with_capacity(64 * 1024, out);
     while let Ok(first) = queue.recv() {
         let mut waiting = Vec::new();
         for message in std::iter::once(first).chain(std::iter::from_fn(|| queue.try_recv().ok())) {
             match message {
                 Message::Line(line) => {
+                    // Taken: from here on at most this one line waits on a full pipe.
+                    counts.queued.fetch_sub(cost(&line), Ordering::AcqRel);
                     let _ = out.write_all(&line);
                 }
                 Message::Flush(done) => waiting.push(done),
             }
+        }
+        let dropped = counts.unreported.swap(0, Ordering::Relaxed);
+        if dropped > 0 {
+            let _ = out.write_all(dropped_warning(dropped, counts.bound).as_bytes());
         }
         let _ = out.flush();
         let flushing = !waiting.is_empty();
@@ -160,5 +249,104 @@ fn write_queued(queue: Receiver<Message>) {
         if !flushing {
             std::thread::sleep(NAP);
         }
+    }
+}
+
+/// The line that says how many lines were dropped, laid out as env_logger's.
+fn dropped_warning(dropped: u64, bound: usize) -> String {
+    let mut line = String::from("[");
+    TIMESTAMP.with(|cached| line.push_str(cached.borrow_mut().now()));
+    line.push_str(&format!(
+        " WARN  image_catalog::logging] {dropped} log lines were dropped while the log was \
+         not being read (more than {bound} bytes were waiting to be written)\n"
+    ));
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// A log reader that stops reading until it is let go: a full pipe.
+    struct Stalled {
+        blocked: mpsc::Sender<()>,
+        let_go: Receiver<()>,
+        stalled: bool,
+        written: Arc<Mutex<Vec<u8>>>,
+    }
+
+    impl Write for Stalled {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            if self.stalled {
+                let _ = self.blocked.send(());
+                let _ = self.let_go.recv();
+                self.stalled = false;
+            }
+            self.written.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_log_nobody_reads_holds_at_most_the_bound_and_the_drops_are_counted_and_told() {
+        let bound = 64 * 1024;
+        let (queue, receiver, counts) = LogQueue::new(bound);
+        let (blocked, is_blocked) = mpsc::channel();
+        let (let_go, go) = mpsc::channel();
+        let written = Arc::new(Mutex::new(Vec::new()));
+        let out = Stalled {
+            blocked,
+            let_go: go,
+            stalled: true,
+            written: written.clone(),
+        };
+        let writer = std::thread::spawn({
+            let counts = counts.clone();
+            move || write_queued(receiver, &counts, out)
+        });
+
+        queue.push(b"first\n".to_vec());
+        is_blocked
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the writer writes, and blocks");
+        let mut line = vec![b'x'; 1000];
+        line[999] = b'\n';
+        let fits = bound / cost(&line);
+        let pushed = 10 * fits;
+        for _ in 0..pushed {
+            queue.push(line.clone());
+            assert!(counts.queued.load(Ordering::Acquire) <= bound);
+        }
+        let dropped = (pushed - fits) as u64;
+        assert_eq!(counts.dropped.load(Ordering::Relaxed), dropped);
+
+        // Exiting does not wait for a log nobody reads.
+        queue.flush(Duration::from_millis(10));
+        let_go.send(()).unwrap();
+        queue.flush(Duration::from_secs(60));
+        let text = String::from_utf8(written.lock().unwrap().clone()).unwrap();
+        let warning = format!("{dropped} log lines were dropped while the log was not being read");
+        assert_eq!(
+            text.matches(&warning).count(),
+            1,
+            "{}",
+            &text[text.len() - 300..]
+        );
+        assert_eq!(text.lines().filter(|l| l.starts_with('x')).count(), fits);
+        assert_eq!(counts.queued.load(Ordering::Acquire), 0);
+
+        // Once told, not told again.
+        queue.push(b"after\n".to_vec());
+        queue.flush(Duration::from_secs(60));
+        let text = String::from_utf8(written.lock().unwrap().clone()).unwrap();
+        assert_eq!(text.matches("were dropped").count(), 1);
+        assert!(text.ends_with("after\n"));
+        drop(queue);
+        writer.join().unwrap();
     }
 }

@@ -1,5 +1,7 @@
 //! The Prometheus metrics served at `/metrics`: requests by route, method and status,
-//! latency histograms, auth failures, and the catalog's size.
+//! latency histograms, auth failures, the catalog's size, and log lines dropped.
+
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
@@ -21,6 +23,9 @@ pub struct Metrics {
     store_bytes: IntGauge,
     audit_records: IntGauge,
     audit_bytes: IntGauge,
+    log_lines_dropped: IntCounter,
+    /// The dropped-lines count `log_lines_dropped` has been raised to.
+    log_lines_dropped_seen: AtomicU64,
 }
 
 impl Metrics {
@@ -62,6 +67,11 @@ impl Metrics {
         registry.register(Box::new(auth_failures.clone()))?;
         registry.register(Box::new(images.clone()))?;
         registry.register(Box::new(store_bytes.clone()))?;
+        let log_lines_dropped = IntCounter::new(
+            "log_lines_dropped_total",
+            "Log lines dropped because the log was not being read fast enough",
+        )?;
+        registry.register(Box::new(log_lines_dropped.clone()))?;
         Ok(Metrics {
             registry,
             requests,
@@ -71,6 +81,8 @@ impl Metrics {
             store_bytes,
             audit_records,
             audit_bytes,
+            log_lines_dropped,
+            log_lines_dropped_seen: AtomicU64::new(0),
         })
     }
 
@@ -107,6 +119,15 @@ impl Metrics {
                 .store_bytes
                 .set(i64::try_from(bytes).unwrap_or(i64::MAX)),
             Err(e) => log::warn!("cannot read the store's size for /metrics: {e}"),
+        }
+        // Raised by the difference only by the render that saw it first, so that two
+        // renders at once do not count the same drops twice.
+        let dropped = crate::logging::dropped_lines();
+        let seen = self
+            .log_lines_dropped_seen
+            .fetch_max(dropped, Ordering::Relaxed);
+        if dropped > seen {
+            self.log_lines_dropped.inc_by(dropped - seen);
         }
         let mut text = Vec::new();
         TextEncoder::new().encode(&self.registry.gather(), &mut text)?;

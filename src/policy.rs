@@ -14,6 +14,7 @@ use actix_web::{FromRequest, HttpMessage, HttpRequest, dev::Payload, web};
 
 use crate::config::User;
 use crate::error::ApiError;
+use crate::listing::PageCache;
 use crate::startup::AppState;
 use crate::store::Store;
 
@@ -57,7 +58,11 @@ impl<P: Policy> Authorized<P> {
     }
 
     pub fn store(&self) -> &Store {
-        &self.state.store
+        self.state.store(self)
+    }
+
+    pub fn pages(&self) -> &PageCache {
+        self.state.pages(self)
     }
 
     pub fn state(&self) -> &AppState {
@@ -78,11 +83,7 @@ impl<P: Policy> FromRequest for Authorized<P> {
                 .ok_or(ApiError::StoreUnavailable)?;
             let client = req.peer_addr().map(|a| a.ip());
             let header = req.headers().get(AUTHORIZATION).map(|v| v.as_bytes());
-            let user = state
-                .auth
-                .authenticate_header(header, client)
-                .await
-                .inspect_err(|_| state.metrics.auth_failed())?;
+            let user = state.authenticate(header, client).await?;
             req.extensions_mut().insert(AuthenticatedUser(user.clone()));
             if !user.holds(P::NAME) {
                 return Err(ApiError::Forbidden {

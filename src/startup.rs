@@ -5,6 +5,7 @@
 
 use std::net::TcpListener;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix_web::body::{BoxBody, MessageBody};
@@ -19,24 +20,48 @@ use crate::error::ApiError;
 use crate::headers;
 use crate::limits::{self, ConnectionCounter};
 use crate::metrics::{Metrics, UNMATCHED};
-use crate::policy::AuthenticatedUser;
+use crate::policy::{AuthenticatedUser, Authorized, Policy};
 use crate::routes::{self, RoutePattern};
 use crate::store::{Store, StoreError};
+use crate::tls::{Certificates, TlsError};
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// What every request may reach, through [`crate::policy::Authorized`].
+/// What every request may reach. The store (and the pages cached from it) is handed
+/// out only against an [`Authorized`] proof, which only its extractor makes after the
+/// policy check; the open routes see [`AppState::health`], [`AppState::metrics_text`]
+/// and [`AppState::openapi`]. So a handler without its check does not compile:
+///
+/// ```compile_fail,E0616
+/// fn peek(state: &image_catalog::startup::AppState) -> &image_catalog::store::Store {
+///     &state.store
+/// }
+/// ```
+///
+/// ```compile_fail,E0616
+/// fn peek(state: &image_catalog::startup::AppState) {
+///     let _ = &state.auth;
+/// }
+/// ```
+///
+/// ```
+/// fn ops(state: &image_catalog::startup::AppState) -> (bool, actix_web::web::Bytes) {
+///     (state.health(), state.openapi())
+/// }
+/// ```
 pub struct AppState {
-    pub store: Store,
-    pub auth: Authenticator,
-    pub metrics: Metrics,
-    pub pages: crate::listing::PageCache,
+    store: Store,
+    auth: Authenticator,
+    metrics: Metrics,
+    pages: crate::listing::PageCache,
     /// `/v3/openapi.json`, rendered once: it depends only on the code and providers.
-    pub openapi: actix_web::web::Bytes,
+    openapi: actix_web::web::Bytes,
     pub providers: Vec<String>,
     pub max_body_bytes: usize,
     /// How long a handler waits for a request body to arrive.
     pub body_timeout: Duration,
+    /// The HTTPS certificate, which a reload reads again.
+    certificates: Option<Arc<Certificates>>,
     /// The config as loaded at start, to tell what a reload cannot change.
     config: Config,
     config_path: Option<PathBuf>,
@@ -47,8 +72,67 @@ impl AppState {
         &self.config.server.data_dir
     }
 
+    /// Whether the server can serve: what `/healthz` says.
+    pub fn health(&self) -> bool {
+        self.store.is_healthy()
+    }
+
+    /// The Prometheus text of `/metrics`.
+    pub fn metrics_text(&self) -> Result<Vec<u8>, prometheus::Error> {
+        self.metrics.render(&self.store)
+    }
+
+    /// The OpenAPI document of `/v3/openapi.json`.
+    pub fn openapi(&self) -> actix_web::web::Bytes {
+        self.openapi.clone()
+    }
+
+    /// Who an `Authorization` header value belongs to; a refusal is counted in the
+    /// metrics.
+    pub(crate) async fn authenticate(
+        &self,
+        header: Option<&[u8]>,
+        client: Option<std::net::IpAddr>,
+    ) -> Result<std::sync::Arc<crate::config::User>, ApiError> {
+        self.auth
+            .authenticate_header(header, client)
+            .await
+            .inspect_err(|_| self.metrics.auth_failed())
+    }
+
+    /// The store, for a caller that holds a policy.
+    pub(crate) fn store<P: Policy>(&self, _proof: &Authorized<P>) -> &Store {
+        &self.store
+    }
+
+    /// The pages cached from the store, for a caller that holds a policy.
+    pub(crate) fn pages<P: Policy>(&self, _proof: &Authorized<P>) -> &crate::listing::PageCache {
+        &self.pages
+    }
+
     /// Re-reads config.toml: a valid one replaces users, roles and policies at once;
     /// an invalid one is logged and the current one stays.
+    /// Reads the certificate and key that `next` names; on any error the pair in use
+    /// stays. Turning HTTPS on or off needs a restart.
+    fn reload_certificates(&self, next: &Config) {
+        match (&self.certificates, &next.server.tls) {
+            (Some(certificates), Some(files)) => match certificates.reload(&files.cert, &files.key)
+            {
+                Ok(()) => log::info!(
+                    "TLS certificate reloaded from {} and {}",
+                    files.cert.display(),
+                    files.key.display()
+                ),
+                Err(e) => log::error!("TLS reload refused, keeping the certificate in use: {e}"),
+            },
+            (None, None) => {}
+            _ => log::warn!(
+                "config reload: switching HTTPS on or off ([server] tls_cert, tls_key) takes \
+                 effect only after a restart"
+            ),
+        }
+    }
+
     pub fn reload(&self) {
         let Some(path) = &self.config_path else {
             log::warn!("reload asked, but this server was not started from a config file");
@@ -58,7 +142,12 @@ impl AppState {
         match Config::load(path) {
             Ok(mut next) => {
                 next.store.accept_data_loss = self.config.store.accept_data_loss;
-                if next.server != self.config.server
+                self.reload_certificates(&next);
+                let same_server = ServerConfig {
+                    tls: self.config.server.tls.clone(),
+                    ..next.server.clone()
+                };
+                if same_server != self.config.server
                     || next.store != self.config.store
                     || next.audit != self.config.audit
                     || next.auth != self.config.auth
@@ -91,6 +180,8 @@ pub enum StartError {
     Thread(std::io::Error),
     #[error("cannot set up metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
 }
 
 pub struct Application {
@@ -114,6 +205,12 @@ impl Application {
             bind: config.server.bind.clone(),
             source,
         })?;
+        let certificates = config
+            .server
+            .tls
+            .as_ref()
+            .map(|files| Certificates::load(&files.cert, &files.key))
+            .transpose()?;
         let store = Store::open_with(
             &config.server.data_dir,
             config.store.cache_mb,
@@ -132,6 +229,7 @@ impl Application {
             providers: config.providers.clone(),
             max_body_bytes: config.server.max_body_bytes,
             body_timeout: config.server.body_timeout,
+            certificates,
             config,
             config_path,
         });
@@ -203,6 +301,7 @@ impl Application {
 
 fn run(listener: TcpListener, state: web::Data<AppState>) -> std::io::Result<Server> {
     let settings: ServerConfig = state.config.server.clone();
+    let state_tls = state.certificates.clone();
     let max_connections = limits::choose_max_connections(settings.max_connections);
     let connections = ConnectionCounter::new(max_connections, settings.max_connections_per_address);
     let server = HttpServer::new(move || {
@@ -221,10 +320,12 @@ fn run(listener: TcpListener, state: web::Data<AppState>) -> std::io::Result<Ser
     .max_connections(limits::per_worker_cap(max_connections))
     // Signals are the command line's business (see `cli`): actix would treat SIGINT
     // as a hard stop, and tests run servers in-process.
-    .disable_signals()
-    .listen(listener)?
-    .run();
-    Ok(server)
+    .disable_signals();
+    let server = match &state_tls {
+        Some(certificates) => server.listen_rustls_0_23(listener, certificates.server_config())?,
+        None => server.listen(listener)?,
+    };
+    Ok(server.run())
 }
 
 /// Wraps every request: refuses a connection past `max_connections` or
@@ -311,17 +412,27 @@ fn new_request_id() -> String {
 /// Warns about each user still on a documented demo password. Runs argon2 per user,
 /// so it belongs on a blocking thread.
 pub fn warn_demo_passwords(config: &Config) {
-    for user in config.access.users() {
-        if let Some(hash) = &user.password_hash
-            && DEMO_PASSWORDS
-                .iter()
-                .any(|demo| crate::auth::verify_password(demo.as_bytes(), hash))
-        {
-            log::warn!(
-                "user '{}' still has the documented demo password; set a new one with \
-                 `image-catalog hash-password` before exposing this server",
-                user.name
-            );
-        }
+    for name in demo_password_users(config) {
+        log::warn!(
+            "user '{name}' still has the documented demo password; set a new one with \
+             `image-catalog hash-password` before exposing this server"
+        );
     }
+}
+
+/// The users whose password is still one the README documents.
+pub fn demo_password_users(config: &Config) -> Vec<String> {
+    config
+        .access
+        .users()
+        .iter()
+        .filter(|user| {
+            user.password_hash.as_ref().is_some_and(|hash| {
+                DEMO_PASSWORDS
+                    .iter()
+                    .any(|demo| crate::auth::verify_password(demo.as_bytes(), hash))
+            })
+        })
+        .map(|user| user.name.clone())
+        .collect()
 }

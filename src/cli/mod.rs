@@ -12,7 +12,7 @@ use crate::config::{Config, ConfigError};
 mod init;
 mod transfer;
 use crate::routes::TABLE;
-use crate::startup::{Application, warn_demo_passwords};
+use crate::startup::{Application, demo_password_users, warn_demo_passwords};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -188,24 +188,33 @@ fn serve(
 ) -> Result<(), CliError> {
     let mut config = Config::load(&config_path)?;
     config.store.accept_data_loss = accept_data_loss;
-    crate::config::warn_insecure_permissions(&config_path);
     if let Some(bind) = bind {
         config.server.bind = bind;
     }
     if let Some(dir) = data_dir {
         config.server.data_dir = dir;
     }
+    for warning in config.warnings(&config_path) {
+        log::warn!("{warning}");
+    }
     let demo_check = config.clone();
     actix_web::rt::System::new().block_on(async move {
+        let scheme = if config.server.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         let app = Application::build(config, Some(config_path)).map_err(|e| match e {
+            // A certificate that does not load is a config to fix, not a restart.
+            crate::startup::StartError::Tls(_) => CliError::Usage(e.to_string()),
             crate::startup::StartError::Store(e) => CliError::from(e),
-            other => CliError::Runtime(other.to_string()),
+            e => CliError::Runtime(e.to_string()),
         })?;
         // Listening for signals before saying where we listen: a SIGHUP sent as soon
         // as the address is known must reload, not kill with the default action.
         let signals = Signals::listen();
         log::info!(
-            "image-catalog listening on http://{} (data in {})",
+            "image-catalog listening on {scheme}://{} (data in {})",
             app.address(),
             app.state().data_dir().display()
         );
@@ -320,8 +329,16 @@ fn print_lines(lines: &[String]) -> Result<(), CliError> {
 
 fn check_config(path: &std::path::Path) -> Result<(), CliError> {
     let config = Config::load(path)?;
-    let mut out = vec![
-        format!("{}: valid", path.display()),
+    let mut warnings = config.warnings(path);
+    warnings.extend(demo_password_users(&config).into_iter().map(|name| {
+        format!(
+            "user '{name}' still has the documented demo password; set a new one with \
+             `image-catalog hash-password`"
+        )
+    }));
+    let mut out = vec![format!("{}: valid", path.display())];
+    out.extend(warnings.iter().map(|w| format!("warning: {w}")));
+    out.extend([
         format!(
             "bind {}, data_dir {}, providers {}",
             config.server.bind,
@@ -329,7 +346,7 @@ fn check_config(path: &std::path::Path) -> Result<(), CliError> {
             config.providers.join(", ")
         ),
         String::new(),
-    ];
+    ]);
     let users = config.access.users();
     let mut rows = vec![vec![
         "USER".to_string(),

@@ -19,12 +19,23 @@ fn open_store(config_path: &Path, data_dir: Option<PathBuf>) -> Result<(Config, 
     let config = Config::load(config_path)?;
     let dir = data_dir.unwrap_or_else(|| config.server.data_dir.clone());
     let store = Store::open(&dir, config.store.cache_mb).map_err(|e| match e {
-        StoreError::InUse(_) => {
-            CliError::Runtime(format!("{e}; export and import need it stopped"))
-        }
+        StoreError::InUse(_) => CliError::Runtime(format!(
+            "{e}; export and import need it stopped. To back up a running server, save \
+             what GET /v3/images returns (curl -u USER {}/v3/images > backup.json): \
+             `import backup.json` reads it back",
+            base_url(&config.server.bind)
+        )),
         other => CliError::from(other),
     })?;
     Ok((config, store))
+}
+
+/// How a client on this machine reaches a server bound to `bind`.
+fn base_url(bind: &str) -> String {
+    let local = bind
+        .replace("0.0.0.0", "127.0.0.1")
+        .replace("[::]", "[::1]");
+    format!("http://{local}")
 }
 
 /// A progress bar on stderr when it is a terminal; hidden otherwise.
@@ -72,25 +83,50 @@ pub fn import(config_path: &Path, file: &Path, data_dir: Option<PathBuf>) -> Res
     };
     let bar = progress(size, "checking");
     let mut images = Vec::new();
-    let mut seen: HashMap<ImageId, usize> = HashMap::new();
+    let mut seen: HashMap<ImageId, String> = HashMap::new();
     let mut errors = Vec::new();
-    for (index, line) in BufReader::new(bar.wrap_read(reader))
-        .split(b'\n')
-        .enumerate()
-    {
-        let number = index + 1;
-        let line =
-            line.map_err(|e| CliError::Runtime(format!("cannot read {}: {e}", file.display())))?;
-        let line = line.strip_suffix(b"\r").unwrap_or(&line);
-        if line.iter().all(u8::is_ascii_whitespace) {
-            continue;
-        }
-        match check_line(line, &config.providers, &store, &seen) {
+    let mut check =
+        |label: String, record: &[u8]| match check_line(record, &config.providers, &store, &seen) {
             Ok(image) => {
-                seen.insert(image.id.clone(), number);
+                seen.insert(image.id.clone(), label);
                 images.push(image);
             }
-            Err(why) => errors.push(format!("line {number}: {why}")),
+            Err(why) => errors.push(format!("{label}: {why}")),
+        };
+    let cannot_read =
+        |e: std::io::Error| CliError::Runtime(format!("cannot read {}: {e}", file.display()));
+    let mut input = BufReader::new(bar.wrap_read(reader));
+    let first = input
+        .fill_buf()
+        .map_err(cannot_read)?
+        .iter()
+        .find(|b| !b.is_ascii_whitespace())
+        .copied();
+    let is_array = first == Some(b'[');
+    if is_array {
+        // What `GET /v3/images` returns: an online backup.
+        let array: Vec<Box<serde_json::value::RawValue>> =
+            serde_json::from_reader(input).map_err(|e| {
+                CliError::Runtime(format!(
+                    "{} starts like a JSON array (as GET /v3/images gives) but is not one: {e}; \
+                     nothing was imported",
+                    file.display()
+                ))
+            })?;
+        for (index, record) in array.iter().enumerate() {
+            check(
+                format!("image {} of the array", index + 1),
+                record.get().as_bytes(),
+            );
+        }
+    } else {
+        for (index, line) in input.split(b'\n').enumerate() {
+            let line = line.map_err(cannot_read)?;
+            let line = line.strip_suffix(b"\r").unwrap_or(&line);
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            check(format!("line {}", index + 1), line);
         }
     }
     bar.finish_and_clear();
@@ -108,8 +144,9 @@ pub fn import(config_path: &Path, file: &Path, data_dir: Option<PathBuf>) -> Res
             ));
         }
         return Err(CliError::Runtime(format!(
-            "{report}\n{} bad line(s) in {}; nothing was imported",
+            "{report}\n{} bad {}(s) in {}; nothing was imported",
             errors.len(),
+            if is_array { "image" } else { "line" },
             file.display()
         )));
     }
@@ -139,11 +176,11 @@ fn check_line(
     line: &[u8],
     providers: &[String],
     store: &Store,
-    seen: &HashMap<ImageId, usize>,
+    seen: &HashMap<ImageId, String>,
 ) -> Result<Image, String> {
     let image = Image::from_json(line, providers).map_err(|e| e.to_string())?;
     if let Some(first) = seen.get(&image.id) {
-        return Err(format!("id '{}' repeats line {first}", image.id));
+        return Err(format!("id '{}' repeats {first}", image.id));
     }
     if store.get(&image.id).map_err(|e| e.to_string())?.is_some() {
         return Err(format!(

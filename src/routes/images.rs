@@ -127,7 +127,7 @@ pub(crate) async fn list(
         provider.as_ref().map_or("", |p| p.as_str()),
         marker.as_ref().map_or("", |m| m.as_str())
     );
-    let page = match auth.state().pages.get(&key, generation) {
+    let page = match auth.pages().get(&key, generation) {
         Some(page) => page,
         None => {
             let found = auth
@@ -146,7 +146,7 @@ pub(crate) async fn list(
                 body: listing::json_array(&found.records).into(),
                 link,
             };
-            auth.state().pages.put(key, page.clone());
+            auth.pages().put(key, page.clone());
             page
         }
     };

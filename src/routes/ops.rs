@@ -32,7 +32,7 @@ pub struct Health {
     )
 )]
 pub(crate) async fn health(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    if state.store.is_healthy() {
+    if state.health() {
         let body = serde_json::to_vec(&Health { status: "ok" }).unwrap_or_default();
         Ok(json_response(body))
     } else {
@@ -55,7 +55,7 @@ pub(crate) async fn health(state: web::Data<AppState>) -> Result<HttpResponse, A
     )
 )]
 pub(crate) async fn metrics(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let text = state.metrics.render(&state.store).map_err(|e| {
+    let text = state.metrics_text().map_err(|e| {
         log::error!("rendering metrics failed: {e}");
         ApiError::StoreUnavailable
     })?;
@@ -76,5 +76,5 @@ pub(crate) async fn metrics(state: web::Data<AppState>) -> Result<HttpResponse, 
     )
 )]
 pub(crate) async fn openapi(state: web::Data<AppState>) -> HttpResponse {
-    json_response(state.openapi.clone())
+    json_response(state.openapi())
 }

@@ -44,6 +44,7 @@ fn each_bad_config_is_refused_at_start_with_exit_code_2() {
             "token_sha256 must be 64 hexadecimal digits",
         ),
         ("this is = not toml [".to_string(), "TOML"),
+        (DEFAULT_POLICIES.to_string(), "no users"),
     ];
     for (config, words) in cases {
         let (code, stderr) = serve_with(&config_text("", &config));
@@ -250,4 +251,67 @@ fn a_reader_that_goes_away_is_not_an_error() {
     let said = String::from_utf8_lossy(&output.stderr);
     assert!(!said.contains("panicked"), "{said}");
     assert_eq!(output.status.code(), Some(0), "{said}");
+}
+
+#[test]
+fn check_config_warns_of_demo_passwords_open_files_and_plain_http() {
+    use std::os::unix::fs::PermissionsExt;
+    let users = format!(
+        "{}\n[[users]]\nname = \"demo\"\npassword_hash = \"{}\"\nroles = [\"admin\"]\n",
+        default_users(),
+        cheap_hash("admin-demo-password")
+    );
+    let text = config_text(DEFAULT_POLICIES, &users)
+        .replace("bind = \"127.0.0.1:0\"", "bind = \"0.0.0.0:8080\"");
+    assert!(text.contains("0.0.0.0:8080"));
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), &text);
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let output = binary()
+        .arg("--config")
+        .arg(&path)
+        .arg("check-config")
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let said = String::from_utf8(output.stdout).unwrap();
+    let warnings: Vec<&str> = said
+        .lines()
+        .filter(|l| l.starts_with("warning: "))
+        .collect();
+    assert_eq!(warnings.len(), 3, "{said}");
+    assert!(
+        said.contains("user 'demo' still has the documented demo password"),
+        "{said}"
+    );
+    assert!(said.contains("chmod 600"), "{said}");
+    assert!(said.contains("plain HTTP"), "{said}");
+
+    // A quiet config says nothing of the kind.
+    let quiet_dir = tempfile::tempdir().unwrap();
+    let quiet = write_config(
+        quiet_dir.path(),
+        &config_text(DEFAULT_POLICIES, &default_users()),
+    );
+    std::fs::set_permissions(&quiet, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let output = binary()
+        .arg("--config")
+        .arg(&quiet)
+        .arg("check-config")
+        .output()
+        .unwrap();
+    assert!(
+        !String::from_utf8(output.stdout)
+            .unwrap()
+            .contains("warning")
+    );
+}
+
+#[test]
+fn a_bind_that_is_not_host_and_port_is_refused() {
+    let text = config_text(DEFAULT_POLICIES, &default_users())
+        .replace("bind = \"127.0.0.1:0\"", "bind = \"8080\"");
+    let (code, said) = serve_with(&text);
+    assert_eq!(code, 2, "{said}");
+    assert!(said.contains("bind '8080' is not host:port"), "{said}");
 }

@@ -19,4 +19,5 @@ mod operations;
 mod process;
 mod reload;
 mod secrets;
+mod tls;
 mod transfer;

@@ -1,12 +1,15 @@
 //! What operators and tools use: the OpenAPI document, /metrics, and an access log
 //! that never shows a secret.
 
+use std::process::Stdio;
+
+use image_catalog::logging::QUEUE_BYTES;
 use reqwest::Method;
 
 use crate::helpers::{
     ADMIN, BOT_TOKEN, DEFAULT_POLICIES, READER, config_text, default_users, spawn_app, status_json,
 };
-use crate::process::{ChildServer, write_config};
+use crate::process::{ChildServer, binary, write_config};
 
 #[tokio::test]
 async fn the_document_covers_every_route_with_its_policy() {
@@ -196,4 +199,74 @@ async fn metrics_show_the_audit_trail_size_and_retention_is_a_setting() {
     assert_eq!(metric(&text, "image_catalog_audit_records "), Some(2.0));
     let bytes = metric(&text, "image_catalog_audit_bytes ").unwrap();
     assert!(bytes > 100.0 && bytes < 1000.0, "{bytes}");
+}
+
+/// Kills the server when the test ends, passed or not.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn a_log_nobody_reads_drops_lines_counts_them_and_says_so_once_read() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &config_text(DEFAULT_POLICIES, &default_users()));
+    let mut server = Killed(
+        binary()
+            .arg("--config")
+            .arg(&config)
+            .arg("serve")
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    // Read the log until the address, then stop reading it: the pipe fills up.
+    let mut log = std::io::BufReader::new(server.0.stderr.take().unwrap());
+    let address = loop {
+        let mut line = String::new();
+        assert!(log.read_line(&mut line).unwrap() > 0, "the server exited");
+        if let Some(rest) = line.split("listening on ").nth(1) {
+            break rest.split_whitespace().next().unwrap().to_owned();
+        }
+    };
+
+    // A 404's access line holds its path: 4 KB lines, three times what the queue holds.
+    let client = reqwest::Client::new();
+    let url = format!("{address}/{}", "x".repeat(4000));
+    for _ in 0..3 * QUEUE_BYTES / 4000 {
+        let response = client.get(&url).send().await.unwrap();
+        assert_eq!(response.status(), 404, "requests are answered, log or not");
+    }
+    let text = client
+        .get(format!("{address}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let dropped = metric(&text, "image_catalog_log_lines_dropped_total")
+        .unwrap_or_else(|| panic!("no dropped-lines counter in {text}"));
+    assert!(dropped > 0.0, "{dropped}");
+
+    // Reading again, the log says what it lost.
+    let warning = tokio::task::spawn_blocking(move || {
+        log.lines()
+            .map_while(Result::ok)
+            .find(|line| line.contains("log lines were dropped while the log was not being read"))
+    });
+    let warning = tokio::time::timeout(std::time::Duration::from_secs(60), warning)
+        .await
+        .expect("the warning within a minute")
+        .unwrap()
+        .expect("a warning about the dropped lines");
+    assert!(warning.contains("WARN"), "{warning}");
 }

@@ -33,13 +33,29 @@ pub fn binary() -> Command {
 /// Runs `serve` on a config it must refuse to start with; returns the exit code (-1
 /// for a signal) and what it wrote to stderr.
 pub fn serve_refused(config: &Path) -> (i32, String) {
-    let output = binary()
+    let child = binary()
         .arg("--config")
         .arg(config)
         .arg("serve")
         .env("RUST_LOG", "warn")
-        .output()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .unwrap();
+    // A config wrongly accepted would serve forever: stop it after a generous deadline.
+    let pid = child.id().to_string();
+    let (exited, deadline) = std::sync::mpsc::channel::<()>();
+    let watchdog = std::thread::spawn(move || {
+        if deadline
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .is_err()
+        {
+            let _ = Command::new("kill").args(["-KILL", &pid]).status();
+        }
+    });
+    let output = child.wait_with_output().unwrap();
+    let _ = exited.send(());
+    let _ = watchdog.join();
     (
         output.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&output.stderr).into_owned(),

@@ -13,6 +13,13 @@ fn users(admin_password: &str, extra: &str) -> String {
     )
 }
 
+/// A generous deadline: a reload that never logs fails the test instead of hanging it.
+async fn within_a_minute<T>(future: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(std::time::Duration::from_secs(60), future)
+        .await
+        .expect("no answer within a minute")
+}
+
 async fn status(server: &ChildServer, user: &str, password: &str) -> StatusCode {
     reqwest::Client::new()
         .get(format!("{}/v3/images", server.address))
@@ -75,4 +82,136 @@ async fn sighup_swaps_users_and_keeps_the_old_config_when_the_new_is_bad() {
     server.wait_for_log("only after a restart").await;
     server.wait_for_log("config reloaded").await;
     assert_eq!(status(&server, "newbie", "nb-pw").await, 403);
+}
+
+#[tokio::test]
+async fn a_reload_to_a_config_without_users_is_refused_and_the_old_users_stay() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), &config_text(DEFAULT_POLICIES, &users("pw", "")));
+    let mut server = ChildServer::start(&path).await;
+    assert_eq!(status(&server, "admin", "pw").await, 200);
+
+    for empty in ["", &config_text(DEFAULT_POLICIES, "")] {
+        write_config(dir.path(), empty);
+        server.signal("HUP");
+        let line = within_a_minute(server.wait_for_log("config reload")).await;
+        assert!(
+            line.contains("refused") && line.contains("no users"),
+            "{line}"
+        );
+        assert_eq!(status(&server, "admin", "pw").await, 200, "old users stay");
+    }
+}
+
+/// A password hash whose check takes long enough (about a second) for a reload to land
+/// while it runs.
+fn slow_hash(password: &str) -> String {
+    use argon2::password_hash::{PasswordHasher, SaltString};
+    let params = argon2::Params::new(19_456, 64, 1, None).unwrap();
+    let argon = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+    let salt = SaltString::encode_b64(b"slow-salt-16byte").unwrap();
+    argon
+        .hash_password(password.as_bytes(), &salt)
+        .unwrap()
+        .to_string()
+}
+
+async fn create_as(server: &ChildServer, user: &str, password: &str, id: &str) -> StatusCode {
+    create(
+        server.address.clone(),
+        user.to_owned(),
+        password.to_owned(),
+        id.to_owned(),
+    )
+    .await
+}
+
+async fn create(address: String, user: String, password: String, id: String) -> StatusCode {
+    reqwest::Client::new()
+        .post(format!("{address}/v3/image"))
+        .basic_auth(user, Some(password))
+        .json(&serde_json::json!({
+            "id": id, "provider": "ec2", "remote_user": "ubuntu", "name": id
+        }))
+        .send()
+        .await
+        .unwrap()
+        .status()
+}
+
+/// Sends a create as `user` and returns once the server is checking its password; the
+/// create's status is the task's outcome.
+async fn login_in_progress(
+    server: &mut ChildServer,
+    user: &str,
+    password: &str,
+    id: &str,
+) -> tokio::task::JoinHandle<StatusCode> {
+    let login = tokio::spawn(create(
+        server.address.clone(),
+        user.to_owned(),
+        password.to_owned(),
+        id.to_owned(),
+    ));
+    let line = format!("verifying the credentials of user '{user}'");
+    within_a_minute(server.wait_for_log(&line)).await;
+    login
+}
+
+#[tokio::test]
+async fn a_reload_during_a_login_refuses_the_old_credentials_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let victim = format!(
+        "[[users]]\nname = \"victim\"\npassword_hash = \"{}\"\nroles = [\"admin\"]\n",
+        slow_hash("old-pw")
+    );
+    let path = write_config(
+        dir.path(),
+        &config_text(DEFAULT_POLICIES, &users("pw", &victim)),
+    );
+    let mut server = ChildServer::start_logging(&path, "info,image_catalog::auth=debug").await;
+
+    // The user is removed while its password is checked.
+    let login = login_in_progress(&mut server, "victim", "old-pw", "ami-1").await;
+    write_config(dir.path(), &config_text(DEFAULT_POLICIES, &users("pw", "")));
+    server.signal("HUP");
+    within_a_minute(server.wait_for_log("config reloaded")).await;
+    assert_eq!(login.await.unwrap(), 401, "the login the reload overtook");
+    assert_eq!(create_as(&server, "victim", "old-pw", "ami-2").await, 401);
+    assert_eq!(status(&server, "admin", "pw").await, 200);
+
+    // Its password is rotated and its role cut to reading while the old one is checked.
+    write_config(
+        dir.path(),
+        &config_text(DEFAULT_POLICIES, &users("pw", &victim)),
+    );
+    server.signal("HUP");
+    within_a_minute(server.wait_for_log("config reloaded")).await;
+    let login = login_in_progress(&mut server, "victim", "old-pw", "ami-3").await;
+    let rotated = format!(
+        "[[users]]\nname = \"victim\"\npassword_hash = \"{}\"\nroles = [\"reader\"]\n",
+        cheap_hash("new-pw")
+    );
+    write_config(
+        dir.path(),
+        &config_text(DEFAULT_POLICIES, &users("pw", &rotated)),
+    );
+    server.signal("HUP");
+    within_a_minute(server.wait_for_log("config reloaded")).await;
+    assert_eq!(login.await.unwrap(), 401, "the login the reload overtook");
+    assert_eq!(create_as(&server, "victim", "old-pw", "ami-4").await, 401);
+    assert_eq!(status(&server, "victim", "new-pw").await, 200);
+    assert_eq!(create_as(&server, "victim", "new-pw", "ami-5").await, 403);
+
+    // Nothing the old credentials sent was written.
+    let listed: Vec<serde_json::Value> = reqwest::Client::new()
+        .get(format!("{}/v3/images", server.address))
+        .basic_auth("admin", Some("pw"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(listed.is_empty(), "{listed:?}");
 }

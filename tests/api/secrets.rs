@@ -7,7 +7,7 @@ use std::path::Path;
 
 use base64::Engine;
 
-use crate::helpers::{DEFAULT_POLICIES, cheap_hash, config_text, sha256_hex};
+use crate::helpers::{DEFAULT_POLICIES, cheap_hash, config_text, default_users, sha256_hex};
 use crate::process::{ChildServer, write_config};
 
 const PASSWORD: &str = "pw-Zq8vRight-horse";
@@ -117,7 +117,7 @@ async fn passwords_and_tokens_never_reach_the_log_or_a_response() {
 #[tokio::test]
 async fn a_config_others_can_read_or_write_is_warned_about_at_start_and_on_reload() {
     let dir = tempfile::tempdir().unwrap();
-    let path = write_config(dir.path(), &config_text(DEFAULT_POLICIES, ""));
+    let path = write_config(dir.path(), &config_text(DEFAULT_POLICIES, &default_users()));
     chmod(&path, 0o644);
     let mut server = ChildServer::start(&path).await;
     let warning = server
@@ -142,7 +142,7 @@ async fn a_config_others_can_read_or_write_is_warned_about_at_start_and_on_reloa
 #[tokio::test]
 async fn a_private_config_is_not_warned_about() {
     let dir = tempfile::tempdir().unwrap();
-    let path = write_config(dir.path(), &config_text(DEFAULT_POLICIES, ""));
+    let path = write_config(dir.path(), &config_text(DEFAULT_POLICIES, &default_users()));
     chmod(&path, 0o600);
     let server = ChildServer::start(&path).await;
     assert!(

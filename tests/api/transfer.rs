@@ -152,5 +152,74 @@ async fn export_and_import_refuse_a_data_dir_a_server_holds() {
             message.contains("in use by another image-catalog process"),
             "{message}"
         );
+        assert!(
+            message.contains("GET /v3/images"),
+            "points to the online backup: {message}"
+        );
     }
+}
+
+#[tokio::test]
+async fn what_get_v3_images_returns_is_a_backup_that_imports_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &config_text(DEFAULT_POLICIES, &default_users()));
+    let source = dir.path().join("images.jsonl");
+    std::fs::write(&source, LINES).unwrap();
+    assert!(
+        run(&config, &["import", source.to_str().unwrap()])
+            .status
+            .success()
+    );
+    let before = run(&config, &["export"]).stdout;
+
+    // The online backup: the whole list from a running server.
+    let server = ChildServer::start(&config).await;
+    let backup = reqwest::Client::new()
+        .get(format!("{}/v3/images", server.address))
+        .basic_auth(crate::helpers::ADMIN.0, Some(crate::helpers::ADMIN.1))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    server.kill();
+    let file = dir.path().join("backup.json");
+    std::fs::write(&file, &backup).unwrap();
+
+    let restored = tempfile::tempdir().unwrap();
+    let config = write_config(
+        restored.path(),
+        &config_text(DEFAULT_POLICIES, &default_users()),
+    );
+    let output = run(&config, &["import", file.to_str().unwrap()]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(stderr(&output).contains("imported 4 images"));
+    assert_eq!(run(&config, &["export"]).stdout, before, "the same catalog");
+
+    // A bad image in an array is named by its place; nothing is imported.
+    let bad = dir.path().join("bad.json");
+    std::fs::write(
+        &bad,
+        r#"[{"id":"ok","provider":"ec2","remote_user":"u"}, {"id":"no","provider":"gce","remote_user":"u"}]"#,
+    )
+    .unwrap();
+    let fresh = tempfile::tempdir().unwrap();
+    let config = write_config(
+        fresh.path(),
+        &config_text(DEFAULT_POLICIES, &default_users()),
+    );
+    let output = run(&config, &["import", bad.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr(&output).contains("image 2 of the array: provider 'gce'"),
+        "{}",
+        stderr(&output)
+    );
+    assert!(
+        stderr(&output).contains("1 bad image(s)"),
+        "{}",
+        stderr(&output)
+    );
+    assert!(run(&config, &["export"]).stdout.is_empty());
 }
