@@ -18,7 +18,9 @@ use std::time::Duration;
 use crate::store::StoreError;
 use crate::store_open::{damaged, data_dir_error};
 
+/// Beside sled's files: the count as text, one line.
 pub const MARK_FILE: &str = "high-water-mark";
+
 /// The mark in `dir`, if there is one.
 pub fn read(dir: &Path) -> Result<Option<u64>, StoreError> {
     let path = dir.join(MARK_FILE);
