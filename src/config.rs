@@ -115,6 +115,9 @@ pub struct AuthConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoreConfig {
     pub cache_mb: u64,
+    /// `serve --accept-data-loss`: start on a store behind its high-water mark. Never
+    /// read from the file.
+    pub accept_data_loss: bool,
 }
 
 /// Who may do what: the part of config that SIGHUP swaps.
@@ -381,6 +384,7 @@ impl Config {
             },
             store: StoreConfig {
                 cache_mb: raw.store.cache_mb,
+                accept_data_loss: false,
             },
             audit,
             auth,

@@ -20,5 +20,7 @@ pub mod policy;
 pub mod routes;
 pub mod startup;
 pub mod store;
+pub mod store_mark;
+pub mod store_open;
 pub mod throttle;
 pub mod tls;

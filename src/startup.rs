@@ -141,7 +141,8 @@ impl AppState {
         };
         crate::config::warn_insecure_permissions(path);
         match Config::load(path) {
-            Ok(next) => {
+            Ok(mut next) => {
+                next.store.accept_data_loss = self.config.store.accept_data_loss;
                 self.reload_certificates(&next);
                 let same_server = ServerConfig {
                     tls: self.config.server.tls.clone(),
@@ -211,7 +212,11 @@ impl Application {
             .as_ref()
             .map(|files| Certificates::load(&files.cert, &files.key))
             .transpose()?;
-        let store = Store::open(&config.server.data_dir, config.store.cache_mb)?;
+        let store = Store::open_with(
+            &config.server.data_dir,
+            config.store.cache_mb,
+            config.store.accept_data_loss,
+        )?;
         store.keep_audit_for(config.audit.keep);
         let openapi = serde_json::to_vec(&crate::openapi::document(&config.providers))
             .unwrap_or_default()

@@ -88,6 +88,50 @@ pub enum StoreError {
     Closed,
     #[error("storage engine: {0}")]
     Engine(#[from] sled::Error),
+    #[error("cannot open the store at {dir} as user {user}: {reason}")]
+    DataDir {
+        dir: PathBuf,
+        user: String,
+        reason: String,
+    },
+    #[error(
+        "cannot open the store at {dir} as user {user}: it is damaged ({detail}); {}",
+        crate::store_open::RESTORE_ADVICE
+    )]
+    Damaged {
+        dir: PathBuf,
+        user: String,
+        detail: String,
+    },
+    #[error(
+        "cannot open the store at {dir} as user {user}: it holds {store} changes but its \
+         high-water mark ({dir}/{}) says {mark} were made durable, so {} acknowledged changes \
+         are missing (its files were damaged or an older copy was put back); {}; or, to \
+         serve what is left and lose those changes, start once with \
+         `serve --accept-data-loss`",
+        crate::store_mark::MARK_FILE,
+        mark - store,
+        crate::store_open::RESTORE_ADVICE
+    )]
+    BehindMark {
+        dir: PathBuf,
+        user: String,
+        store: u64,
+        mark: u64,
+    },
+}
+
+impl StoreError {
+    /// Whether a restart cannot help: the data dir or the store needs an operator.
+    pub fn needs_operator(&self) -> bool {
+        matches!(
+            self,
+            StoreError::DataDir { .. }
+                | StoreError::Damaged { .. }
+                | StoreError::BehindMark { .. }
+                | StoreError::UnknownFormat { .. }
+        )
+    }
 }
 
 /// The condition of a compare-and-swap (`If-Match`).
@@ -314,65 +358,55 @@ pub struct Store {
     /// Held by tests to hold the writer back between batches.
     #[cfg(test)]
     pause: Arc<Mutex<()>>,
+    mark: Arc<crate::store_mark::MarkKeeper>,
+    /// The data dir's lock: declared last, so it is let go after sled's files.
+    _lock: std::fs::File,
 }
 
 impl Store {
     pub fn open(dir: &Path, cache_mb: u64) -> Result<Store, StoreError> {
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(cache_mb.saturating_mul(1024 * 1024))
-            // Every change is flushed before it is acknowledged; sled's own periodic
-            // flusher would only add a thread that holds the data dir's lock for a
-            // while after the store is dropped.
-            .flush_every_ms(None)
-            .open()
-            .map_err(|e| match e {
-                sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => {
-                    StoreError::InUse(dir.to_owned())
-                }
-                other => StoreError::Engine(other),
-            })?;
-        let images = db.open_tree(IMAGES_TREE)?;
-        let audit = db.open_tree(AUDIT_TREE)?;
-        let meta = db.open_tree(META_TREE)?;
-        match db.get(FORMAT_KEY)? {
-            Some(found) if found.as_ref() == FORMAT_VERSION.as_bytes() => {}
-            Some(found) if found.as_ref() == b"1" => {
-                upgrade_from_1(&images, &audit, &meta)?;
-                db.insert(FORMAT_KEY, FORMAT_VERSION)?;
-                db.flush()?;
-                log::info!(
-                    "the store at {} was upgraded in place from format 1 to {FORMAT_VERSION}",
-                    dir.display()
-                );
-            }
-            Some(found) => {
-                return Err(StoreError::UnknownFormat {
-                    dir: dir.to_owned(),
-                    found: String::from_utf8_lossy(&found).into_owned(),
-                });
-            }
-            None if images.is_empty() && audit.is_empty() => {
-                Tally::default().store(&meta)?;
-                db.insert(FORMAT_KEY, FORMAT_VERSION)?;
-                db.flush()?;
-            }
-            None => {
-                return Err(StoreError::UnknownFormat {
-                    dir: dir.to_owned(),
-                    found: "none".into(),
-                });
-            }
-        }
-        if let Some(removed) = undo_interrupted_import(&images, &audit, &meta)? {
+        Store::open_with(dir, cache_mb, false)
+    }
+
+    /// Opens the store in `dir`: takes the folder's lock, opens sled and reads every
+    /// entry once with sled's panics contained (a damaged store is
+    /// [`StoreError::Damaged`], not a panic), then compares the store's count of
+    /// changes with the high-water mark: a store behind it is refused unless
+    /// `accept_data_loss`.
+    pub fn open_with(
+        dir: &Path,
+        cache_mb: u64,
+        accept_data_loss: bool,
+    ) -> Result<Store, StoreError> {
+        let lock = crate::store_open::prepare(dir)?;
+        let started = Instant::now();
+        let Opened {
+            db,
+            images,
+            audit,
+            meta,
+            tally,
+            fresh,
+        } = crate::store_open::contain(dir, || open_engine(dir, cache_mb))?;
+        log::info!(
+            "store at {} read through: {} images, {} audit records, {} changes in {:.0} ms",
+            dir.display(),
+            tally.images,
+            tally.audit_records,
+            tally.changes(),
+            started.elapsed().as_secs_f64() * 1000.0
+        );
+        let marked = crate::store_mark::check(dir, tally.changes(), accept_data_loss)?;
+        if fresh {
+            Tally::default().store(&meta)?;
+            db.insert(FORMAT_KEY, FORMAT_VERSION)?;
             db.flush()?;
-            log::warn!(
-                "an import into {} was interrupted; undone: {removed} images it had created \
-                 were removed, so that the import is all or nothing",
-                dir.display()
-            );
         }
-        let tally = Tally::load(&meta)?;
+        let mark = Arc::new(crate::store_mark::MarkKeeper::start(
+            dir,
+            tally.changes(),
+            marked,
+        )?);
         let gauges = Arc::new(Gauges::default());
         gauges.show(&tally);
         let generation = Arc::new(AtomicU64::new(0));
@@ -394,6 +428,7 @@ impl Store {
             health: health.clone(),
             #[cfg(test)]
             pause: pause.clone(),
+            mark: mark.clone(),
         };
         let watched = health.clone();
         let handle = std::thread::Builder::new()
@@ -420,6 +455,8 @@ impl Store {
             health,
             #[cfg(test)]
             pause,
+            mark,
+            _lock: lock,
         })
     }
 
@@ -427,7 +464,163 @@ impl Store {
     pub async fn apply(&self, change: Change, user: &str) -> Result<Applied, StoreError> {
         self.submit(Work::Change(change), user).await
     }
+}
 
+/// What `open_engine` hands back: sled opened, upgraded if need be, and read through
+/// once.
+struct Opened {
+    db: sled::Db,
+    images: Tree,
+    audit: Tree,
+    meta: Tree,
+    tally: Tally,
+    /// Empty and without a format version: new, or emptied by damage. Nothing is
+    /// written to it before the mark is checked, so a damaged store is left as found.
+    fresh: bool,
+}
+
+/// How long an open waits for sled's own lock, which its threads may hold for a
+/// moment after this process let go of a store (the data dir's lock is ours already).
+const SLED_LOCK_WAIT: Duration = Duration::from_secs(2);
+
+/// Opens sled in `dir` (locked already) and reads every entry once, so that damage
+/// shows now (an error, or a panic `store_open::contain` catches) rather than on a
+/// request. Any engine error here means the store cannot be trusted as it is.
+fn open_engine(dir: &Path, cache_mb: u64) -> Result<Opened, StoreError> {
+    let started = Instant::now();
+    let db = loop {
+        let opened = sled::Config::new()
+            .path(dir)
+            .cache_capacity(cache_mb.saturating_mul(1024 * 1024))
+            // Every change is flushed before it is acknowledged; sled's own periodic
+            // flusher would only add a thread that holds the data dir's lock for a
+            // while after the store is dropped.
+            .flush_every_ms(None)
+            .open();
+        match opened {
+            Ok(db) => break db,
+            Err(sled::Error::Io(io)) if io.to_string().contains("could not acquire lock") => {
+                // Ours is held, so this is a lingering thread of ours, or an older
+                // image-catalog that did not know the lock file.
+                if started.elapsed() > SLED_LOCK_WAIT {
+                    return Err(StoreError::InUse(dir.to_owned()));
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => return Err(engine_error(dir, StoreError::Engine(e))),
+        }
+    };
+    open_and_verify(dir, db).map_err(|e| engine_error(dir, e))
+}
+
+/// A failure while opening, said as what an operator faces: the folder, or damage.
+fn engine_error(dir: &Path, err: StoreError) -> StoreError {
+    match err {
+        StoreError::Engine(sled::Error::Io(io))
+            if matches!(
+                io.kind(),
+                std::io::ErrorKind::PermissionDenied
+                    | std::io::ErrorKind::ReadOnlyFilesystem
+                    | std::io::ErrorKind::NotADirectory
+                    | std::io::ErrorKind::StorageFull
+            ) =>
+        {
+            crate::store_open::io_error(dir, &io)
+        }
+        StoreError::Engine(other) => crate::store_open::damaged(dir, other),
+        StoreError::Corrupt(detail) => crate::store_open::damaged(dir, detail),
+        other => other,
+    }
+}
+
+fn open_and_verify(dir: &Path, db: sled::Db) -> Result<Opened, StoreError> {
+    let images = db.open_tree(IMAGES_TREE)?;
+    let audit = db.open_tree(AUDIT_TREE)?;
+    let meta = db.open_tree(META_TREE)?;
+    let mut fresh = false;
+    match db.get(FORMAT_KEY)? {
+        Some(found) if found.as_ref() == FORMAT_VERSION.as_bytes() => {}
+        Some(found) if found.as_ref() == b"1" => {
+            upgrade_from_1(&images, &audit, &meta)?;
+            db.insert(FORMAT_KEY, FORMAT_VERSION)?;
+            db.flush()?;
+            log::info!(
+                "the store at {} was upgraded in place from format 1 to {FORMAT_VERSION}",
+                dir.display()
+            );
+        }
+        Some(found) => {
+            return Err(StoreError::UnknownFormat {
+                dir: dir.to_owned(),
+                found: String::from_utf8_lossy(&found).into_owned(),
+            });
+        }
+        // A new store: set up once its mark is checked (see `Opened::fresh`).
+        None if images.is_empty() && audit.is_empty() => fresh = true,
+        None => {
+            return Err(StoreError::UnknownFormat {
+                dir: dir.to_owned(),
+                found: "none".into(),
+            });
+        }
+    }
+    if let Some(removed) = undo_interrupted_import(&images, &audit, &meta)? {
+        db.flush()?;
+        log::warn!(
+            "an import into {} was interrupted; undone: {removed} images it had created \
+             were removed, so that the import is all or nothing",
+            dir.display()
+        );
+    }
+    let tally = Tally::load(&meta)?;
+    // The first full read: every key and value of every tree, checked against the
+    // tally kept in step with them.
+    let default: &Tree = &db;
+    for tree in [default, &meta] {
+        for item in tree.iter() {
+            item?;
+        }
+    }
+    let mut stored_images = 0u64;
+    for item in images.iter() {
+        let (key, value) = item?;
+        // JSON, not the API's rules of the day: ids stored under older rules stay.
+        serde_json::from_slice::<serde::de::IgnoredAny>(&value).map_err(|e| {
+            let key = String::from_utf8_lossy(&key);
+            StoreError::Corrupt(format!("the record of image '{key}' is not JSON: {e}"))
+        })?;
+        stored_images += 1;
+    }
+    let mut stored_records = 0u64;
+    for item in audit.iter() {
+        let (key, _) = item?;
+        if u64_from_bytes(&key)? >= tally.next_seq {
+            return Err(StoreError::Corrupt(format!(
+                "an audit record has seq {} but the next seq is {}",
+                u64_from_bytes(&key)?,
+                tally.next_seq
+            )));
+        }
+        stored_records += 1;
+    }
+    if (stored_images, stored_records) != (tally.images, tally.audit_records) {
+        return Err(StoreError::Corrupt(format!(
+            "it holds {stored_images} images and {stored_records} audit records but counted \
+             {} and {}",
+            tally.images, tally.audit_records
+        )));
+    }
+    Ok(Opened {
+        db,
+        images,
+        audit,
+        meta,
+        tally,
+        fresh,
+    })
+}
+
+impl Store {
     /// Creates all `images` with their audit records in one atomic step, or none of
     /// them if any id exists already (`Conflict`); resolves once they are on disk.
     pub async fn import(&self, images: Vec<Image>, user: &str) -> Result<u64, StoreError> {
@@ -682,6 +875,7 @@ impl Store {
         // start reopens the store on what was durable.
         self.health.check()?;
         self.db.flush()?;
+        self.mark.close();
         Ok(())
     }
 }
@@ -789,6 +983,13 @@ impl Tally {
         Ok(())
     }
 
+    /// Changes ever applied: every one took a seq, and a seq is never given twice nor
+    /// taken back (pruning and an undone import leave `next_seq` alone). This is what
+    /// the high-water mark counts.
+    fn changes(&self) -> u64 {
+        self.next_seq.saturating_sub(1)
+    }
+
     /// One more audit record of `bytes` bytes.
     fn audited(&mut self, bytes: usize) {
         self.audit_records += 1;
@@ -856,6 +1057,7 @@ struct Writer {
     health: Health,
     #[cfg(test)]
     pause: Arc<Mutex<()>>,
+    mark: Arc<crate::store_mark::MarkKeeper>,
 }
 
 impl Writer {
@@ -1034,6 +1236,9 @@ impl Writer {
             && let Err(e) = self.db.flush()
         {
             failure = Some(format!("flushing to disk failed: {e}"));
+        }
+        if failure.is_none() && changed {
+            self.mark.made_durable(self.tally.changes());
         }
         for (reply, result) in answers {
             let result = match (&failure, result) {
@@ -1544,6 +1749,7 @@ mod tests {
             last_prune: None,
             health: Health::new(),
             pause: Arc::new(Mutex::new(())),
+            mark: store.mark.clone(),
         }
     }
 
@@ -1636,6 +1842,62 @@ mod tests {
                 other => break other.unwrap(),
             }
         }
+    }
+
+    #[test]
+    fn a_store_without_a_mark_gets_one_at_its_count_of_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path(), 8).unwrap();
+            for id in ["a", "b", "c"] {
+                block_on(store.apply(Change::Create(image(id)), "u")).unwrap();
+            }
+            block_on(store.apply(
+                Change::Delete {
+                    id: ImageId::parse("a").unwrap(),
+                    precondition: None,
+                },
+                "u",
+            ))
+            .unwrap();
+            // As a store written before the mark: format 1, no tally, no mark.
+            let meta = store.db.open_tree(META_TREE).unwrap();
+            for key in [AUDIT_RECORDS_KEY, AUDIT_BYTES_KEY, NEXT_SEQ_KEY] {
+                meta.remove(key).unwrap();
+            }
+            store.set_format_version_for_tests("1").unwrap();
+        }
+        std::fs::remove_file(dir.path().join(crate::store_mark::MARK_FILE)).unwrap();
+        let store = reopen(dir.path());
+        assert_eq!(crate::store_mark::read(dir.path()).unwrap(), Some(4));
+        block_on(store.apply(Change::Create(image("d")), "u")).unwrap();
+        store.shutdown().unwrap();
+        assert_eq!(crate::store_mark::read(dir.path()).unwrap(), Some(5));
+    }
+
+    #[test]
+    fn a_miscounted_store_is_damaged() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path(), 8).unwrap();
+            block_on(store.apply(Change::Create(image("a")), "u")).unwrap();
+            store.images.remove("a").unwrap();
+        }
+        let err = (|| loop {
+            match Store::open(dir.path(), 8) {
+                Err(StoreError::InUse(_)) => std::thread::yield_now(),
+                other => return other,
+            }
+        })()
+        .err()
+        .expect("refused");
+        assert!(matches!(err, StoreError::Damaged { .. }), "{err}");
+        assert!(
+            err.to_string()
+                .contains("0 images and 1 audit records but counted 1 and 1"),
+            "{err}"
+        );
+        assert!(err.needs_operator());
     }
 
     #[test]

@@ -43,6 +43,10 @@ pub enum Command {
         /// Data folder, instead of [server] data_dir (relative to the working folder).
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// Start even if the store is behind its high-water mark (acknowledged changes
+        /// are missing): serve what is left and reset the mark.
+        #[arg(long)]
+        accept_data_loss: bool,
     },
     /// Write a new config.toml to deploy with: an admin user with a generated password
     /// (printed once), the standard policies, and DATA_DIR.
@@ -100,21 +104,40 @@ pub enum CliError {
     Usage(String),
     #[error("{0}")]
     Runtime(String),
+    /// The store or its folder needs an operator: a restart cannot help.
+    #[error("{0}")]
+    NeedsOperator(String),
 }
 
 impl CliError {
-    /// SPEC §4: 2 for bad usage or bad config, 1 for a failure at run time.
+    /// SPEC §4 and §5: 2 for bad usage or bad config, 1 for a failure at run time, 3
+    /// when the store needs an operator (so systemd stops retrying).
     pub fn exit_code(&self) -> u8 {
         match self {
             CliError::Config(_) | CliError::Usage(_) => 2,
             CliError::Runtime(_) => 1,
+            CliError::NeedsOperator(_) => 3,
+        }
+    }
+}
+
+impl From<crate::store::StoreError> for CliError {
+    fn from(err: crate::store::StoreError) -> Self {
+        if err.needs_operator() {
+            CliError::NeedsOperator(err.to_string())
+        } else {
+            CliError::Runtime(err.to_string())
         }
     }
 }
 
 pub fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
-        Command::Serve { bind, data_dir } => serve(cli.config, bind, data_dir),
+        Command::Serve {
+            bind,
+            data_dir,
+            accept_data_loss,
+        } => serve(cli.config, bind, data_dir, accept_data_loss),
         Command::HashPassword => hash_password(),
         Command::Init {
             data_dir,
@@ -161,8 +184,10 @@ fn serve(
     config_path: PathBuf,
     bind: Option<String>,
     data_dir: Option<PathBuf>,
+    accept_data_loss: bool,
 ) -> Result<(), CliError> {
     let mut config = Config::load(&config_path)?;
+    config.store.accept_data_loss = accept_data_loss;
     if let Some(bind) = bind {
         config.server.bind = bind;
     }
@@ -182,6 +207,7 @@ fn serve(
         let app = Application::build(config, Some(config_path)).map_err(|e| match e {
             // A certificate that does not load is a config to fix, not a restart.
             crate::startup::StartError::Tls(_) => CliError::Usage(e.to_string()),
+            crate::startup::StartError::Store(e) => CliError::from(e),
             e => CliError::Runtime(e.to_string()),
         })?;
         // Listening for signals before saying where we listen: a SIGHUP sent as soon

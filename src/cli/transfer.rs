@@ -25,7 +25,7 @@ fn open_store(config_path: &Path, data_dir: Option<PathBuf>) -> Result<(Config, 
              `import backup.json` reads it back",
             base_url(&config.server.bind)
         )),
-        other => CliError::Runtime(other.to_string()),
+        other => CliError::from(other),
     })?;
     Ok((config, store))
 }

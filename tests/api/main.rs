@@ -6,6 +6,7 @@ mod auth;
 mod brute_force;
 mod conditional;
 mod config;
+mod damage;
 mod disk_full;
 mod durability;
 mod edges;
