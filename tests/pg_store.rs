@@ -948,3 +948,51 @@ async fn tls_require_and_verify_full() {
         "{err}"
     );
 }
+
+/// Waits (bounded) until `id` is stored, as seen through `store`.
+async fn until_stored(store: &PgStore, name: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while store.get(&id(name)).await.unwrap().is_none() {
+        assert!(Instant::now() < deadline, "{name} never appeared");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A connection lost before COMMIT was sent: nothing was changed, and the store
+/// says so. Lost after COMMIT was sent: the outcome is unknown, and the store says
+/// that (here the change did commit: "nothing was changed" would have been a lie).
+#[tokio::test]
+async fn a_connection_lost_before_or_after_commit_is_answered_honestly() {
+    let Some(db) = postgres::database() else {
+        return;
+    };
+    let direct = connect(&db.url, true).await;
+    let proxy = postgres::CutProxy::to(db.port).unwrap();
+    let via_proxy = db
+        .url
+        .replace(&format!(":{}/", db.port), &format!(":{}/", proxy.port));
+    for batch in [true, false] {
+        let store = connect(&via_proxy, batch).await;
+        let before = format!("cut-before-{batch}");
+        proxy.arm(b"INSERT INTO images", postgres::Cut::Before);
+        let lost = store.apply(Change::Create(image(&before)), "a").await;
+        assert!(matches!(lost, Err(StoreError::Unavailable(_))), "{lost:?}");
+        assert!(direct.get(&id(&before)).await.unwrap().is_none());
+
+        let after = format!("cut-after-{batch}");
+        proxy.arm(b"COMMIT\0", postgres::Cut::After);
+        let unknown = store.apply(Change::Create(image(&after)), "a").await;
+        let Err(StoreError::OutcomeUnknown(why)) = &unknown else {
+            panic!("{unknown:?}")
+        };
+        assert!(why.contains("COMMIT was sent"), "{why}");
+        assert!(!why.contains(&db.password), "{why}");
+        until_stored(&direct, &after).await;
+        // The store goes on, on a new connection.
+        store
+            .apply(Change::Create(image(&format!("next-{batch}"))), "a")
+            .await
+            .unwrap();
+    }
+    assert_eq!(direct.audit_size().await.unwrap().0, 4);
+}

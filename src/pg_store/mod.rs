@@ -703,6 +703,24 @@ impl Inner {
         }
     }
 
+    /// Sends COMMIT: a refusal by the server rolled the transaction back (nothing
+    /// was changed); a lost connection or no answer leaves its outcome unknown.
+    async fn commit(&self, tx: deadpool_postgres::Transaction<'_>) -> Result<(), Broken> {
+        let limit = self.options.statement_timeout + Duration::from_secs(1);
+        match tokio::time::timeout(limit, tx.commit()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) if e.as_db_error().is_some() => Err(self.failed(&e)),
+            Ok(Err(e)) => Err(Broken::InCommit(format!(
+                "the COMMIT was sent, but {}",
+                self.scrub(describe(&e))
+            ))),
+            Err(_) => Err(Broken::InCommit(format!(
+                "the COMMIT was sent, but no answer came within {} ms",
+                limit.as_millis()
+            ))),
+        }
+    }
+
     /// A connection from the pool, opened if need be.
     async fn client(&self) -> Result<Object, Broken> {
         // The pool's own timeouts bound this; the outer one is for a pool that
@@ -996,12 +1014,9 @@ impl Inner {
         if let Err(broken) = self.audit_in(&tx, &audit, images_delta).await {
             return Err((broken, results));
         }
-        match self.bounded(tx.commit()).await {
+        match self.commit(tx).await {
             Ok(()) => Ok(results),
-            Err(Broken::Before(why) | Broken::InCommit(why)) => Err((
-                Broken::InCommit(format!("the COMMIT was sent, but {why}")),
-                results,
-            )),
+            Err(broken) => Err((broken, results)),
         }
     }
 
@@ -1174,12 +1189,8 @@ impl Inner {
             }
             self.audit_in(&tx, &audit, chunk.len() as i64).await?;
         }
-        match self.bounded(tx.commit()).await {
-            Ok(()) => Ok(Ok(images.len() as u64)),
-            Err(Broken::Before(why) | Broken::InCommit(why)) => Err(Broken::InCommit(format!(
-                "the COMMIT of the import was sent, but {why}"
-            ))),
-        }
+        self.commit(tx).await?;
+        Ok(Ok(images.len() as u64))
     }
 
     async fn import_audit(&self, records: Vec<AuditRecord>) -> Result<u64, StoreError> {
@@ -1256,12 +1267,8 @@ impl Inner {
             &[&max, &(records.len() as i64), &bytes],
         ))
         .await?;
-        match self.bounded(tx.commit()).await {
-            Ok(()) => Ok(Ok(records.len() as u64)),
-            Err(Broken::Before(why) | Broken::InCommit(why)) => Err(Broken::InCommit(format!(
-                "the COMMIT of the audit import was sent, but {why}"
-            ))),
-        }
+        self.commit(tx).await?;
+        Ok(Ok(records.len() as u64))
     }
 
     /// Removes audit records past the retention, a chunk per transaction.
@@ -1312,9 +1319,7 @@ impl Inner {
             .await?;
             log::info!("audit retention: removed {count} records older than {keep} s");
         }
-        self.bounded(tx.commit()).await.map_err(|b| match b {
-            Broken::Before(why) | Broken::InCommit(why) => Broken::InCommit(why),
-        })?;
+        self.commit(tx).await?;
         Ok(count as u64)
     }
 

@@ -540,3 +540,99 @@ fn write_certificates(dir: &Path) -> io::Result<(PathBuf, PathBuf)> {
     }
     Ok((ca_file, other_file))
 }
+
+/// Where a [`CutProxy`] cuts a connection, once armed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cut {
+    /// Drops the message holding the pattern, and the connection: the server never
+    /// sees it.
+    Before,
+    /// Passes the message on, then drops the connection before any answer comes
+    /// back: the server acts on it, the client never learns how.
+    After,
+}
+
+/// The pattern a [`CutProxy`] waits for, and what it does then.
+type Trigger = std::sync::Arc<Mutex<Option<(Vec<u8>, Cut)>>>;
+
+/// A TCP proxy to the cluster that cuts the connection carrying a given message
+/// (plaintext connections only: `sslmode=disable`), for tests of what the store
+/// answers when a connection breaks at a given point.
+pub struct CutProxy {
+    pub port: u16,
+    armed: Trigger,
+}
+
+impl CutProxy {
+    pub fn to(target_port: u16) -> io::Result<CutProxy> {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let port = listener.local_addr()?.port();
+        let armed: Trigger = Default::default();
+        let shared = armed.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", target_port)) else {
+                    continue;
+                };
+                let _ = client.set_nodelay(true);
+                let _ = server.set_nodelay(true);
+                let (Ok(client2), Ok(server2)) = (client.try_clone(), server.try_clone()) else {
+                    continue;
+                };
+                let armed = shared.clone();
+                // Client to server, watching for the pattern.
+                std::thread::spawn(move || pipe(client, server, Some(armed)));
+                // Server to client.
+                std::thread::spawn(move || pipe(server2, client2, None));
+            }
+        });
+        Ok(CutProxy { port, armed })
+    }
+
+    /// Cuts the next connection that sends `pattern`, then disarms.
+    pub fn arm(&self, pattern: &[u8], cut: Cut) {
+        *self.armed.lock().unwrap() = Some((pattern.to_vec(), cut));
+    }
+}
+
+fn pipe(mut from: std::net::TcpStream, mut to: std::net::TcpStream, armed: Option<Trigger>) {
+    use std::io::{Read, Write};
+    let mut buffer = vec![0u8; 64 * 1024];
+    loop {
+        let n = match from.read(&mut buffer) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let chunk = &buffer[..n];
+        let cut = armed.as_ref().and_then(|armed| {
+            let mut armed = armed.lock().unwrap();
+            let hit = armed.as_ref().is_some_and(|(pattern, _)| {
+                chunk
+                    .windows(pattern.len())
+                    .any(|w| w == pattern.as_slice())
+            });
+            if hit {
+                armed.take().map(|(_, cut)| cut)
+            } else {
+                None
+            }
+        });
+        if let Some(cut) = cut {
+            // The client's side first, so that no answer reaches it; then, for
+            // `After`, the message goes on, followed by the end of the stream: the
+            // server reads and acts on it before it sees the end.
+            let _ = from.shutdown(std::net::Shutdown::Both);
+            if cut == Cut::After {
+                let _ = to.write_all(chunk);
+            }
+            let _ = to.shutdown(std::net::Shutdown::Write);
+            break;
+        }
+        if to.write_all(chunk).is_err() {
+            break;
+        }
+    }
+    let _ = from.shutdown(std::net::Shutdown::Both);
+    let _ = to.shutdown(std::net::Shutdown::Both);
+}
