@@ -996,3 +996,74 @@ async fn a_connection_lost_before_or_after_commit_is_answered_honestly() {
     }
     assert_eq!(direct.audit_size().await.unwrap().0, 4);
 }
+
+/// Changes queued together are committed together, in the order they were queued
+/// for each id, each with its own outcome.
+#[tokio::test]
+async fn a_batch_gives_each_change_its_own_outcome() {
+    let Some(db) = postgres::database() else {
+        return;
+    };
+    let store = connect(&db.url, true).await;
+    store.apply(Change::Create(image("c0")), "a").await.unwrap();
+    let tag = etag(&store.get(&id("c0")).await.unwrap().unwrap());
+    let delete = |name: &str| Change::Delete {
+        id: id(name),
+        precondition: None,
+    };
+    let changes = vec![
+        Change::Create(image("a")),
+        Change::Create(image("b")),
+        Change::Create(image("a")),
+        delete("b"),
+        delete("c"),
+        Change::Create(image("c")),
+        Change::Update {
+            id: id("c0"),
+            patch: rename("x"),
+            precondition: Some(Precondition::EtagIn(vec!["\"nope\"".into()])),
+        },
+        Change::Update {
+            id: id("c0"),
+            patch: rename("y"),
+            precondition: Some(Precondition::EtagIn(vec![tag])),
+        },
+        delete("a"),
+        delete("a"),
+    ];
+    let outcomes =
+        futures_util::future::join_all(changes.into_iter().map(|c| store.apply(c, "a"))).await;
+    let seen: Vec<&str> = outcomes
+        .iter()
+        .map(|o| match o {
+            Ok(Applied::Created) => "created",
+            Ok(Applied::Deleted) => "deleted",
+            Ok(Applied::Updated(_)) => "updated",
+            Err(StoreError::Conflict(_)) => "409",
+            Err(StoreError::NotFound(_)) => "404",
+            Err(StoreError::PreconditionFailed(_)) => "412",
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            "created", "created", "409", "deleted", "404", "created", "412", "updated", "deleted",
+            "404"
+        ]
+    );
+    let counters = store.counters().await.unwrap();
+    assert_eq!(counters.images, 2, "c0 and c");
+    assert_eq!(counters.audit_records, 1 + 6);
+    let listed: Vec<String> = store
+        .list_stream(None, None)
+        .map(|r| {
+            serde_json::from_slice::<Image>(&r.unwrap())
+                .unwrap()
+                .id
+                .to_string()
+        })
+        .collect()
+        .await;
+    assert_eq!(listed, ["c", "c0"]);
+}

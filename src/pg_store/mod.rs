@@ -553,6 +553,22 @@ fn check(
     Ok(record)
 }
 
+const INSERT_SQL: &str =
+    "INSERT INTO images (id, provider, json) VALUES ($1, $2, $3) ON CONFLICT (id) DO NOTHING";
+const DELETE_SQL: &str = "DELETE FROM images WHERE id = $1";
+
+/// Whether `change` is one statement whose row count alone says its outcome.
+fn one_statement(change: &Change) -> bool {
+    matches!(
+        change,
+        Change::Create(_)
+            | Change::Delete {
+                precondition: None,
+                ..
+            }
+    )
+}
+
 fn method_of(change: &Change) -> &'static str {
     match change {
         Change::Create(_) => "POST",
@@ -988,23 +1004,42 @@ impl Inner {
         let mut results = Vec::with_capacity(jobs.len());
         let mut audit = AuditBatch::default();
         let mut images_delta = 0i64;
-        for job in jobs {
-            match self.change_in(&tx, &job.change).await {
-                Ok(Ok((applied, delta))) => {
-                    images_delta += delta;
-                    audit.push(
-                        &job.user,
-                        method_of(&job.change),
-                        id_of(&job.change).as_str(),
-                    );
-                    results.push(Ok(applied));
-                }
-                Ok(Err(refused)) => results.push(Err(refused)),
+        let mut next = 0;
+        while next < jobs.len() {
+            // A run of changes of one statement each is sent at once (pipelined),
+            // the server runs them in order: as if sent one by one, in one round trip.
+            let run = jobs[next..]
+                .iter()
+                .take_while(|job| one_statement(&job.change))
+                .count();
+            let (done, outcomes) = if run >= 2 {
+                (run, self.pipelined_in(&tx, &jobs[next..next + run]).await)
+            } else {
+                let outcome = self.change_in(&tx, &jobs[next].change).await;
+                (1, outcome.map(|o| vec![o]))
+            };
+            let outcomes = match outcomes {
+                Ok(outcomes) => outcomes,
                 Err(broken) => {
                     results.extend(pending().into_iter().skip(results.len()));
                     return Err((broken, results));
                 }
+            };
+            for (job, outcome) in jobs[next..next + done].iter().zip(outcomes) {
+                match outcome {
+                    Ok((applied, delta)) => {
+                        images_delta += delta;
+                        audit.push(
+                            &job.user,
+                            method_of(&job.change),
+                            id_of(&job.change).as_str(),
+                        );
+                        results.push(Ok(applied));
+                    }
+                    Err(refused) => results.push(Err(refused)),
+                }
             }
+            next += done;
         }
         if audit.len() == 0 {
             // Only refusals: nothing to commit.
@@ -1052,12 +1087,7 @@ impl Inner {
     ) -> Result<Result<(Applied, i64), StoreError>, Broken> {
         match change {
             Change::Create(image) => {
-                let statement = self
-                    .bounded(tx.prepare_cached(
-                        "INSERT INTO images (id, provider, json) VALUES ($1, $2, $3) \
-                         ON CONFLICT (id) DO NOTHING",
-                    ))
-                    .await?;
+                let statement = self.bounded(tx.prepare_cached(INSERT_SQL)).await?;
                 let inserted = self
                     .bounded(tx.execute(
                         &statement,
@@ -1109,9 +1139,7 @@ impl Inner {
                         return Ok(Err(refused));
                     }
                 }
-                let statement = self
-                    .bounded(tx.prepare_cached("DELETE FROM images WHERE id = $1"))
-                    .await?;
+                let statement = self.bounded(tx.prepare_cached(DELETE_SQL)).await?;
                 let deleted = self
                     .bounded(tx.execute(&statement, &[&id.as_str()]))
                     .await?;
@@ -1121,6 +1149,48 @@ impl Inner {
                 Ok(Ok((Applied::Deleted, -1)))
             }
         }
+    }
+
+    /// Creates and unconditional deletes, sent together; each has its own outcome.
+    async fn pipelined_in(
+        &self,
+        tx: &deadpool_postgres::Transaction<'_>,
+        jobs: &[Job],
+    ) -> Result<Vec<Result<(Applied, i64), StoreError>>, Broken> {
+        let insert = self.bounded(tx.prepare_cached(INSERT_SQL)).await?;
+        let delete = self.bounded(tx.prepare_cached(DELETE_SQL)).await?;
+        let jsons: Vec<Vec<u8>> = jobs
+            .iter()
+            .map(|job| match &job.change {
+                Change::Create(image) => image.to_json(),
+                _ => Vec::new(),
+            })
+            .collect();
+        let sent = jobs.iter().zip(&jsons).map(|(job, json)| {
+            let (insert, delete) = (&insert, &delete);
+            async move {
+                match &job.change {
+                    Change::Create(image) => {
+                        let (id, provider) = (image.id.as_str(), image.provider.as_str());
+                        tx.execute(insert, &[&id, &provider, json]).await
+                    }
+                    change => tx.execute(delete, &[&id_of(change).as_str()]).await,
+                }
+            }
+        });
+        let counts = self
+            .bounded(futures_util::future::try_join_all(sent))
+            .await?;
+        Ok(jobs
+            .iter()
+            .zip(counts)
+            .map(|(job, count)| match (&job.change, count) {
+                (Change::Create(image), 0) => Err(StoreError::Conflict(image.id.to_string())),
+                (Change::Create(_), _) => Ok((Applied::Created, 1)),
+                (change, 0) => Err(StoreError::NotFound(id_of(change).to_string())),
+                (_, _) => Ok((Applied::Deleted, -1)),
+            })
+            .collect())
     }
 
     /// The image's JSON, its row locked to the end of `tx` (compare-and-swap).
