@@ -1067,3 +1067,75 @@ async fn a_batch_gives_each_change_its_own_outcome() {
         .await;
     assert_eq!(listed, ["c", "c0"]);
 }
+
+/// A database that stops answering (no error, no closed connection) is bounded by
+/// the timeouts: a connect is refused after `connect_timeout`, a statement after
+/// `statement_timeout` and a second, a COMMIT with no answer is of unknown outcome.
+#[tokio::test]
+async fn a_database_that_stops_answering_never_hangs_a_caller() {
+    let Some(db) = postgres::database() else {
+        return;
+    };
+    let proxy = postgres::CutProxy::to(db.port).unwrap();
+    let via_proxy = db
+        .url
+        .replace(&format!(":{}/", db.port), &format!(":{}/", proxy.port));
+    let options = PgOptions {
+        connect_timeout: Duration::from_secs(1),
+        statement_timeout: Duration::from_secs(1),
+        ..PgOptions::default()
+    };
+    let deadline = Duration::from_secs(20);
+    // The login itself is never answered.
+    proxy.arm(b"image-catalog\0", postgres::Cut::Stall);
+    let started = Instant::now();
+    let refused = tokio::time::timeout(deadline, PgStore::connect(&via_proxy, options.clone()))
+        .await
+        .expect("a connect hung");
+    assert!(
+        matches!(refused, Err(StoreError::Unavailable(_))),
+        "{:?}",
+        refused.err()
+    );
+    assert!(started.elapsed() < deadline);
+    for batch in [true, false] {
+        let store = PgStore::connect(
+            &via_proxy,
+            PgOptions {
+                batch_writes: batch,
+                ..options.clone()
+            },
+        )
+        .await
+        .unwrap();
+        proxy.arm(b"INSERT INTO images", postgres::Cut::Stall);
+        let stalled = tokio::time::timeout(
+            deadline,
+            store.apply(Change::Create(image(&format!("s-{batch}"))), "a"),
+        )
+        .await
+        .expect("a statement hung");
+        assert!(
+            matches!(stalled, Err(StoreError::Unavailable(_))),
+            "{stalled:?}"
+        );
+        proxy.arm(b"COMMIT\0", postgres::Cut::Stall);
+        let unknown = tokio::time::timeout(
+            deadline,
+            store.apply(Change::Create(image(&format!("c-{batch}"))), "a"),
+        )
+        .await
+        .expect("a COMMIT hung");
+        let Err(StoreError::OutcomeUnknown(why)) = &unknown else {
+            panic!("{unknown:?}")
+        };
+        assert!(why.contains("no answer"), "{why}");
+        let read = tokio::time::timeout(deadline, store.get(&id("s-true")))
+            .await
+            .expect("a read hung");
+        assert!(
+            read.unwrap().is_none(),
+            "the stalled insert never committed"
+        );
+    }
+}

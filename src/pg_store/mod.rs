@@ -445,6 +445,12 @@ impl PgStore {
         .await
     }
 
+    /// Connections open in the pool, and how many of them are idle.
+    pub fn pool_status(&self) -> (usize, usize) {
+        let status = self.inner.pool.status();
+        (status.size, status.available)
+    }
+
     /// Keeps audit records for `keep` (`None`: for ever); older ones are removed in
     /// the background at least once a minute.
     pub fn keep_audit_for(&self, keep: Option<Duration>) {

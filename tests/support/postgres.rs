@@ -550,6 +550,9 @@ pub enum Cut {
     /// Passes the message on, then drops the connection before any answer comes
     /// back: the server acts on it, the client never learns how.
     After,
+    /// Holds the message back and passes nothing more, leaving the connection open:
+    /// a server that stopped answering.
+    Stall,
 }
 
 /// The pattern a [`CutProxy`] waits for, and what it does then.
@@ -618,6 +621,11 @@ fn pipe(mut from: std::net::TcpStream, mut to: std::net::TcpStream, armed: Optio
                 None
             }
         });
+        if cut == Some(Cut::Stall) {
+            // Swallow what the client sends until it gives up and closes.
+            while matches!(from.read(&mut buffer), Ok(n) if n > 0) {}
+            break;
+        }
         if let Some(cut) = cut {
             // The client's side first, so that no answer reaches it; then, for
             // `After`, the message goes on, followed by the end of the stream: the
