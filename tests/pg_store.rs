@@ -648,6 +648,8 @@ async fn the_generation_moves_with_every_write_of_any_node() {
         after,
         "a refusal changes nothing"
     );
+    let (open, idle) = nodes[0].pool_status();
+    assert!(open >= 1 && idle <= open, "{open} {idle}");
 }
 
 #[tokio::test]
