@@ -947,13 +947,20 @@ impl Inner {
             let Some(inner) = inner.upgrade() else {
                 break;
             };
-            inner.write_batch(std::mem::take(&mut batch)).await;
+            if let Some(error) = inner.write_batch(std::mem::take(&mut batch)).await {
+                // No connection could be had: what queued meanwhile would wait as
+                // long again for the same answer. It gets it now.
+                while let Ok(job) = jobs.try_recv() {
+                    let _ = job.reply.send(Err(copy_error(&error)));
+                }
+            }
         }
     }
 
     /// Applies `jobs` in one transaction and answers each. A refused change writes
-    /// nothing and does not stop the others.
-    async fn write_batch(&self, mut jobs: Vec<Job>) {
+    /// nothing and does not stop the others. Returns the error when no connection
+    /// could be had.
+    async fn write_batch(&self, mut jobs: Vec<Job>) -> Option<StoreError> {
         // Row locks are taken in id order, and the counter row's last: no two
         // transactions (of this node or another) wait for each other in a cycle.
         jobs.sort_by(|a, b| id_of(&a.change).as_str().cmp(id_of(&b.change).as_str()));
@@ -964,7 +971,7 @@ impl Inner {
                 for job in jobs {
                     let _ = job.reply.send(Err(copy_error(&error)));
                 }
-                return;
+                return Some(error);
             }
         };
         let outcome = self.write_on(&mut client, &jobs).await;
@@ -974,39 +981,28 @@ impl Inner {
                     let _ = job.reply.send(result);
                 }
             }
-            Err((broken, results)) => {
+            Err(broken) => {
                 // A connection that failed is not given back to the pool.
                 drop(Object::take(client));
+                // Refusals too: one may rest on an earlier change of the batch (a
+                // 409 after a create of the same id) that was not committed.
                 let error = broken.into_error();
-                for (job, result) in jobs.into_iter().zip(results) {
-                    let answer = match result {
-                        // Refused: nothing was written for it, whatever became of the rest.
-                        Err(refused) if !matches!(refused, StoreError::Unavailable(_)) => {
-                            Err(refused)
-                        }
-                        _ => Err(copy_error(&error)),
-                    };
-                    let _ = job.reply.send(answer);
+                for job in jobs {
+                    let _ = job.reply.send(Err(copy_error(&error)));
                 }
             }
         }
+        None
     }
 
-    #[allow(clippy::type_complexity)]
+    /// Applies `jobs` in one transaction on `client`: each change's outcome, or the
+    /// failure of the database that ended the transaction.
     async fn write_on(
         &self,
         client: &mut Object,
         jobs: &[Job],
-    ) -> Result<Vec<Result<Applied, StoreError>>, (Broken, Vec<Result<Applied, StoreError>>)> {
-        let pending = || {
-            jobs.iter()
-                .map(|_| Err(StoreError::Unavailable(String::new())))
-                .collect::<Vec<_>>()
-        };
-        let tx = match self.bounded(client.transaction()).await {
-            Ok(tx) => tx,
-            Err(broken) => return Err((broken, pending())),
-        };
+    ) -> Result<Vec<Result<Applied, StoreError>>, Broken> {
+        let tx = self.bounded(client.transaction()).await?;
         let mut results = Vec::with_capacity(jobs.len());
         let mut audit = AuditBatch::default();
         let mut images_delta = 0i64;
@@ -1019,17 +1015,9 @@ impl Inner {
                 .take_while(|job| one_statement(&job.change))
                 .count();
             let (done, outcomes) = if run >= 2 {
-                (run, self.pipelined_in(&tx, &jobs[next..next + run]).await)
+                (run, self.pipelined_in(&tx, &jobs[next..next + run]).await?)
             } else {
-                let outcome = self.change_in(&tx, &jobs[next].change).await;
-                (1, outcome.map(|o| vec![o]))
-            };
-            let outcomes = match outcomes {
-                Ok(outcomes) => outcomes,
-                Err(broken) => {
-                    results.extend(pending().into_iter().skip(results.len()));
-                    return Err((broken, results));
-                }
+                (1, vec![self.change_in(&tx, &jobs[next].change).await?])
             };
             for (job, outcome) in jobs[next..next + done].iter().zip(outcomes) {
                 match outcome {
@@ -1049,16 +1037,12 @@ impl Inner {
         }
         if audit.len() == 0 {
             // Only refusals: nothing to commit.
-            let _ = self.bounded(tx.rollback()).await;
+            self.bounded(tx.rollback()).await?;
             return Ok(results);
         }
-        if let Err(broken) = self.audit_in(&tx, &audit, images_delta).await {
-            return Err((broken, results));
-        }
-        match self.commit(tx).await {
-            Ok(()) => Ok(results),
-            Err(broken) => Err((broken, results)),
-        }
+        self.audit_in(&tx, &audit, images_delta).await?;
+        self.commit(tx).await?;
+        Ok(results)
     }
 
     /// Assigns seqs to `audit` and inserts it, moving the counters, in `tx`.
