@@ -1472,6 +1472,28 @@ fn scrub(mut message: String, secrets: &[String]) -> String {
 mod tests {
     use super::*;
 
+    /// The store and its futures can move between threads (a trait object, a
+    /// spawned task).
+    #[allow(dead_code)]
+    fn store_and_futures_are_send(store: &PgStore) {
+        fn send<T: Send + Sync>(_: &T) {}
+        fn send_future<T: Send>(_: T) {}
+        send(store);
+        let id = ImageId::parse("x").unwrap();
+        send_future(store.apply(
+            Change::Delete {
+                id: id.clone(),
+                precondition: None,
+            },
+            "u",
+        ));
+        send_future(store.get(&id));
+        send_future(store.list_page(None, None, 1));
+        send_future(store.audit_page(None, 1));
+        send_future(store.is_healthy());
+        send_future(store.list_stream(None, None));
+    }
+
     #[test]
     fn secrets_are_scrubbed() {
         let secrets = vec!["s3cr%t".to_string(), "s3cr%25t".to_string()];
