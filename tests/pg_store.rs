@@ -1141,3 +1141,36 @@ async fn a_database_that_stops_answering_never_hangs_a_caller() {
         );
     }
 }
+
+/// `probe` (for check-config) reads what the database holds and changes nothing.
+#[tokio::test]
+async fn probe_reports_the_schema_and_changes_nothing() {
+    let Some(db) = postgres::database() else {
+        return;
+    };
+    let fast = PgOptions {
+        connect_timeout: Duration::from_secs(3),
+        ..PgOptions::default()
+    };
+    assert_eq!(PgStore::probe(&db.url, fast.clone()).await.unwrap(), None);
+    let cluster = postgres::shared().unwrap();
+    let tables = |db: &str| {
+        cluster.psql_in(
+            db,
+            "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'",
+        )
+    };
+    assert_eq!(tables(&db.name), "0", "a probe creates nothing");
+    let store = connect(&db.url, true).await;
+    assert_eq!(
+        PgStore::probe(&db.url, fast.clone()).await.unwrap(),
+        Some((1, 0))
+    );
+    store.set_schema_version_for_tests(3, 1).await.unwrap();
+    let err = PgStore::probe(&db.url, fast.clone()).await.unwrap_err();
+    assert!(err.to_string().contains("schema 3.1"), "{err}");
+    let closed = db.url.replace(&format!(":{}/", db.port), ":1/");
+    let err = PgStore::probe(&closed, fast).await.unwrap_err();
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err}");
+    assert!(!err.to_string().contains(&db.password), "{err}");
+}

@@ -202,7 +202,7 @@ impl PgStore {
             .map_err(|e| StoreError::Unavailable(format!("starting the database runtime: {e}")))?;
         let handle = runtime.handle().clone();
         let url = url.to_owned();
-        let started = handle.spawn(async move { Inner::connect(&url, options).await });
+        let started = handle.spawn(async move { Inner::connect(&url, options, true).await });
         let inner = match started.await {
             Ok(Ok(inner)) => inner,
             Ok(Err(e)) => {
@@ -223,6 +223,35 @@ impl PgStore {
             .handle
             .spawn(Inner::prune_loop(Arc::downgrade(&store.inner)));
         Ok(store)
+    }
+
+    /// Checks that the database can be reached and holds a schema this build reads,
+    /// changing nothing (for `check-config`): `Some((major, minor))` of the schema
+    /// found, `None` when it has none yet (the first start makes it).
+    pub async fn probe(url: &str, options: PgOptions) -> Result<Option<(i32, i32)>, StoreError> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("pg-probe")
+            .enable_all()
+            .build()
+            .map_err(|e| StoreError::Unavailable(format!("starting the database runtime: {e}")))?;
+        let url = url.to_owned();
+        let options = PgOptions {
+            batch_writes: false,
+            pool_size: 2,
+            ..options
+        };
+        let probe = runtime.spawn(async move {
+            let inner = Inner::connect(&url, options, false).await?;
+            let found = inner.schema_found().await;
+            inner.pool.close();
+            found
+        });
+        let found = probe
+            .await
+            .unwrap_or_else(|e| Err(StoreError::Unavailable(format!("probing failed: {e}"))));
+        runtime.shutdown_background();
+        found
     }
 
     /// Runs `work` on the store's runtime.
@@ -626,7 +655,13 @@ impl AuditBatch {
 type Param = Box<dyn tokio_postgres::types::ToSql + Sync + Send>;
 
 impl Inner {
-    async fn connect(url: &str, options: PgOptions) -> Result<Arc<Inner>, StoreError> {
+    /// A pool on `url`; with `create`, the schema is made (or checked) and the
+    /// writer started.
+    async fn connect(
+        url: &str,
+        options: PgOptions,
+        create: bool,
+    ) -> Result<Arc<Inner>, StoreError> {
         let split = tls::split_url(url).map_err(StoreError::Unavailable)?;
         let mut config: tokio_postgres::Config = split
             .url
@@ -692,6 +727,9 @@ impl Inner {
             writer,
             retention: AtomicU64::new(0),
         });
+        if !create {
+            return Ok(inner);
+        }
         inner.create_schema().await?;
         if let Some(jobs) = jobs {
             tokio::spawn(Inner::writer_loop(Arc::downgrade(&inner), jobs));
@@ -758,6 +796,32 @@ impl Inner {
         }
     }
 
+    /// The schema version the database holds, checked as at connect.
+    async fn schema_found(&self) -> Result<Option<(i32, i32)>, StoreError> {
+        let present = self
+            .read(
+                "SELECT to_regclass('schema_version') IS NOT NULL, \
+                        to_regclass('images') IS NOT NULL",
+                vec![],
+            )
+            .await?;
+        let (versioned, has_images): (bool, bool) = (present[0].get(0), present[0].get(1));
+        if !versioned {
+            if has_images {
+                return Err(foreign_tables());
+            }
+            return Ok(None);
+        }
+        let row = self
+            .read("SELECT major, minor FROM schema_version", vec![])
+            .await?;
+        let (major, minor): (i32, i32) = (row[0].get(0), row[0].get(1));
+        if major != SCHEMA_MAJOR {
+            return Err(other_major(major, minor));
+        }
+        Ok(Some((major, minor)))
+    }
+
     async fn create_schema(&self) -> Result<(), StoreError> {
         let mut client = self.client().await.map_err(Broken::into_error)?;
         let result = self.create_schema_on(&mut client).await;
@@ -798,11 +862,7 @@ impl Inner {
         let (versioned, has_images): (bool, bool) = (present.get(0), present.get(1));
         if !versioned {
             if has_images {
-                return Err(StoreError::IncompatibleSchema(
-                    "the database has an 'images' table but no schema_version: it was not \
-                     made by image-catalog; give image-catalog a database of its own"
-                        .into(),
-                ));
+                return Err(foreign_tables());
             }
             self.bounded(tx.batch_execute(SCHEMA))
                 .await
@@ -823,10 +883,7 @@ impl Inner {
                 .map_err(unavailable)?;
             let (major, minor): (i32, i32) = (row.get(0), row.get(1));
             if major != SCHEMA_MAJOR {
-                return Err(StoreError::IncompatibleSchema(format!(
-                    "the database holds the image-catalog schema {major}.{minor}, but this \
-                     build reads schema {SCHEMA_MAJOR}.x only; run a release that matches it"
-                )));
+                return Err(other_major(major, minor));
             }
             // Minors add only: a newer one is read as it is, an older one would be
             // brought up here, additively. There is one minor so far.
@@ -1394,6 +1451,21 @@ impl Inner {
             }
         }
     }
+}
+
+fn foreign_tables() -> StoreError {
+    StoreError::IncompatibleSchema(
+        "the database has an 'images' table but no schema_version: it was not made by \
+         image-catalog; give image-catalog a database of its own"
+            .into(),
+    )
+}
+
+fn other_major(major: i32, minor: i32) -> StoreError {
+    StoreError::IncompatibleSchema(format!(
+        "the database holds the image-catalog schema {major}.{minor}, but this build reads \
+         schema {SCHEMA_MAJOR}.x only; run a release that matches it"
+    ))
 }
 
 /// A copy of an error for each of several jobs that share it.
