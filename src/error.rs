@@ -117,6 +117,10 @@ impl From<StoreError> for ApiError {
             }
             StoreError::Stopped(_) => ApiError::StoreStopped,
             StoreError::Busy => ApiError::StoreBusy,
+            StoreError::Unavailable(why) => {
+                log::warn!("the database is unavailable: {why}");
+                ApiError::StoreUnavailable
+            }
             other => {
                 // The client cannot act on engine details; the operator can.
                 log::error!("store failure: {other}");

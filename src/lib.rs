@@ -16,6 +16,7 @@ pub mod listing;
 pub mod logging;
 pub mod metrics;
 pub mod openapi;
+pub mod pg_store;
 pub mod policy;
 pub mod routes;
 pub mod startup;

@@ -86,6 +86,13 @@ pub enum StoreError {
     Busy,
     #[error("the store is shut down")]
     Closed,
+    /// The database could not be reached, or failed before the change was committed:
+    /// nothing was changed.
+    #[error("the database is unavailable, nothing was changed: {0}")]
+    Unavailable(String),
+    /// The database holds a schema this build does not read.
+    #[error("{0}")]
+    IncompatibleSchema(String),
     #[error("storage engine: {0}")]
     Engine(#[from] sled::Error),
     #[error("cannot open the store at {dir} as user {user}: {reason}")]

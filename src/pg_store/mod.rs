@@ -1,0 +1,1596 @@
+//! The catalog in PostgreSQL, keeping every promise of the sled store (see
+//! docs/postgres.md for the schema, the transactions and how errors map).
+//!
+//! All database I/O runs on a small tokio runtime owned by the store, so that callers
+//! on any runtime (actix runs one current-thread runtime per worker) can await it,
+//! and the pool's connection tasks live as long as the store. Every await on the
+//! database is bounded: a database that does not answer is `Unavailable` (nothing
+//! was changed) or, once a COMMIT was sent, `OutcomeUnknown`; never a hang.
+//!
+//! Writes go through one writer task that takes every change queued meanwhile and
+//! commits them in one transaction (group commit, as the sled writer does), or, with
+//! `PgOptions::batch_writes` off, each change in its own transaction.
+
+mod tls;
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
+use futures_util::Stream;
+use tokio::sync::{mpsc, oneshot};
+use tokio_postgres::error::SqlState;
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+use crate::image::{Image, ImageId, Provider, ValidationError};
+use crate::store::{Applied, AuditRecord, Change, Precondition, Record, StoreError};
+
+pub use tls::Verify;
+
+/// The schema this build writes. A database of another major is refused; a higher
+/// minor of the same major (a newer release, during a rolling upgrade) is used as it
+/// is, since minors only add.
+pub const SCHEMA_MAJOR: i32 = 1;
+pub const SCHEMA_MINOR: i32 = 0;
+
+/// Serializes schema creation among nodes that start at once.
+const SCHEMA_LOCK: i64 = 0x696d_6763_6174_0001;
+
+const SCHEMA: &str = r#"
+CREATE TABLE schema_version (
+    major integer NOT NULL,
+    minor integer NOT NULL
+);
+CREATE TABLE counters (
+    id integer PRIMARY KEY CHECK (id = 1),
+    next_seq bigint NOT NULL,
+    generation bigint NOT NULL,
+    images bigint NOT NULL,
+    audit_records bigint NOT NULL,
+    audit_bytes bigint NOT NULL
+);
+INSERT INTO counters VALUES (1, 1, 0, 0, 0, 0);
+CREATE TABLE images (
+    id text COLLATE "C" PRIMARY KEY,
+    provider text COLLATE "C" NOT NULL,
+    json bytea NOT NULL
+);
+CREATE INDEX images_provider_id ON images (provider, id);
+CREATE TABLE audit (
+    seq bigint PRIMARY KEY,
+    time text COLLATE "C" NOT NULL,
+    json bytea NOT NULL
+);
+"#;
+
+/// Rows per round trip of a streamed listing.
+const STREAM_BATCH: i64 = 500;
+/// Images per statement of an import.
+const IMPORT_CHUNK: usize = 1000;
+/// Changes committed together by the writer at most.
+const MAX_BATCH: usize = 256;
+/// Changes that may wait for the writer; past it a write waits `QUEUE_WAIT`, then is
+/// refused as `Busy`.
+const QUEUE_LIMIT: usize = 4096;
+const QUEUE_WAIT: Duration = Duration::from_secs(1);
+/// How long `is_healthy` waits at most.
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often old audit records are looked for, when a retention is set.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+const PRUNE_CHUNK: i64 = 10_000;
+const IMPORT_METHOD: &str = "IMPORT";
+
+/// Seqs are assigned, the audit JSON built (field for field as serde writes an
+/// `AuditRecord`) and inserted, and the counters moved, in one statement, while the
+/// counter row is locked: its lock is held to COMMIT, so seqs are given in commit order.
+/// $1 records, $2 image count change, $3 bytes of the records less their seq digits,
+/// $4 users (JSON strings), $5 methods, $6 ids (JSON strings).
+const AUDIT_SQL: &str = r#"
+WITH c AS (
+    UPDATE counters SET
+        next_seq = next_seq + $1,
+        generation = generation + 1,
+        images = images + $2,
+        audit_records = audit_records + $1,
+        audit_bytes = audit_bytes + $3
+            + (SELECT coalesce(sum(length((next_seq + g)::text)), 0)
+               FROM generate_series(0::bigint, $1 - 1) AS g)
+    WHERE id = 1
+    RETURNING next_seq - $1 AS first,
+        to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') AS t
+)
+INSERT INTO audit (seq, time, json)
+SELECT c.first + u.ord - 1, c.t,
+    convert_to('{"seq":' || (c.first + u.ord - 1) || ',"time":"' || c.t || '","user":'
+        || u.user_json || ',"method":"' || u.method || '","id":' || u.id_json
+        || ',"status":200}', 'UTF8')
+FROM c, unnest($4::text[], $5::text[], $6::text[]) WITH ORDINALITY AS u(user_json, method, id_json, ord)
+"#;
+
+/// How the store connects; the defaults suit a database on the same network.
+#[derive(Debug, Clone)]
+pub struct PgOptions {
+    /// To open a connection (TCP, TLS and login), and to wait for one from the pool.
+    pub connect_timeout: Duration,
+    /// Each statement, enforced by the server (`statement_timeout`) and, a second
+    /// later, by the client, for a server that does not answer at all.
+    pub statement_timeout: Duration,
+    /// Connections at most.
+    pub pool_size: usize,
+    /// Commit the changes queued meanwhile in one transaction (one writer task);
+    /// off: a transaction per change, straight from the caller.
+    pub batch_writes: bool,
+}
+
+impl Default for PgOptions {
+    fn default() -> Self {
+        PgOptions {
+            connect_timeout: Duration::from_secs(5),
+            statement_timeout: Duration::from_secs(5),
+            pool_size: 16,
+            batch_writes: true,
+        }
+    }
+}
+
+/// The counters kept in step with the data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Counters {
+    pub images: u64,
+    pub audit_records: u64,
+    pub audit_bytes: u64,
+    pub next_seq: u64,
+    /// Moves with every write transaction of any node.
+    pub generation: u64,
+}
+
+pub struct PgStore {
+    inner: Arc<Inner>,
+    handle: tokio::runtime::Handle,
+    runtime: Mutex<Option<tokio::runtime::Runtime>>,
+}
+
+struct Inner {
+    pool: Pool,
+    options: PgOptions,
+    /// What must never appear in a message: the password, as given and as encoded.
+    secrets: Vec<String>,
+    writer: Option<mpsc::Sender<Job>>,
+    /// Seconds an audit record is kept; 0 keeps every record.
+    retention: AtomicU64,
+}
+
+struct Job {
+    change: Change,
+    user: String,
+    reply: oneshot::Sender<Result<Applied, StoreError>>,
+}
+
+/// Why a transaction stopped: the database failed (`Broken`), before or after its
+/// COMMIT was sent.
+#[derive(Debug)]
+enum Broken {
+    /// Nothing of the transaction was committed.
+    Before(String),
+    /// The COMMIT was sent; its outcome is unknown.
+    InCommit(String),
+}
+
+impl Broken {
+    fn into_error(self) -> StoreError {
+        match self {
+            Broken::Before(why) => StoreError::Unavailable(why),
+            Broken::InCommit(why) => StoreError::OutcomeUnknown(why),
+        }
+    }
+}
+
+impl PgStore {
+    /// Connects, creates the schema if the database has none, refuses one of another
+    /// major version. The URL is a libpq URL or key=value string; `sslmode` may be
+    /// `disable`, `prefer` (the default), `require`, `verify-ca` or `verify-full`, with
+    /// `sslrootcert=PATH` (without it, verification trusts the Mozilla roots).
+    pub async fn connect(url: &str, options: PgOptions) -> Result<PgStore, StoreError> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("pg-store")
+            .enable_all()
+            .build()
+            .map_err(|e| StoreError::Unavailable(format!("starting the database runtime: {e}")))?;
+        let handle = runtime.handle().clone();
+        let url = url.to_owned();
+        let started = handle.spawn(async move { Inner::connect(&url, options, true).await });
+        let inner = match started.await {
+            Ok(Ok(inner)) => inner,
+            Ok(Err(e)) => {
+                runtime.shutdown_background();
+                return Err(e);
+            }
+            Err(e) => {
+                runtime.shutdown_background();
+                return Err(StoreError::Unavailable(format!("connecting failed: {e}")));
+            }
+        };
+        let store = PgStore {
+            inner,
+            handle,
+            runtime: Mutex::new(Some(runtime)),
+        };
+        store
+            .handle
+            .spawn(Inner::prune_loop(Arc::downgrade(&store.inner)));
+        Ok(store)
+    }
+
+    /// Checks that the database can be reached and holds a schema this build reads,
+    /// changing nothing (for `check-config`): `Some((major, minor))` of the schema
+    /// found, `None` when it has none yet (the first start makes it).
+    pub async fn probe(url: &str, options: PgOptions) -> Result<Option<(i32, i32)>, StoreError> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("pg-probe")
+            .enable_all()
+            .build()
+            .map_err(|e| StoreError::Unavailable(format!("starting the database runtime: {e}")))?;
+        let url = url.to_owned();
+        let options = PgOptions {
+            batch_writes: false,
+            pool_size: 2,
+            ..options
+        };
+        let probe = runtime.spawn(async move {
+            let inner = Inner::connect(&url, options, false).await?;
+            let found = inner.schema_found().await;
+            inner.pool.close();
+            found
+        });
+        let found = probe
+            .await
+            .unwrap_or_else(|e| Err(StoreError::Unavailable(format!("probing failed: {e}"))));
+        runtime.shutdown_background();
+        found
+    }
+
+    /// Runs `work` on the store's runtime.
+    async fn run<T: Send + 'static>(
+        &self,
+        work: impl Future<Output = Result<T, StoreError>> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        match self.handle.spawn(work).await {
+            Ok(result) => result,
+            Err(e) if e.is_panic() => Err(StoreError::OutcomeUnknown(
+                "a database task panicked".into(),
+            )),
+            Err(_) => Err(StoreError::Closed),
+        }
+    }
+
+    /// Applies a change with its audit record in one transaction; resolves once the
+    /// COMMIT is acknowledged (`synchronous_commit` on).
+    pub async fn apply(&self, change: Change, user: &str) -> Result<Applied, StoreError> {
+        let inner = self.inner.clone();
+        let user = user.to_owned();
+        let Some(writer) = &inner.writer else {
+            return self
+                .run(async move { inner.apply_alone(change, user).await })
+                .await;
+        };
+        let (reply, answer) = oneshot::channel();
+        let job = Job {
+            change,
+            user,
+            reply,
+        };
+        match writer.try_send(job) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Closed(_)) => return Err(StoreError::Closed),
+            Err(mpsc::error::TrySendError::Full(job)) => {
+                let writer = writer.clone();
+                self.run(async move {
+                    writer
+                        .send_timeout(job, QUEUE_WAIT)
+                        .await
+                        .map_err(|e| match e {
+                            mpsc::error::SendTimeoutError::Timeout(_) => StoreError::Busy,
+                            mpsc::error::SendTimeoutError::Closed(_) => StoreError::Closed,
+                        })
+                })
+                .await?;
+            }
+        }
+        answer.await.unwrap_or_else(|_| {
+            Err(StoreError::OutcomeUnknown(
+                "the database writer ended with this change in hand".into(),
+            ))
+        })
+    }
+
+    /// Creates all `images` with their audit records (method `IMPORT`) in one
+    /// transaction, or none of them if any id exists already (`Conflict`).
+    pub async fn import(&self, images: Vec<Image>, user: &str) -> Result<u64, StoreError> {
+        let inner = self.inner.clone();
+        let user = user.to_owned();
+        self.run(async move { inner.import(images, user).await })
+            .await
+    }
+
+    /// Adds audit records as they are, seqs kept (moving a trail from another store),
+    /// in one transaction; a seq already present refuses them all. Later changes take
+    /// seqs after the highest one.
+    pub async fn import_audit(&self, records: Vec<AuditRecord>) -> Result<u64, StoreError> {
+        let inner = self.inner.clone();
+        self.run(async move { inner.import_audit(records).await })
+            .await
+    }
+
+    /// The image's JSON, exactly as stored.
+    pub async fn get(&self, id: &ImageId) -> Result<Option<Bytes>, StoreError> {
+        let inner = self.inner.clone();
+        let id = id.as_str().to_owned();
+        self.run(async move {
+            let rows = inner
+                .read("SELECT json FROM images WHERE id = $1", vec![Box::new(id)])
+                .await?;
+            Ok(rows
+                .into_iter()
+                .next()
+                .map(|row| Bytes::from(row.get::<_, Vec<u8>>(0))))
+        })
+        .await
+    }
+
+    /// Up to `limit` images after `after` (exclusive), in id byte order; `more` says
+    /// whether any follow.
+    pub async fn list_page(
+        &self,
+        after: Option<&ImageId>,
+        provider: Option<&Provider>,
+        limit: usize,
+    ) -> Result<(Vec<Bytes>, bool), StoreError> {
+        let inner = self.inner.clone();
+        let after = after.map(|id| id.as_str().to_owned()).unwrap_or_default();
+        let provider = provider.map(|p| p.as_str().to_owned());
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX - 1);
+        self.run(async move {
+            let mut rows = inner.images_after(after, provider, limit + 1).await?;
+            let more = rows.len() as i64 > limit;
+            rows.truncate(limit as usize);
+            Ok((rows.into_iter().map(|(_, json)| json).collect(), more))
+        })
+        .await
+    }
+
+    /// Every image after `after`, in id byte order, fetched in keyset batches of
+    /// `STREAM_BATCH` rows: memory does not grow with the catalog.
+    pub fn list_stream(
+        &self,
+        after: Option<&ImageId>,
+        provider: Option<&Provider>,
+    ) -> impl Stream<Item = Result<Bytes, StoreError>> + Send + 'static {
+        let inner = self.inner.clone();
+        let handle = self.handle.clone();
+        let after = after.map(|id| id.as_str().to_owned()).unwrap_or_default();
+        let provider = provider.map(|p| p.as_str().to_owned());
+        batched(after, move |after: String| {
+            let inner = inner.clone();
+            let provider = provider.clone();
+            let fetch = handle
+                .spawn(async move { inner.images_after(after, provider, STREAM_BATCH).await });
+            async move {
+                let rows = fetch.await.map_err(|_| StoreError::Closed)??;
+                let last = rows.last().map(|(id, _)| id.clone());
+                let full = rows.len() as i64 == STREAM_BATCH;
+                Ok((
+                    rows.into_iter().map(|(_, json)| json).collect(),
+                    last.filter(|_| full),
+                ))
+            }
+        })
+    }
+
+    /// Up to `limit` audit records older than `before`, newest first.
+    pub async fn audit_page(
+        &self,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<(Vec<Bytes>, bool), StoreError> {
+        let inner = self.inner.clone();
+        let before = seq_bound(before);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX - 1);
+        self.run(async move {
+            let mut rows = inner.audit_before(before, limit + 1).await?;
+            let more = rows.len() as i64 > limit;
+            rows.truncate(limit as usize);
+            Ok((rows.into_iter().map(|(_, json)| json).collect(), more))
+        })
+        .await
+    }
+
+    /// Every audit record older than `before`, newest first, in keyset batches.
+    pub fn audit_stream(
+        &self,
+        before: Option<u64>,
+    ) -> impl Stream<Item = Result<Bytes, StoreError>> + Send + 'static {
+        let inner = self.inner.clone();
+        let handle = self.handle.clone();
+        batched(seq_bound(before), move |before: i64| {
+            let inner = inner.clone();
+            let fetch = handle.spawn(async move { inner.audit_before(before, STREAM_BATCH).await });
+            async move {
+                let rows = fetch.await.map_err(|_| StoreError::Closed)??;
+                let last = rows.last().map(|(seq, _)| *seq);
+                let full = rows.len() as i64 == STREAM_BATCH;
+                Ok((
+                    rows.into_iter().map(|(_, json)| json).collect(),
+                    last.filter(|_| full),
+                ))
+            }
+        })
+    }
+
+    /// The counters, read in one cheap query.
+    pub async fn counters(&self) -> Result<Counters, StoreError> {
+        let inner = self.inner.clone();
+        self.run(async move { inner.counters().await }).await
+    }
+
+    pub async fn image_count(&self) -> Result<u64, StoreError> {
+        Ok(self.counters().await?.images)
+    }
+
+    /// Records in the audit trail, and the bytes of their JSON.
+    pub async fn audit_size(&self) -> Result<(u64, u64), StoreError> {
+        let counters = self.counters().await?;
+        Ok((counters.audit_records, counters.audit_bytes))
+    }
+
+    /// A number that moves with every committed write of any node on this database:
+    /// what was derived from the catalog (a cached list page) may be reused while it
+    /// stays the same.
+    pub async fn generation(&self) -> Result<u64, StoreError> {
+        Ok(self.counters().await?.generation)
+    }
+
+    /// Whether the database answers a trivial query within two seconds.
+    pub async fn is_healthy(&self) -> bool {
+        self.health().await.is_ok()
+    }
+
+    /// Why the database is not healthy, if it is not.
+    pub async fn health(&self) -> Result<(), StoreError> {
+        let inner = self.inner.clone();
+        self.run(async move {
+            match tokio::time::timeout(HEALTH_TIMEOUT, inner.read("SELECT 1", vec![])).await {
+                Ok(result) => result.map(drop),
+                Err(_) => Err(StoreError::Unavailable(format!(
+                    "the database did not answer within {} s",
+                    HEALTH_TIMEOUT.as_secs()
+                ))),
+            }
+        })
+        .await
+    }
+
+    /// Connections open in the pool, and how many of them are idle.
+    pub fn pool_status(&self) -> (usize, usize) {
+        let status = self.inner.pool.status();
+        (status.size, status.available)
+    }
+
+    /// Keeps audit records for `keep` (`None`: for ever); older ones are removed in
+    /// the background at least once a minute.
+    pub fn keep_audit_for(&self, keep: Option<Duration>) {
+        let seconds = keep.map_or(0, |d| d.as_secs().max(1));
+        self.inner.retention.store(seconds, Ordering::Relaxed);
+    }
+
+    /// Removes audit records older than the retention now; returns how many.
+    pub async fn prune_audit(&self) -> Result<u64, StoreError> {
+        let inner = self.inner.clone();
+        self.run(async move { inner.prune().await }).await
+    }
+
+    /// Closes the pool and stops the store's runtime; what is in flight fails.
+    pub fn shutdown(&self) {
+        self.inner.pool.close();
+        let runtime = self
+            .runtime
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(runtime) = runtime {
+            runtime.shutdown_background();
+        }
+    }
+
+    /// Sets the recorded schema version: lets tests build a database from another
+    /// release.
+    #[doc(hidden)]
+    pub async fn set_schema_version_for_tests(
+        &self,
+        major: i32,
+        minor: i32,
+    ) -> Result<(), StoreError> {
+        let inner = self.inner.clone();
+        self.run(async move {
+            let client = inner.client().await.map_err(Broken::into_error)?;
+            inner
+                .bounded(client.execute(
+                    "UPDATE schema_version SET major = $1, minor = $2",
+                    &[&major, &minor],
+                ))
+                .await
+                .map_err(Broken::into_error)?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+impl Drop for PgStore {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// A stream of rows fetched `fetch(from)` at a time: each fetch gives its rows and,
+/// when more may follow, the key to continue from.
+fn batched<K, F, Fut>(
+    start: K,
+    fetch: F,
+) -> impl Stream<Item = Result<Bytes, StoreError>> + Send + 'static
+where
+    K: Send + 'static,
+    F: FnMut(K) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<(Vec<Bytes>, Option<K>), StoreError>> + Send + 'static,
+{
+    use futures_util::StreamExt;
+    let state = (Some(start), fetch);
+    futures_util::stream::unfold(state, |(next, mut fetch)| async move {
+        let from = next?;
+        match fetch(from).await {
+            Ok((rows, next)) => {
+                let items: Vec<Result<Bytes, StoreError>> = rows.into_iter().map(Ok).collect();
+                Some((futures_util::stream::iter(items), (next, fetch)))
+            }
+            Err(e) => Some((futures_util::stream::iter(vec![Err(e)]), (None, fetch))),
+        }
+    })
+    .flatten()
+}
+
+fn seq_bound(before: Option<u64>) -> i64 {
+    before.map_or(i64::MAX, |seq| i64::try_from(seq).unwrap_or(i64::MAX))
+}
+
+fn record_of(json: Vec<u8>) -> Record {
+    Record::from(sled::IVec::from(json))
+}
+
+/// The stored record, if it exists and meets the precondition.
+fn check(
+    json: Option<Vec<u8>>,
+    id: &ImageId,
+    precondition: &Option<Precondition>,
+) -> Result<Record, StoreError> {
+    let Some(json) = json else {
+        return Err(StoreError::NotFound(id.to_string()));
+    };
+    let record = record_of(json);
+    if let Some(Precondition::EtagIn(tags)) = precondition
+        && !tags.contains(&record.etag())
+    {
+        return Err(StoreError::PreconditionFailed(id.to_string()));
+    }
+    Ok(record)
+}
+
+const INSERT_SQL: &str =
+    "INSERT INTO images (id, provider, json) VALUES ($1, $2, $3) ON CONFLICT (id) DO NOTHING";
+const DELETE_SQL: &str = "DELETE FROM images WHERE id = $1";
+
+/// Whether `change` is one statement whose row count alone says its outcome.
+fn one_statement(change: &Change) -> bool {
+    matches!(
+        change,
+        Change::Create(_)
+            | Change::Delete {
+                precondition: None,
+                ..
+            }
+    )
+}
+
+fn method_of(change: &Change) -> &'static str {
+    match change {
+        Change::Create(_) => "POST",
+        Change::Update { .. } => "PUT",
+        Change::Delete { .. } => "DELETE",
+    }
+}
+
+fn id_of(change: &Change) -> &ImageId {
+    match change {
+        Change::Create(image) => &image.id,
+        Change::Update { id, .. } | Change::Delete { id, .. } => id,
+    }
+}
+
+/// The audit records of one transaction, as `AUDIT_SQL` takes them.
+#[derive(Default)]
+struct AuditBatch {
+    users: Vec<String>,
+    methods: Vec<String>,
+    ids: Vec<String>,
+    /// Bytes of the records' JSON less the digits of their seqs.
+    bytes: i64,
+}
+
+impl AuditBatch {
+    fn push(&mut self, user: &str, method: &str, id: &str) {
+        let record = AuditRecord {
+            seq: 0,
+            time: "0000-00-00T00:00:00.000000Z".into(),
+            user: user.to_owned(),
+            method: method.to_owned(),
+            id: id.to_owned(),
+            status: 200,
+        };
+        let len = serde_json::to_vec(&record).map_or(0, |v| v.len()) - 1;
+        self.bytes += len as i64;
+        self.users
+            .push(serde_json::to_string(user).unwrap_or_default());
+        self.methods.push(method.to_owned());
+        self.ids.push(serde_json::to_string(id).unwrap_or_default());
+    }
+
+    fn len(&self) -> i64 {
+        self.users.len() as i64
+    }
+}
+
+type Param = Box<dyn tokio_postgres::types::ToSql + Sync + Send>;
+
+impl Inner {
+    /// A pool on `url`; with `create`, the schema is made (or checked) and the
+    /// writer started.
+    async fn connect(
+        url: &str,
+        options: PgOptions,
+        create: bool,
+    ) -> Result<Arc<Inner>, StoreError> {
+        let split = tls::split_url(url).map_err(StoreError::Unavailable)?;
+        let mut config: tokio_postgres::Config = split
+            .url
+            .parse()
+            .map_err(|e| StoreError::Unavailable(format!("the database URL is not usable: {e}")))?;
+        let mut secrets = Vec::new();
+        if let Some(password) = config.get_password() {
+            let password = String::from_utf8_lossy(password).into_owned();
+            if !password.is_empty() {
+                let encoded = percent_encoding::utf8_percent_encode(
+                    &password,
+                    percent_encoding::NON_ALPHANUMERIC,
+                )
+                .to_string();
+                secrets.push(password);
+                secrets.push(encoded);
+            }
+        }
+        let scrub = |message: String| scrub(message, &secrets);
+        let tls_config = tls::client_config(split.verify, split.root_cert.as_ref())
+            .map_err(|e| StoreError::Unavailable(scrub(e)))?;
+        let statement_ms = options.statement_timeout.as_millis().max(1);
+        let session = format!(
+            "-c synchronous_commit=on -c statement_timeout={statement_ms} \
+             -c idle_in_transaction_session_timeout={}",
+            statement_ms.saturating_mul(2).max(10_000)
+        );
+        let options_line = match config.get_options() {
+            Some(given) if !given.is_empty() => format!("{given} {session}"),
+            _ => session,
+        };
+        config.options(options_line);
+        config.connect_timeout(options.connect_timeout);
+        if config.get_application_name().is_none() {
+            config.application_name("image-catalog");
+        }
+        config.keepalives_idle(Duration::from_secs(30));
+        let manager = Manager::from_config(
+            config,
+            MakeRustlsConnect::new(tls_config),
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(options.pool_size.max(2))
+            .wait_timeout(Some(options.connect_timeout))
+            .create_timeout(Some(options.connect_timeout))
+            .recycle_timeout(Some(options.connect_timeout))
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .build()
+            .map_err(|e| StoreError::Unavailable(format!("the connection pool: {e}")))?;
+        let (writer, jobs) = if options.batch_writes {
+            let (sender, receiver) = mpsc::channel(QUEUE_LIMIT);
+            (Some(sender), Some(receiver))
+        } else {
+            (None, None)
+        };
+        let inner = Arc::new(Inner {
+            pool,
+            options,
+            secrets,
+            writer,
+            retention: AtomicU64::new(0),
+        });
+        if !create {
+            return Ok(inner);
+        }
+        inner.create_schema().await?;
+        if let Some(jobs) = jobs {
+            tokio::spawn(Inner::writer_loop(Arc::downgrade(&inner), jobs));
+        }
+        Ok(inner)
+    }
+
+    fn scrub(&self, message: String) -> String {
+        scrub(message, &self.secrets)
+    }
+
+    /// A statement's failure: a refusal of the database (its SQLSTATE says which) or
+    /// a lost connection, both before any COMMIT.
+    fn failed(&self, e: &tokio_postgres::Error) -> Broken {
+        Broken::Before(self.scrub(describe(e)))
+    }
+
+    /// `future`, bounded by the statement timeout and a second more.
+    async fn bounded<T>(
+        &self,
+        future: impl Future<Output = Result<T, tokio_postgres::Error>>,
+    ) -> Result<T, Broken> {
+        let limit = self.options.statement_timeout + Duration::from_secs(1);
+        match tokio::time::timeout(limit, future).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) => Err(self.failed(&e)),
+            Err(_) => Err(Broken::Before(format!(
+                "the database did not answer within {} ms",
+                limit.as_millis()
+            ))),
+        }
+    }
+
+    /// Sends COMMIT: a refusal by the server rolled the transaction back (nothing
+    /// was changed); a lost connection or no answer leaves its outcome unknown.
+    async fn commit(&self, tx: deadpool_postgres::Transaction<'_>) -> Result<(), Broken> {
+        let limit = self.options.statement_timeout + Duration::from_secs(1);
+        match tokio::time::timeout(limit, tx.commit()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) if e.as_db_error().is_some() => Err(self.failed(&e)),
+            Ok(Err(e)) => Err(Broken::InCommit(format!(
+                "the COMMIT was sent, but {}",
+                self.scrub(describe(&e))
+            ))),
+            Err(_) => Err(Broken::InCommit(format!(
+                "the COMMIT was sent, but no answer came within {} ms",
+                limit.as_millis()
+            ))),
+        }
+    }
+
+    /// A connection from the pool, opened if need be.
+    async fn client(&self) -> Result<Object, Broken> {
+        // The pool's own timeouts bound this; the outer one is for a pool that
+        // waits for a connection that never comes back.
+        let limit = self.options.connect_timeout * 2 + Duration::from_secs(1);
+        match tokio::time::timeout(limit, self.pool.get()).await {
+            Ok(Ok(client)) => Ok(client),
+            Ok(Err(e)) => Err(Broken::Before(self.scrub(describe_pool(&e)))),
+            Err(_) => Err(Broken::Before(format!(
+                "no database connection within {} ms",
+                limit.as_millis()
+            ))),
+        }
+    }
+
+    /// The schema version the database holds, checked as at connect.
+    async fn schema_found(&self) -> Result<Option<(i32, i32)>, StoreError> {
+        let present = self
+            .read(
+                "SELECT to_regclass('schema_version') IS NOT NULL, \
+                        to_regclass('images') IS NOT NULL",
+                vec![],
+            )
+            .await?;
+        let (versioned, has_images): (bool, bool) = (present[0].get(0), present[0].get(1));
+        if !versioned {
+            if has_images {
+                return Err(foreign_tables());
+            }
+            return Ok(None);
+        }
+        let row = self
+            .read("SELECT major, minor FROM schema_version", vec![])
+            .await?;
+        let (major, minor): (i32, i32) = (row[0].get(0), row[0].get(1));
+        if major != SCHEMA_MAJOR {
+            return Err(other_major(major, minor));
+        }
+        Ok(Some((major, minor)))
+    }
+
+    async fn create_schema(&self) -> Result<(), StoreError> {
+        let mut client = self.client().await.map_err(Broken::into_error)?;
+        let result = self.create_schema_on(&mut client).await;
+        if result.is_err() {
+            drop(Object::take(client));
+        }
+        result
+    }
+
+    async fn create_schema_on(&self, client: &mut Object) -> Result<(), StoreError> {
+        let unavailable = Broken::into_error;
+        let tx = self
+            .bounded(client.transaction())
+            .await
+            .map_err(unavailable)?;
+        self.bounded(tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK]))
+            .await
+            .map_err(unavailable)?;
+        let encoding: String = self
+            .bounded(tx.query_one("SHOW server_encoding", &[]))
+            .await
+            .map_err(unavailable)?
+            .get(0);
+        if encoding != "UTF8" {
+            return Err(StoreError::IncompatibleSchema(format!(
+                "the database's encoding is {encoding}; image-catalog needs UTF8 \
+                 (CREATE DATABASE ... ENCODING 'UTF8')"
+            )));
+        }
+        let present = self
+            .bounded(tx.query_one(
+                "SELECT to_regclass('schema_version') IS NOT NULL, \
+                        to_regclass('images') IS NOT NULL",
+                &[],
+            ))
+            .await
+            .map_err(unavailable)?;
+        let (versioned, has_images): (bool, bool) = (present.get(0), present.get(1));
+        if !versioned {
+            if has_images {
+                return Err(foreign_tables());
+            }
+            self.bounded(tx.batch_execute(SCHEMA))
+                .await
+                .map_err(unavailable)?;
+            self.bounded(tx.execute(
+                "INSERT INTO schema_version VALUES ($1, $2)",
+                &[&SCHEMA_MAJOR, &SCHEMA_MINOR],
+            ))
+            .await
+            .map_err(unavailable)?;
+            log::info!(
+                "created the image-catalog schema {SCHEMA_MAJOR}.{SCHEMA_MINOR} in the database"
+            );
+        } else {
+            let row = self
+                .bounded(tx.query_one("SELECT major, minor FROM schema_version", &[]))
+                .await
+                .map_err(unavailable)?;
+            let (major, minor): (i32, i32) = (row.get(0), row.get(1));
+            if major != SCHEMA_MAJOR {
+                return Err(other_major(major, minor));
+            }
+            // Minors add only: a newer one is read as it is, an older one would be
+            // brought up here, additively. There is one minor so far.
+        }
+        self.bounded(tx.commit()).await.map_err(|b| match b {
+            Broken::Before(why) | Broken::InCommit(why) => StoreError::Unavailable(why),
+        })?;
+        Ok(())
+    }
+
+    /// A read: `Unavailable` when the database fails.
+    async fn read(
+        &self,
+        sql: &str,
+        params: Vec<Param>,
+    ) -> Result<Vec<tokio_postgres::Row>, StoreError> {
+        let client = self.client().await.map_err(Broken::into_error)?;
+        let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+            params.iter().map(|p| p.as_ref() as _).collect();
+        let statement = self.bounded(client.prepare_cached(sql)).await;
+        let rows = match statement {
+            Ok(statement) => self.bounded(client.query(&statement, &refs)).await,
+            Err(e) => Err(e),
+        };
+        match rows {
+            Ok(rows) => Ok(rows),
+            Err(broken) => {
+                drop(Object::take(client));
+                Err(broken.into_error())
+            }
+        }
+    }
+
+    async fn images_after(
+        &self,
+        after: String,
+        provider: Option<String>,
+        limit: i64,
+    ) -> Result<Vec<(String, Bytes)>, StoreError> {
+        let rows = match provider {
+            None => {
+                self.read(
+                    "SELECT id, json FROM images WHERE id > $1 ORDER BY id LIMIT $2",
+                    vec![Box::new(after), Box::new(limit)],
+                )
+                .await?
+            }
+            Some(provider) => {
+                self.read(
+                    "SELECT id, json FROM images WHERE provider = $1 AND id > $2 \
+                     ORDER BY id LIMIT $3",
+                    vec![Box::new(provider), Box::new(after), Box::new(limit)],
+                )
+                .await?
+            }
+        };
+        Ok(rows
+            .into_iter()
+            .map(|row| {
+                (
+                    row.get::<_, String>(0),
+                    Bytes::from(row.get::<_, Vec<u8>>(1)),
+                )
+            })
+            .collect())
+    }
+
+    async fn audit_before(&self, before: i64, limit: i64) -> Result<Vec<(i64, Bytes)>, StoreError> {
+        let rows = self
+            .read(
+                "SELECT seq, json FROM audit WHERE seq < $1 ORDER BY seq DESC LIMIT $2",
+                vec![Box::new(before), Box::new(limit)],
+            )
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|row| (row.get::<_, i64>(0), Bytes::from(row.get::<_, Vec<u8>>(1))))
+            .collect())
+    }
+
+    async fn counters(&self) -> Result<Counters, StoreError> {
+        let rows = self
+            .read(
+                "SELECT images, audit_records, audit_bytes, next_seq, generation \
+                 FROM counters WHERE id = 1",
+                vec![],
+            )
+            .await?;
+        let row = rows
+            .first()
+            .ok_or_else(|| StoreError::Corrupt("the counters row is missing".into()))?;
+        let get = |i: usize| u64::try_from(row.get::<_, i64>(i)).unwrap_or(0);
+        Ok(Counters {
+            images: get(0),
+            audit_records: get(1),
+            audit_bytes: get(2),
+            next_seq: get(3),
+            generation: get(4),
+        })
+    }
+
+    /// One change in its own transaction.
+    async fn apply_alone(&self, change: Change, user: String) -> Result<Applied, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        let job = Job {
+            change,
+            user,
+            reply,
+        };
+        self.write_batch(vec![job]).await;
+        answer.await.unwrap_or(Err(StoreError::Closed))
+    }
+
+    /// The writer: takes every change queued meanwhile and commits them together.
+    async fn writer_loop(inner: std::sync::Weak<Inner>, mut jobs: mpsc::Receiver<Job>) {
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        while jobs.recv_many(&mut batch, MAX_BATCH).await > 0 {
+            let Some(inner) = inner.upgrade() else {
+                break;
+            };
+            if let Some(error) = inner.write_batch(std::mem::take(&mut batch)).await {
+                // No connection could be had: what queued meanwhile would wait as
+                // long again for the same answer. It gets it now.
+                while let Ok(job) = jobs.try_recv() {
+                    let _ = job.reply.send(Err(copy_error(&error)));
+                }
+            }
+        }
+    }
+
+    /// Applies `jobs` in one transaction and answers each. A refused change writes
+    /// nothing and does not stop the others. Returns the error when no connection
+    /// could be had.
+    async fn write_batch(&self, mut jobs: Vec<Job>) -> Option<StoreError> {
+        // Row locks are taken in id order, and the counter row's last: no two
+        // transactions (of this node or another) wait for each other in a cycle.
+        jobs.sort_by(|a, b| id_of(&a.change).as_str().cmp(id_of(&b.change).as_str()));
+        let mut client = match self.client().await {
+            Ok(client) => client,
+            Err(broken) => {
+                let error = broken.into_error();
+                for job in jobs {
+                    let _ = job.reply.send(Err(copy_error(&error)));
+                }
+                return Some(error);
+            }
+        };
+        let outcome = self.write_on(&mut client, &jobs).await;
+        match outcome {
+            Ok(results) => {
+                for (job, result) in jobs.into_iter().zip(results) {
+                    let _ = job.reply.send(result);
+                }
+            }
+            Err(broken) => {
+                // A connection that failed is not given back to the pool.
+                drop(Object::take(client));
+                // Refusals too: one may rest on an earlier change of the batch (a
+                // 409 after a create of the same id) that was not committed.
+                let error = broken.into_error();
+                for job in jobs {
+                    let _ = job.reply.send(Err(copy_error(&error)));
+                }
+            }
+        }
+        None
+    }
+
+    /// Applies `jobs` in one transaction on `client`: each change's outcome, or the
+    /// failure of the database that ended the transaction.
+    async fn write_on(
+        &self,
+        client: &mut Object,
+        jobs: &[Job],
+    ) -> Result<Vec<Result<Applied, StoreError>>, Broken> {
+        let tx = self.bounded(client.transaction()).await?;
+        let mut results = Vec::with_capacity(jobs.len());
+        let mut audit = AuditBatch::default();
+        let mut images_delta = 0i64;
+        let mut next = 0;
+        while next < jobs.len() {
+            // A run of changes of one statement each is sent at once (pipelined),
+            // the server runs them in order: as if sent one by one, in one round trip.
+            let run = jobs[next..]
+                .iter()
+                .take_while(|job| one_statement(&job.change))
+                .count();
+            let (done, outcomes) = if run >= 2 {
+                (run, self.pipelined_in(&tx, &jobs[next..next + run]).await?)
+            } else {
+                (1, vec![self.change_in(&tx, &jobs[next].change).await?])
+            };
+            for (job, outcome) in jobs[next..next + done].iter().zip(outcomes) {
+                match outcome {
+                    Ok((applied, delta)) => {
+                        images_delta += delta;
+                        audit.push(
+                            &job.user,
+                            method_of(&job.change),
+                            id_of(&job.change).as_str(),
+                        );
+                        results.push(Ok(applied));
+                    }
+                    Err(refused) => results.push(Err(refused)),
+                }
+            }
+            next += done;
+        }
+        if audit.len() == 0 {
+            // Only refusals: nothing to commit.
+            self.bounded(tx.rollback()).await?;
+            return Ok(results);
+        }
+        self.audit_in(&tx, &audit, images_delta).await?;
+        self.commit(tx).await?;
+        Ok(results)
+    }
+
+    /// Assigns seqs to `audit` and inserts it, moving the counters, in `tx`.
+    async fn audit_in(
+        &self,
+        tx: &deadpool_postgres::Transaction<'_>,
+        audit: &AuditBatch,
+        images_delta: i64,
+    ) -> Result<(), Broken> {
+        let statement = self.bounded(tx.prepare_cached(AUDIT_SQL)).await?;
+        self.bounded(tx.execute(
+            &statement,
+            &[
+                &audit.len(),
+                &images_delta,
+                &audit.bytes,
+                &audit.users,
+                &audit.methods,
+                &audit.ids,
+            ],
+        ))
+        .await?;
+        Ok(())
+    }
+
+    /// One change inside `tx`: the outer `Err` is the database failing, the inner one
+    /// the change refused with nothing written. Also gives the change in image count.
+    async fn change_in(
+        &self,
+        tx: &deadpool_postgres::Transaction<'_>,
+        change: &Change,
+    ) -> Result<Result<(Applied, i64), StoreError>, Broken> {
+        match change {
+            Change::Create(image) => {
+                let statement = self.bounded(tx.prepare_cached(INSERT_SQL)).await?;
+                let inserted = self
+                    .bounded(tx.execute(
+                        &statement,
+                        &[
+                            &image.id.as_str(),
+                            &image.provider.as_str(),
+                            &image.to_json(),
+                        ],
+                    ))
+                    .await?;
+                if inserted == 0 {
+                    return Ok(Err(StoreError::Conflict(image.id.to_string())));
+                }
+                Ok(Ok((Applied::Created, 1)))
+            }
+            Change::Update {
+                id,
+                patch,
+                precondition,
+            } => {
+                let current = self.locked(tx, id).await?;
+                let current = match check(current, id, precondition) {
+                    Ok(record) => record,
+                    Err(refused) => return Ok(Err(refused)),
+                };
+                let next = match current.image() {
+                    Ok(image) => match patch.apply(&image) {
+                        Ok(next) => next,
+                        Err(e) => return Ok(Err(StoreError::Invalid(e))),
+                    },
+                    Err(e) => return Ok(Err(e)),
+                };
+                let json = next.to_json();
+                let statement =
+                    self.bounded(tx.prepare_cached(
+                        "UPDATE images SET provider = $2, json = $3 WHERE id = $1",
+                    ))
+                    .await?;
+                self.bounded(
+                    tx.execute(&statement, &[&id.as_str(), &next.provider.as_str(), &json]),
+                )
+                .await?;
+                Ok(Ok((Applied::Updated(record_of(json)), 0)))
+            }
+            Change::Delete { id, precondition } => {
+                if precondition.is_some() {
+                    let current = self.locked(tx, id).await?;
+                    if let Err(refused) = check(current, id, precondition) {
+                        return Ok(Err(refused));
+                    }
+                }
+                let statement = self.bounded(tx.prepare_cached(DELETE_SQL)).await?;
+                let deleted = self
+                    .bounded(tx.execute(&statement, &[&id.as_str()]))
+                    .await?;
+                if deleted == 0 {
+                    return Ok(Err(StoreError::NotFound(id.to_string())));
+                }
+                Ok(Ok((Applied::Deleted, -1)))
+            }
+        }
+    }
+
+    /// Creates and unconditional deletes, sent together; each has its own outcome.
+    async fn pipelined_in(
+        &self,
+        tx: &deadpool_postgres::Transaction<'_>,
+        jobs: &[Job],
+    ) -> Result<Vec<Result<(Applied, i64), StoreError>>, Broken> {
+        let insert = self.bounded(tx.prepare_cached(INSERT_SQL)).await?;
+        let delete = self.bounded(tx.prepare_cached(DELETE_SQL)).await?;
+        let jsons: Vec<Vec<u8>> = jobs
+            .iter()
+            .map(|job| match &job.change {
+                Change::Create(image) => image.to_json(),
+                _ => Vec::new(),
+            })
+            .collect();
+        let sent = jobs.iter().zip(&jsons).map(|(job, json)| {
+            let (insert, delete) = (&insert, &delete);
+            async move {
+                match &job.change {
+                    Change::Create(image) => {
+                        let (id, provider) = (image.id.as_str(), image.provider.as_str());
+                        tx.execute(insert, &[&id, &provider, json]).await
+                    }
+                    change => tx.execute(delete, &[&id_of(change).as_str()]).await,
+                }
+            }
+        });
+        let counts = self
+            .bounded(futures_util::future::try_join_all(sent))
+            .await?;
+        Ok(jobs
+            .iter()
+            .zip(counts)
+            .map(|(job, count)| match (&job.change, count) {
+                (Change::Create(image), 0) => Err(StoreError::Conflict(image.id.to_string())),
+                (Change::Create(_), _) => Ok((Applied::Created, 1)),
+                (change, 0) => Err(StoreError::NotFound(id_of(change).to_string())),
+                (_, _) => Ok((Applied::Deleted, -1)),
+            })
+            .collect())
+    }
+
+    /// The image's JSON, its row locked to the end of `tx` (compare-and-swap).
+    async fn locked(
+        &self,
+        tx: &deadpool_postgres::Transaction<'_>,
+        id: &ImageId,
+    ) -> Result<Option<Vec<u8>>, Broken> {
+        let statement = self
+            .bounded(tx.prepare_cached("SELECT json FROM images WHERE id = $1 FOR UPDATE"))
+            .await?;
+        let rows = self.bounded(tx.query(&statement, &[&id.as_str()])).await?;
+        Ok(rows.into_iter().next().map(|row| row.get::<_, Vec<u8>>(0)))
+    }
+
+    async fn import(&self, images: Vec<Image>, user: String) -> Result<u64, StoreError> {
+        let mut client = self.client().await.map_err(Broken::into_error)?;
+        match self.import_on(&mut client, &images, &user).await {
+            Ok(Ok(count)) => Ok(count),
+            Ok(Err(refused)) => Err(refused),
+            Err(broken) => {
+                drop(Object::take(client));
+                Err(broken.into_error())
+            }
+        }
+    }
+
+    async fn import_on(
+        &self,
+        client: &mut Object,
+        images: &[Image],
+        user: &str,
+    ) -> Result<Result<u64, StoreError>, Broken> {
+        let tx = self.bounded(client.transaction()).await?;
+        // Every image first, then every audit record: the counter row is locked last.
+        let insert = self
+            .bounded(tx.prepare_cached(
+                "INSERT INTO images (id, provider, json) \
+                 SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[]) \
+                 ON CONFLICT (id) DO NOTHING RETURNING id",
+            ))
+            .await?;
+        for chunk in images.chunks(IMPORT_CHUNK) {
+            let ids: Vec<&str> = chunk.iter().map(|i| i.id.as_str()).collect();
+            let providers: Vec<&str> = chunk.iter().map(|i| i.provider.as_str()).collect();
+            let jsons: Vec<Vec<u8>> = chunk.iter().map(Image::to_json).collect();
+            let rows = self
+                .bounded(tx.query(&insert, &[&ids, &providers, &jsons]))
+                .await?;
+            if rows.len() != chunk.len() {
+                let landed: std::collections::HashSet<String> =
+                    rows.iter().map(|row| row.get::<_, String>(0)).collect();
+                let mut seen = std::collections::HashSet::new();
+                let taken = ids
+                    .iter()
+                    .find(|id| !landed.contains(**id) || !seen.insert(**id))
+                    .map_or_else(String::new, |id| (*id).to_owned());
+                let _ = self.bounded(tx.rollback()).await;
+                return Ok(Err(StoreError::Conflict(taken)));
+            }
+        }
+        for chunk in images.chunks(IMPORT_CHUNK) {
+            let mut audit = AuditBatch::default();
+            for image in chunk {
+                audit.push(user, IMPORT_METHOD, image.id.as_str());
+            }
+            self.audit_in(&tx, &audit, chunk.len() as i64).await?;
+        }
+        self.commit(tx).await?;
+        Ok(Ok(images.len() as u64))
+    }
+
+    async fn import_audit(&self, records: Vec<AuditRecord>) -> Result<u64, StoreError> {
+        let mut client = self.client().await.map_err(Broken::into_error)?;
+        match self.import_audit_on(&mut client, &records).await {
+            Ok(Ok(count)) => Ok(count),
+            Ok(Err(refused)) => Err(refused),
+            Err(broken) => {
+                drop(Object::take(client));
+                Err(broken.into_error())
+            }
+        }
+    }
+
+    async fn import_audit_on(
+        &self,
+        client: &mut Object,
+        records: &[AuditRecord],
+    ) -> Result<Result<u64, StoreError>, Broken> {
+        let mut seqs = Vec::with_capacity(records.len());
+        for record in records {
+            match i64::try_from(record.seq) {
+                Ok(seq) if seq > 0 => seqs.push(seq),
+                _ => {
+                    return Ok(Err(StoreError::Invalid(ValidationError(format!(
+                        "audit seq {} is out of range",
+                        record.seq
+                    )))));
+                }
+            }
+        }
+        let tx = self.bounded(client.transaction()).await?;
+        // The counter row first: no change may take a seq while the trail moves in.
+        self.bounded(tx.execute("SELECT 1 FROM counters WHERE id = 1 FOR UPDATE", &[]))
+            .await?;
+        let insert = self
+            .bounded(tx.prepare_cached(
+                "INSERT INTO audit (seq, time, json) \
+                 SELECT * FROM unnest($1::bigint[], $2::text[], $3::bytea[]) \
+                 ON CONFLICT (seq) DO NOTHING RETURNING seq",
+            ))
+            .await?;
+        let mut bytes = 0i64;
+        for (chunk, seq_chunk) in records.chunks(IMPORT_CHUNK).zip(seqs.chunks(IMPORT_CHUNK)) {
+            let times: Vec<&str> = chunk.iter().map(|r| r.time.as_str()).collect();
+            let jsons: Vec<Vec<u8>> = chunk
+                .iter()
+                .map(|r| serde_json::to_vec(r).unwrap_or_default())
+                .collect();
+            bytes += jsons.iter().map(|j| j.len() as i64).sum::<i64>();
+            let rows = self
+                .bounded(tx.query(&insert, &[&seq_chunk, &times, &jsons]))
+                .await?;
+            if rows.len() != chunk.len() {
+                let landed: std::collections::HashSet<i64> =
+                    rows.iter().map(|row| row.get::<_, i64>(0)).collect();
+                let mut seen = std::collections::HashSet::new();
+                let taken = seq_chunk
+                    .iter()
+                    .find(|seq| !landed.contains(*seq) || !seen.insert(**seq))
+                    .copied()
+                    .unwrap_or_default();
+                let _ = self.bounded(tx.rollback()).await;
+                return Ok(Err(StoreError::Invalid(ValidationError(format!(
+                    "the audit trail already holds a record with seq {taken}; nothing was imported"
+                )))));
+            }
+        }
+        let max = seqs.iter().copied().max().unwrap_or(0);
+        self.bounded(tx.execute(
+            "UPDATE counters SET next_seq = greatest(next_seq, $1::bigint + 1), \
+             generation = generation + 1, audit_records = audit_records + $2, \
+             audit_bytes = audit_bytes + $3 WHERE id = 1",
+            &[&max, &(records.len() as i64), &bytes],
+        ))
+        .await?;
+        self.commit(tx).await?;
+        Ok(Ok(records.len() as u64))
+    }
+
+    /// Removes audit records past the retention, a chunk per transaction.
+    async fn prune(&self) -> Result<u64, StoreError> {
+        let keep = self.retention.load(Ordering::Relaxed);
+        if keep == 0 {
+            return Ok(0);
+        }
+        let mut removed = 0u64;
+        loop {
+            let mut client = self.client().await.map_err(Broken::into_error)?;
+            match self.prune_chunk(&mut client, keep).await {
+                Ok(0) => return Ok(removed),
+                Ok(count) => removed += count,
+                Err(broken) => {
+                    drop(Object::take(client));
+                    return Err(broken.into_error());
+                }
+            }
+        }
+    }
+
+    async fn prune_chunk(&self, client: &mut Object, keep: u64) -> Result<u64, Broken> {
+        let tx = self.bounded(client.transaction()).await?;
+        // The counter row first, as every writer takes it: then the oldest records.
+        // Seq order is time order (seqs and times are both taken under this lock).
+        self.bounded(tx.execute("SELECT 1 FROM counters WHERE id = 1 FOR UPDATE", &[]))
+            .await?;
+        let seconds = keep as f64;
+        let row = self
+            .bounded(tx.query_one(
+                "WITH oldest AS (SELECT seq, time FROM audit ORDER BY seq LIMIT $1), \
+                 gone AS (DELETE FROM audit a USING oldest o WHERE a.seq = o.seq \
+                   AND o.time < to_char(clock_timestamp() AT TIME ZONE 'UTC' \
+                     - make_interval(secs => $2), 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') \
+                   RETURNING octet_length(a.json) AS len) \
+                 SELECT count(*), coalesce(sum(len), 0)::bigint FROM gone",
+                &[&PRUNE_CHUNK, &seconds],
+            ))
+            .await?;
+        let (count, bytes): (i64, i64) = (row.get(0), row.get(1));
+        if count > 0 {
+            self.bounded(tx.execute(
+                "UPDATE counters SET audit_records = audit_records - $1, \
+                 audit_bytes = audit_bytes - $2 WHERE id = 1",
+                &[&count, &bytes],
+            ))
+            .await?;
+            log::info!("audit retention: removed {count} records older than {keep} s");
+        }
+        self.commit(tx).await?;
+        Ok(count as u64)
+    }
+
+    async fn prune_loop(inner: std::sync::Weak<Inner>) {
+        loop {
+            tokio::time::sleep(PRUNE_EVERY).await;
+            let Some(inner) = inner.upgrade() else {
+                return;
+            };
+            if let Err(e) = inner.prune().await {
+                log::warn!("audit retention: pruning failed, retried in a minute: {e}");
+            }
+        }
+    }
+}
+
+fn foreign_tables() -> StoreError {
+    StoreError::IncompatibleSchema(
+        "the database has an 'images' table but no schema_version: it was not made by \
+         image-catalog; give image-catalog a database of its own"
+            .into(),
+    )
+}
+
+fn other_major(major: i32, minor: i32) -> StoreError {
+    StoreError::IncompatibleSchema(format!(
+        "the database holds the image-catalog schema {major}.{minor}, but this build reads \
+         schema {SCHEMA_MAJOR}.x only; run a release that matches it"
+    ))
+}
+
+/// A copy of an error for each of several jobs that share it.
+fn copy_error(error: &StoreError) -> StoreError {
+    match error {
+        StoreError::OutcomeUnknown(why) => StoreError::OutcomeUnknown(why.clone()),
+        StoreError::Unavailable(why) => StoreError::Unavailable(why.clone()),
+        StoreError::Closed => StoreError::Closed,
+        other => StoreError::Unavailable(other.to_string()),
+    }
+}
+
+/// What went wrong, in words for the log: the server's message and SQLSTATE when it
+/// answered, the cause when the connection failed.
+fn describe(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        let code = db.code();
+        let what = if *code == SqlState::QUERY_CANCELED {
+            "the statement timed out"
+        } else if *code == SqlState::ADMIN_SHUTDOWN || *code == SqlState::CRASH_SHUTDOWN {
+            "the database is shutting down"
+        } else {
+            "the database refused a statement"
+        };
+        return format!("{what}: {} ({})", db.message(), code.code());
+    }
+    let mut message = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        source = cause.source();
+    }
+    let io = {
+        let mut source = std::error::Error::source(e);
+        let mut found = false;
+        while let Some(cause) = source {
+            found |= cause.is::<std::io::Error>();
+            source = cause.source();
+        }
+        found
+    };
+    if e.is_closed() {
+        format!("the database connection is closed ({message})")
+    } else if io || message.starts_with("error connecting") {
+        format!("the database is unreachable ({message})")
+    } else {
+        format!("a database request failed ({message})")
+    }
+}
+
+fn describe_pool(e: &deadpool_postgres::PoolError) -> String {
+    use deadpool_postgres::PoolError;
+    match e {
+        PoolError::Backend(e) => describe(e),
+        PoolError::Timeout(_) => "no database connection could be had in time".into(),
+        PoolError::Closed => "the store is shut down".into(),
+        other => format!("the connection pool failed: {other}"),
+    }
+}
+
+/// `message` with every secret replaced.
+fn scrub(mut message: String, secrets: &[String]) -> String {
+    for secret in secrets {
+        if !secret.is_empty() && message.contains(secret.as_str()) {
+            message = message.replace(secret.as_str(), "***");
+        }
+    }
+    message
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The store and its futures can move between threads (a trait object, a
+    /// spawned task).
+    #[allow(dead_code)]
+    fn store_and_futures_are_send(store: &PgStore) {
+        fn send<T: Send + Sync>(_: &T) {}
+        fn send_future<T: Send>(_: T) {}
+        send(store);
+        let id = ImageId::parse("x").unwrap();
+        send_future(store.apply(
+            Change::Delete {
+                id: id.clone(),
+                precondition: None,
+            },
+            "u",
+        ));
+        send_future(store.get(&id));
+        send_future(store.list_page(None, None, 1));
+        send_future(store.audit_page(None, 1));
+        send_future(store.is_healthy());
+        send_future(store.list_stream(None, None));
+    }
+
+    #[test]
+    fn secrets_are_scrubbed() {
+        let secrets = vec!["s3cr%t".to_string(), "s3cr%25t".to_string()];
+        assert_eq!(
+            scrub(
+                "login as u:s3cr%t failed, url u:s3cr%25t@h".into(),
+                &secrets
+            ),
+            "login as u:*** failed, url u:***@h"
+        );
+    }
+
+    #[test]
+    fn audit_bytes_less_seq_digits_match_serde() {
+        let mut batch = AuditBatch::default();
+        batch.push("bob \"the\" admin", "PUT", "ïd-ü");
+        let record = AuditRecord {
+            seq: 12345,
+            time: "2026-11-28T04:00:00.123456Z".into(),
+            user: "bob \"the\" admin".into(),
+            method: "PUT".into(),
+            id: "ïd-ü".into(),
+            status: 200,
+        };
+        let full = serde_json::to_vec(&record).unwrap().len() as i64;
+        assert_eq!(batch.bytes + 5, full);
+    }
+}
