@@ -124,7 +124,7 @@ enum Outcome {
     /// Exited before listening: its code and everything it printed.
     Exited(i32, String),
     /// Listening: the child, its address, and what it printed until then.
-    Serving(tokio::process::Child, String, String),
+    Serving(Box<tokio::process::Child>, String, String),
 }
 
 async fn start(config: &Path, extra: &[&str]) -> Outcome {
@@ -159,7 +159,7 @@ async fn start_command(command: std::process::Command) -> Outcome {
         .await
         .unwrap_or_else(|_| panic!("no answer within {START_DEADLINE:?}: a hang"));
     match address {
-        Some(address) => Outcome::Serving(child, address, printed),
+        Some(address) => Outcome::Serving(Box::new(child), address, printed),
         None => {
             let status = tokio::time::timeout(START_DEADLINE, child.wait())
                 .await
