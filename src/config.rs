@@ -13,8 +13,8 @@ use argon2::PasswordHash;
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::domain::access::{self, Access, User};
 use crate::forwarded::TrustedProxies;
-use crate::policy;
 
 /// The passwords the bundled config.toml documents; a user still on one is warned about.
 pub const DEMO_PASSWORDS: &[&str] = &["admin-demo-password", "reader-demo-password"];
@@ -118,39 +118,6 @@ pub struct StoreConfig {
     /// `serve --accept-data-loss`: start on a store behind its high-water mark. Never
     /// read from the file.
     pub accept_data_loss: bool,
-}
-
-/// Who may do what: the part of config that SIGHUP swaps.
-#[derive(Debug, Clone, Default)]
-pub struct Access {
-    users: Vec<Arc<User>>,
-    by_name: HashMap<String, usize>,
-}
-
-#[derive(Debug, Clone)]
-pub struct User {
-    pub name: String,
-    /// A PHC string already checked to be argon2id.
-    pub password_hash: Option<String>,
-    pub token_sha256: Option<[u8; 32]>,
-    pub roles: Vec<String>,
-    pub policies: BTreeSet<&'static str>,
-}
-
-impl User {
-    pub fn holds(&self, policy: &str) -> bool {
-        self.policies.contains(policy)
-    }
-}
-
-impl Access {
-    pub fn user(&self, name: &str) -> Option<&Arc<User>> {
-        self.by_name.get(name).map(|&i| &self.users[i])
-    }
-
-    pub fn users(&self) -> &[Arc<User>] {
-        &self.users
-    }
 }
 
 #[derive(Deserialize)]
@@ -358,7 +325,7 @@ impl Config {
         };
         let auth = check_auth(raw.auth)?;
         let access = build_access(text, raw.policies, raw.users)?;
-        if access.users.is_empty() {
+        if access.users().is_empty() {
             // Nobody could log in: on a reload that would lock everyone out.
             return Err(NO_USERS.into());
         }
@@ -542,16 +509,16 @@ fn build_access(
     users: Vec<Spanned<RawUser>>,
 ) -> Result<Access, String> {
     for name in policies.keys() {
-        if !policy::ALL.contains(&name.as_str()) {
+        if !access::ALL.contains(&name.as_str()) {
             return Err(format!(
                 "[policies]: unknown policy '{name}'; the policies are: {}",
-                policy::ALL.join(", ")
+                access::ALL.join(", ")
             ));
         }
     }
     let known_roles: BTreeSet<&str> = policies.values().flatten().map(String::as_str).collect();
 
-    let mut access = Access::default();
+    let mut users_built = Vec::new();
     let mut lines: HashMap<String, usize> = HashMap::new();
     for spanned in users {
         let line = line_of(text, spanned.span().start);
@@ -590,7 +557,7 @@ fn build_access(
                 ));
             }
         }
-        let held = policy::ALL
+        let held = access::ALL
             .iter()
             .copied()
             .filter(|p| {
@@ -600,8 +567,7 @@ fn build_access(
             })
             .collect();
         lines.insert(raw.name.clone(), line);
-        access.by_name.insert(raw.name.clone(), access.users.len());
-        access.users.push(Arc::new(User {
+        users_built.push(Arc::new(User {
             name: raw.name,
             password_hash: raw.password_hash,
             token_sha256,
@@ -609,7 +575,7 @@ fn build_access(
             policies: held,
         }));
     }
-    Ok(access)
+    Ok(Access::new(users_built))
 }
 
 fn check_password_hash(hash: &str) -> Result<(), String> {

@@ -5,7 +5,8 @@
 use actix_web::http::{StatusCode, header};
 use actix_web::{HttpResponse, ResponseError};
 
-use crate::image::ValidationError;
+use crate::auth::AuthError;
+use crate::domain::image::ValidationError;
 use crate::store::StoreError;
 
 /// The realm sent with every 401, so `curl` and browsers know to offer Basic auth.
@@ -95,6 +96,17 @@ fn method_hint(method: &str, path: &str) -> &'static str {
     match (method, path) {
         ("POST", "/v3/images") => "; to create an image, POST to /v3/image",
         _ => "",
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(err: AuthError) -> Self {
+        match err {
+            AuthError::Unauthorized(why) => ApiError::Unauthorized(why),
+            AuthError::TooManyFailedLogins { retry_after_secs } => {
+                ApiError::TooManyFailedLogins { retry_after_secs }
+            }
+        }
     }
 }
 

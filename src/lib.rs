@@ -1,27 +1,35 @@
 //! image-catalog: a catalog of machine images served over the v3 Images API.
 //!
-//! A request flows `startup` (middleware) -> `routes` -> `policy::Authorized`
-//! (`auth`, `config`) -> `image` (parsing) -> `store`, and every failure becomes an
-//! `error::ApiError`.
+//! The modules in layers, each using only the ones listed before it:
+//!
+//! 1. `domain`: images, changes and the audit trail, policies and users. No I/O.
+//! 2. `config`, `forwarded`, `tls`, `logging`: config.toml and what it sets up.
+//! 3. `store`: the catalog on disk (sled) or in PostgreSQL; `auth`: credentials to
+//!    users, with the brute-force throttle; `metrics`.
+//! 4. `error`: every failure as the API's `{"message"}`.
+//! 5. `app`: the state every request may reach, and only through a proof of policy.
+//! 6. `http`: extractors (`Authorized<P>`), headers, listings, limits, middleware.
+//! 7. `routes`, then `openapi` (the document of the route table), `startup` (the
+//!    server), `cli` (the command line).
+
+pub mod domain;
+
+pub mod config;
+pub mod forwarded;
+pub mod logging;
+pub mod tls;
 
 pub mod auth;
-pub mod cli;
-pub mod config;
-pub mod error;
-pub mod forwarded;
-pub mod headers;
-pub mod image;
-pub mod limits;
-pub mod listing;
-pub mod logging;
 pub mod metrics;
+pub mod store;
+
+pub mod error;
+
+pub mod app;
+
+pub mod http;
+
+pub mod cli;
 pub mod openapi;
-pub mod pg_store;
-pub mod policy;
 pub mod routes;
 pub mod startup;
-pub mod store;
-pub mod store_mark;
-pub mod store_open;
-pub mod throttle;
-pub mod tls;

@@ -8,11 +8,18 @@ use prometheus::{
     TextEncoder,
 };
 
-use crate::store::Store;
-
 /// Route label of requests that matched no route, so that random paths cannot grow
 /// the number of series without bound.
 pub const UNMATCHED: &str = "unmatched";
+
+/// What `/metrics` shows of the store, read when it is rendered.
+pub struct StoreStats {
+    pub images: u64,
+    pub audit_records: u64,
+    pub audit_bytes: u64,
+    /// `None` when it could not be read.
+    pub size_on_disk: Option<u64>,
+}
 
 pub struct Metrics {
     registry: Registry,
@@ -105,20 +112,14 @@ impl Metrics {
         self.auth_failures.inc();
     }
 
-    /// The text exposition, with the store's gauges read now.
-    pub fn render(&self, store: &Store) -> Result<Vec<u8>, prometheus::Error> {
-        self.images
-            .set(i64::try_from(store.image_count()).unwrap_or(i64::MAX));
-        let (records, bytes) = store.audit_size();
-        self.audit_records
-            .set(i64::try_from(records).unwrap_or(i64::MAX));
-        self.audit_bytes
-            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
-        match store.size_on_disk() {
-            Ok(bytes) => self
-                .store_bytes
-                .set(i64::try_from(bytes).unwrap_or(i64::MAX)),
-            Err(e) => log::warn!("cannot read the store's size for /metrics: {e}"),
+    /// The text exposition, with the store's gauges as of `stats`.
+    pub fn render(&self, stats: &StoreStats) -> Result<Vec<u8>, prometheus::Error> {
+        let gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        self.images.set(gauge(stats.images));
+        self.audit_records.set(gauge(stats.audit_records));
+        self.audit_bytes.set(gauge(stats.audit_bytes));
+        if let Some(bytes) = stats.size_on_disk {
+            self.store_bytes.set(gauge(bytes));
         }
         // Raised by the difference only by the render that saw it first, so that two
         // renders at once do not count the same drops twice.

@@ -5,10 +5,10 @@
 use serde_json::{Value, json};
 use utoipa::OpenApi;
 
+use crate::domain::change::AuditRecord;
+use crate::domain::image::{Image, ImageId, ImageName, ImagePatch, NewImage, Provider, RemoteUser};
 use crate::error::ErrorBody;
-use crate::image::{Image, ImageId, ImageName, ImagePatch, NewImage, Provider, RemoteUser};
 use crate::routes::{self, IdMessage, TABLE, Updated};
-use crate::store::AuditRecord;
 
 #[derive(OpenApi)]
 #[openapi(

@@ -10,9 +10,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use image_catalog::image::{Image, ImageId, ImagePatch, Provider};
-use image_catalog::pg_store::{PgOptions, PgStore};
-use image_catalog::store::{Applied, AuditRecord, Change, Precondition, Record, StoreError};
+use image_catalog::domain::change::{AuditRecord, Change, Precondition};
+use image_catalog::domain::image::{Image, ImageId, ImagePatch, Provider};
+use image_catalog::store::postgres::{PgOptions, PgStore};
+use image_catalog::store::{Applied, Record, StoreError};
 
 const PROVIDERS: [&str; 3] = ["ec2", "openstack", "static"];
 

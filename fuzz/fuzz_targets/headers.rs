@@ -1,7 +1,7 @@
 //! Accept, Content-Type, If-Match, If-None-Match and X-Request-Id.
 #![no_main]
 
-use image_catalog::headers::{
+use image_catalog::http::headers::{
     accepts_json, if_match, if_none_match_matches, is_json_content_type, sane_request_id,
 };
 use libfuzzer_sys::fuzz_target;

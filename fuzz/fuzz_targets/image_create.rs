@@ -1,7 +1,7 @@
 //! The body of POST /v3/image (and each line of an import).
 #![no_main]
 
-use image_catalog::image::Image;
+use image_catalog::domain::image::Image;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|body: &[u8]| {

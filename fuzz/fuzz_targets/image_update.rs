@@ -1,7 +1,7 @@
 //! The body of PUT /v3/image/{id}, applied to a stored image.
 #![no_main]
 
-use image_catalog::image::{Image, ImagePatch};
+use image_catalog::domain::image::{Image, ImagePatch};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|body: &[u8]| {

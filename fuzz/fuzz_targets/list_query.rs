@@ -2,8 +2,8 @@
 //! as the handlers read it, then the Link header built from it.
 #![no_main]
 
-use image_catalog::image::ImageId;
-use image_catalog::listing::{next_link, parse_limit, parse_query};
+use image_catalog::domain::image::ImageId;
+use image_catalog::http::listing::{next_link, parse_limit, parse_query};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|query: &[u8]| {

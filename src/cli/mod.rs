@@ -250,7 +250,7 @@ impl Signals {
 /// connections, in-flight requests finish, then the store is flushed.
 async fn handle_signals(
     signals: Option<Signals>,
-    state: actix_web::web::Data<crate::startup::AppState>,
+    state: actix_web::web::Data<crate::app::AppState>,
     server: actix_web::dev::ServerHandle,
 ) {
     let Some(Signals {
@@ -305,7 +305,7 @@ pub fn new_token() -> (String, String) {
     let mut bytes = [0u8; 32];
     rand::rng().fill_bytes(&mut bytes);
     let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
-    let digest = hex::encode(crate::auth::sha256(token.as_bytes()));
+    let digest = hex::encode(crate::domain::change::sha256(token.as_bytes()));
     (token, digest)
 }
 
@@ -426,7 +426,10 @@ mod tests {
             .decode(&token)
             .unwrap();
         assert_eq!(bytes.len(), 32, "256 bits");
-        assert_eq!(digest, hex::encode(crate::auth::sha256(token.as_bytes())));
+        assert_eq!(
+            digest,
+            hex::encode(crate::domain::change::sha256(token.as_bytes()))
+        );
         let (other, _) = new_token();
         assert_ne!(token, other);
     }

@@ -9,7 +9,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use super::CliError;
 use crate::config::Config;
-use crate::image::{Image, ImageId};
+use crate::domain::image::{Image, ImageId};
 use crate::store::{Store, StoreError};
 
 /// How many bad lines are listed before the rest are only counted.

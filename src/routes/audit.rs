@@ -4,10 +4,11 @@ use actix_web::http::Method;
 use actix_web::{HttpRequest, HttpResponse, web};
 
 use super::{get_or_head, resource};
+use crate::domain::access::ReadAudit;
+use crate::domain::change::AuditRecord;
 use crate::error::{ApiError, ErrorBody};
-use crate::listing;
-use crate::policy::{Authorized, ReadAudit};
-use crate::store::AuditRecord;
+use crate::http::extract::Authorized;
+use crate::http::listing;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(resource("/v3/audit", "GET, HEAD").route(get_or_head().to(list)));

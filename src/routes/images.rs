@@ -5,12 +5,15 @@ use actix_web::http::header::{ETAG, IF_MATCH, IF_NONE_MATCH};
 use actix_web::{FromRequest, HttpRequest, HttpResponse, web};
 
 use super::{IdMessage, JsonBody, RoutePattern, Updated, get_or_head, json_response, resource};
+use crate::app::CachedPage;
+use crate::domain::access::{CreateImage, DeleteImage, ReadImages};
+use crate::domain::change::Change;
+use crate::domain::image::{Image, ImageId, ImagePatch, NewImage, Provider};
 use crate::error::{ApiError, ErrorBody};
-use crate::headers;
-use crate::image::{Image, ImageId, ImagePatch, NewImage, Provider};
-use crate::listing::{self, CachedPage};
-use crate::policy::{Authorized, CreateImage, DeleteImage, ReadImages};
-use crate::store::{Applied, Change, Record};
+use crate::http::extract::Authorized;
+use crate::http::headers;
+use crate::http::listing;
+use crate::store::{Applied, Record};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(resource("/v3/images", "GET, HEAD").route(get_or_head().to(list)))

@@ -11,11 +11,12 @@ use actix_web::web::{self, Bytes, BytesMut};
 use actix_web::{FromRequest, HttpRequest, HttpResponse, Resource, guard};
 use futures_util::StreamExt;
 
+use crate::app::AppState;
+use crate::domain::access::{CreateImage, DeleteImage, Policy, ReadAudit, ReadImages};
+use crate::domain::image::{Image, ImageId};
 use crate::error::{ApiError, mime_json};
-use crate::headers::{is_identity_encoding, is_json_content_type};
-use crate::image::{Image, ImageId};
-use crate::policy::{CreateImage, DeleteImage, Policy, ReadAudit, ReadImages};
-use crate::startup::AppState;
+use crate::http::headers::{is_identity_encoding, is_json_content_type};
+pub use crate::http::middleware::RoutePattern;
 
 pub(crate) mod audit;
 pub(crate) mod images;
@@ -58,11 +59,6 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     audit::configure(cfg);
     ops::configure(cfg);
 }
-
-/// The route pattern a request matched, for the access log and metrics. Attached
-/// as resource data: asking actix for the pattern would match the path again.
-#[derive(Debug, Clone, Copy)]
-pub struct RoutePattern(pub &'static str);
 
 /// The route of a GET handler, which answers HEAD as well: the same status and
 /// headers (Content-Type, ETag, Link, Content-Length), and actix leaves the body out.

@@ -4,8 +4,8 @@ use actix_web::http::header::CONTENT_TYPE;
 use actix_web::{HttpResponse, web};
 
 use super::{get_or_head, json_response, resource};
+use crate::app::AppState;
 use crate::error::{ApiError, ErrorBody};
-use crate::startup::AppState;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(resource("/healthz", "GET, HEAD").route(get_or_head().to(health)))

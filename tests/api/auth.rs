@@ -127,7 +127,7 @@ fn the_route_table_is_the_documented_one() {
 /// A config with one role per policy plus, for each policy, a user holding every
 /// policy but that one.
 fn config_with_users_lacking_one_policy() -> String {
-    let policies = image_catalog::policy::ALL;
+    let policies = image_catalog::domain::access::ALL;
     let mut text = String::from("[policies]\n");
     for p in policies {
         text.push_str(&format!("{p} = [\"role_{p}\"]\n"));
@@ -172,7 +172,10 @@ async fn every_route_refuses_a_user_without_its_policy() {
         let response = call(&app, route.method, route.path, &lacking).await;
         assert_error(response, 403, &format!("'{policy}'")).await;
         // Every other user holds the policy and gets past the check.
-        for other in image_catalog::policy::ALL.iter().filter(|p| *p != &policy) {
+        for other in image_catalog::domain::access::ALL
+            .iter()
+            .filter(|p| *p != &policy)
+        {
             let response = call(&app, route.method, route.path, &format!("lacks_{other}")).await;
             let status = response.status().as_u16();
             assert!(

@@ -2,9 +2,10 @@
 //! duplicated key, a content coding the server does not decode, query values that are
 //! not UTF-8, and invisible characters in ids and text fields.
 
-use image_catalog::image::Image;
+use image_catalog::domain::change::Change;
+use image_catalog::domain::image::Image;
 use image_catalog::routes::TABLE;
-use image_catalog::store::{Change, Store};
+use image_catalog::store::Store;
 use reqwest::{Method, Response};
 use serde_json::json;
 

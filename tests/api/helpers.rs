@@ -27,7 +27,7 @@ pub fn cheap_hash(password: &str) -> String {
 }
 
 pub fn sha256_hex(s: &str) -> String {
-    hex::encode(image_catalog::auth::sha256(s.as_bytes()))
+    hex::encode(image_catalog::domain::change::sha256(s.as_bytes()))
 }
 
 /// The users every default test config has.

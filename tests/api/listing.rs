@@ -230,7 +230,7 @@ async fn a_repeated_page_reflects_every_acknowledged_change() {
 
 /// A catalog of `count` ec2 images, written straight into a store in `dir`.
 fn big_catalog(dir: &std::path::Path, count: usize) {
-    use image_catalog::image::Image;
+    use image_catalog::domain::image::Image;
     use image_catalog::store::Store;
     let providers = ["ec2".to_string()];
     let images: Vec<Image> = (0..count)

@@ -24,9 +24,11 @@ use rand::RngCore;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::config::{Access, AuthConfig, User};
-use crate::error::ApiError;
-use crate::throttle::{Admission, Key, Throttle};
+use self::throttle::{Admission, Key, Throttle};
+use crate::config::AuthConfig;
+use crate::domain::access::{Access, User};
+
+pub mod throttle;
 
 /// How long a successful Basic verification is trusted without argon2.
 pub const VERIFIED_TTL: Duration = Duration::from_secs(300);
@@ -38,6 +40,18 @@ const NO_CREDENTIALS: &str = "this route needs credentials: HTTP Basic (curl -u 
 const BAD_CREDENTIALS: &str = "wrong user name, password or token";
 const MALFORMED: &str = "the Authorization header is malformed; use Basic base64(user:password) \
                          or Bearer TOKEN";
+
+/// Why a request was not let in. The HTTP layer turns it into a 401 or a 429.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    /// No, malformed or wrong credentials; the message says which, never whose.
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    #[error(
+        "too many failed logins for this user name from your address; retry in {retry_after_secs} s"
+    )]
+    TooManyFailedLogins { retry_after_secs: u64 },
+}
 
 /// What the client presented. Debug never shows the secret.
 pub enum Credentials {
@@ -56,21 +70,21 @@ impl std::fmt::Debug for Credentials {
 
 impl Credentials {
     /// Parses an Authorization header value.
-    pub fn parse(value: &[u8]) -> Result<Credentials, ApiError> {
-        let malformed = ApiError::Unauthorized(MALFORMED);
-        let text = std::str::from_utf8(value).map_err(|_| ApiError::Unauthorized(MALFORMED))?;
+    pub fn parse(value: &[u8]) -> Result<Credentials, AuthError> {
+        let malformed = AuthError::Unauthorized(MALFORMED);
+        let text = std::str::from_utf8(value).map_err(|_| AuthError::Unauthorized(MALFORMED))?;
         let (scheme, rest) = text.trim().split_once(' ').ok_or(malformed)?;
         let rest = rest.trim();
         if scheme.eq_ignore_ascii_case("basic") {
             let decoded = base64::engine::general_purpose::STANDARD
                 .decode(rest)
-                .map_err(|_| ApiError::Unauthorized(MALFORMED))?;
+                .map_err(|_| AuthError::Unauthorized(MALFORMED))?;
             let colon = decoded
                 .iter()
                 .position(|&b| b == b':')
-                .ok_or(ApiError::Unauthorized(MALFORMED))?;
+                .ok_or(AuthError::Unauthorized(MALFORMED))?;
             let user = std::str::from_utf8(&decoded[..colon])
-                .map_err(|_| ApiError::Unauthorized(MALFORMED))?
+                .map_err(|_| AuthError::Unauthorized(MALFORMED))?
                 .to_owned();
             Ok(Credentials::Basic {
                 user,
@@ -79,7 +93,7 @@ impl Credentials {
         } else if scheme.eq_ignore_ascii_case("bearer") && !rest.is_empty() {
             Ok(Credentials::Bearer(rest.as_bytes().to_vec()))
         } else {
-            Err(ApiError::Unauthorized(MALFORMED))
+            Err(AuthError::Unauthorized(MALFORMED))
         }
     }
 }
@@ -245,8 +259,8 @@ impl Authenticator {
         &self,
         value: Option<&[u8]>,
         client: Option<IpAddr>,
-    ) -> Result<Arc<User>, ApiError> {
-        let value = value.ok_or(ApiError::Unauthorized(NO_CREDENTIALS))?;
+    ) -> Result<Arc<User>, AuthError> {
+        let value = value.ok_or(AuthError::Unauthorized(NO_CREDENTIALS))?;
         let key = self.keyed_hash(&[value]);
         if let Some(user) = self.proven_header(&key) {
             return Ok(user);
@@ -270,7 +284,7 @@ impl Authenticator {
         &self,
         credentials: Credentials,
         client: Option<IpAddr>,
-    ) -> Result<Arc<User>, ApiError> {
+    ) -> Result<Arc<User>, AuthError> {
         Ok(self.login(credentials, client).await?.1)
     }
 
@@ -280,7 +294,7 @@ impl Authenticator {
         &self,
         credentials: Credentials,
         client: Option<IpAddr>,
-    ) -> Result<(u64, Arc<User>), ApiError> {
+    ) -> Result<(u64, Arc<User>), AuthError> {
         let table = self.table();
         // Proven credentials skip the throttle, which is there to slow guesses: a
         // guess never is proven (failures are not remembered).
@@ -319,7 +333,7 @@ impl Authenticator {
         epoch: u64,
         user: &Arc<User>,
         bearer: bool,
-    ) -> Result<Arc<User>, ApiError> {
+    ) -> Result<Arc<User>, AuthError> {
         let table = self.table();
         if table.epoch == epoch {
             return Ok(user.clone());
@@ -335,11 +349,16 @@ impl Authenticator {
                 }
             })
             .cloned()
-            .ok_or(ApiError::Unauthorized(BAD_CREDENTIALS))
+            .ok_or(AuthError::Unauthorized(BAD_CREDENTIALS))
     }
 
     /// Waits until the throttle admits an attempt of `key`, or refuses it.
-    async fn wait_for_turn(&self, key: Key, who: &str, from: &str) -> Result<Ticket<'_>, ApiError> {
+    async fn wait_for_turn(
+        &self,
+        key: Key,
+        who: &str,
+        from: &str,
+    ) -> Result<Ticket<'_>, AuthError> {
         loop {
             let mut changed = std::pin::pin!(self.throttle.changed());
             changed.as_mut().enable();
@@ -371,18 +390,22 @@ impl Authenticator {
                         "login for {who} from {from} refused: too many failures in a row; \
                          the next is allowed in {retry_after_secs} s"
                     );
-                    return Err(ApiError::TooManyFailedLogins { retry_after_secs });
+                    return Err(AuthError::TooManyFailedLogins { retry_after_secs });
                 }
             }
         }
     }
 
     /// Checks `credentials` against `table`, the table in force when the attempt began.
-    async fn verify(&self, table: &Table, credentials: Credentials) -> Result<Arc<User>, ApiError> {
+    async fn verify(
+        &self,
+        table: &Table,
+        credentials: Credentials,
+    ) -> Result<Arc<User>, AuthError> {
         let access = &table.access;
         match credentials {
             Credentials::Bearer(token) => {
-                token_user(access, &token).ok_or(ApiError::Unauthorized(BAD_CREDENTIALS))
+                token_user(access, &token).ok_or(AuthError::Unauthorized(BAD_CREDENTIALS))
             }
             Credentials::Basic { user, password } => {
                 let found = access
@@ -396,7 +419,7 @@ impl Authenticator {
                         verify_password(&password, &decoy)
                     })
                     .await;
-                    return Err(ApiError::Unauthorized(BAD_CREDENTIALS));
+                    return Err(AuthError::Unauthorized(BAD_CREDENTIALS));
                 };
                 let key = self.cache_entry(&user.name, &password, &hash);
                 if self.verified.get(&key, table.epoch).is_some() {
@@ -410,7 +433,7 @@ impl Authenticator {
                 .await
                 .unwrap_or(false);
                 if !ok {
-                    return Err(ApiError::Unauthorized(BAD_CREDENTIALS));
+                    return Err(AuthError::Unauthorized(BAD_CREDENTIALS));
                 }
                 self.verified.insert(key, table.epoch, (), || self.epoch());
                 Ok(user)
@@ -626,7 +649,7 @@ mod tests {
         auth: &Authenticator,
         header: &[u8],
         reload: impl FnOnce(),
-    ) -> Result<Arc<User>, ApiError> {
+    ) -> Result<Arc<User>, AuthError> {
         let slots = auth.verifications.available_permits() as u32;
         let held = auth
             .verifications

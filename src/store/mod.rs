@@ -19,7 +19,12 @@ use sled::transaction::{ConflictableTransactionError, TransactionError, Transact
 use sled::{IVec, Tree};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot, watch};
 
-use crate::image::{Image, ImageId, ImagePatch, Provider, ValidationError};
+use crate::domain::change::{AuditRecord, Change, Precondition};
+use crate::domain::image::{Image, ImageId, Provider, ValidationError};
+
+pub mod mark;
+mod open;
+pub mod postgres;
 
 /// Written into every store; a store of an older version is upgraded in place at
 /// open, one of an unknown (newer) version is refused, not guessed at.
@@ -103,7 +108,7 @@ pub enum StoreError {
     },
     #[error(
         "cannot open the store at {dir} as user {user}: it is damaged ({detail}); {}",
-        crate::store_open::RESTORE_ADVICE
+        crate::store::open::RESTORE_ADVICE
     )]
     Damaged {
         dir: PathBuf,
@@ -116,9 +121,9 @@ pub enum StoreError {
          are missing (its files were damaged or an older copy was put back); {}; or, to \
          serve what is left and lose those changes, start once with \
          `serve --accept-data-loss`",
-        crate::store_mark::MARK_FILE,
+        crate::store::mark::MARK_FILE,
         mark - store,
-        crate::store_open::RESTORE_ADVICE
+        crate::store::open::RESTORE_ADVICE
     )]
     BehindMark {
         dir: PathBuf,
@@ -141,15 +146,6 @@ impl StoreError {
     }
 }
 
-/// The condition of a compare-and-swap (`If-Match`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Precondition {
-    /// `*`: the image must exist.
-    Exists,
-    /// The image's current ETag must be one of these (strong comparison).
-    EtagIn(Vec<String>),
-}
-
 /// One image as stored: its JSON exactly as the API shows it.
 #[derive(Debug, Clone)]
 pub struct Record(IVec);
@@ -167,57 +163,11 @@ impl Record {
 
     /// A strong validator: equal bytes, equal tag.
     pub fn etag(&self) -> String {
-        etag_of(&self.0)
+        crate::domain::change::etag_of(&self.0)
     }
 
     pub fn image(&self) -> Result<Image, StoreError> {
         serde_json::from_slice(&self.0).map_err(|e| StoreError::Corrupt(e.to_string()))
-    }
-}
-
-fn etag_of(bytes: &[u8]) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let digest = crate::auth::sha256(bytes);
-    // Written by hand: `format!` with `hex::encode` was 2% of a cached GET.
-    let mut tag = String::with_capacity(34);
-    tag.push('"');
-    for byte in &digest[..16] {
-        tag.push(HEX[usize::from(byte >> 4)] as char);
-        tag.push(HEX[usize::from(byte & 0xf)] as char);
-    }
-    tag.push('"');
-    tag
-}
-
-/// A change to the catalog.
-#[derive(Debug, Clone)]
-pub enum Change {
-    Create(Image),
-    Update {
-        id: ImageId,
-        patch: ImagePatch,
-        precondition: Option<Precondition>,
-    },
-    Delete {
-        id: ImageId,
-        precondition: Option<Precondition>,
-    },
-}
-
-impl Change {
-    fn method(&self) -> &'static str {
-        match self {
-            Change::Create(_) => "POST",
-            Change::Update { .. } => "PUT",
-            Change::Delete { .. } => "DELETE",
-        }
-    }
-
-    fn id(&self) -> &ImageId {
-        match self {
-            Change::Create(image) => &image.id,
-            Change::Update { id, .. } | Change::Delete { id, .. } => id,
-        }
     }
 }
 
@@ -237,17 +187,6 @@ enum Work {
     /// Makes the writer panic, to test that its death is watched.
     #[cfg(test)]
     Crash,
-}
-
-/// One line of the audit trail.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
-pub struct AuditRecord {
-    pub seq: u64,
-    pub time: String,
-    pub user: String,
-    pub method: String,
-    pub id: String,
-    pub status: u16,
 }
 
 /// A page of a listing; `more` says whether anything follows it.
@@ -365,7 +304,7 @@ pub struct Store {
     /// Held by tests to hold the writer back between batches.
     #[cfg(test)]
     pause: Arc<Mutex<()>>,
-    mark: Arc<crate::store_mark::MarkKeeper>,
+    mark: Arc<crate::store::mark::MarkKeeper>,
     /// The data dir's lock: declared last, so it is let go after sled's files.
     _lock: std::fs::File,
 }
@@ -385,7 +324,7 @@ impl Store {
         cache_mb: u64,
         accept_data_loss: bool,
     ) -> Result<Store, StoreError> {
-        let lock = crate::store_open::prepare(dir)?;
+        let lock = crate::store::open::prepare(dir)?;
         let started = Instant::now();
         let Opened {
             db,
@@ -394,7 +333,7 @@ impl Store {
             meta,
             tally,
             fresh,
-        } = crate::store_open::contain(dir, || open_engine(dir, cache_mb))?;
+        } = crate::store::open::contain(dir, || open_engine(dir, cache_mb))?;
         log::info!(
             "store at {} read through: {} images, {} audit records, {} changes in {:.0} ms",
             dir.display(),
@@ -403,13 +342,13 @@ impl Store {
             tally.changes(),
             started.elapsed().as_secs_f64() * 1000.0
         );
-        let marked = crate::store_mark::check(dir, tally.changes(), accept_data_loss)?;
+        let marked = crate::store::mark::check(dir, tally.changes(), accept_data_loss)?;
         if fresh {
             Tally::default().store(&meta)?;
             db.insert(FORMAT_KEY, FORMAT_VERSION)?;
             db.flush()?;
         }
-        let mark = Arc::new(crate::store_mark::MarkKeeper::start(
+        let mark = Arc::new(crate::store::mark::MarkKeeper::start(
             dir,
             tally.changes(),
             marked,
@@ -532,10 +471,10 @@ fn engine_error(dir: &Path, err: StoreError) -> StoreError {
                     | std::io::ErrorKind::StorageFull
             ) =>
         {
-            crate::store_open::io_error(dir, &io)
+            crate::store::open::io_error(dir, &io)
         }
-        StoreError::Engine(other) => crate::store_open::damaged(dir, other),
-        StoreError::Corrupt(detail) => crate::store_open::damaged(dir, detail),
+        StoreError::Engine(other) => crate::store::open::damaged(dir, other),
+        StoreError::Corrupt(detail) => crate::store::open::damaged(dir, detail),
         other => other,
     }
 }
@@ -1064,7 +1003,7 @@ struct Writer {
     health: Health,
     #[cfg(test)]
     pause: Arc<Mutex<()>>,
-    mark: Arc<crate::store_mark::MarkKeeper>,
+    mark: Arc<crate::store::mark::MarkKeeper>,
 }
 
 impl Writer {
@@ -1874,12 +1813,12 @@ mod tests {
             }
             store.set_format_version_for_tests("1").unwrap();
         }
-        std::fs::remove_file(dir.path().join(crate::store_mark::MARK_FILE)).unwrap();
+        std::fs::remove_file(dir.path().join(crate::store::mark::MARK_FILE)).unwrap();
         let store = reopen(dir.path());
-        assert_eq!(crate::store_mark::read(dir.path()).unwrap(), Some(4));
+        assert_eq!(crate::store::mark::read(dir.path()).unwrap(), Some(4));
         block_on(store.apply(Change::Create(image("d")), "u")).unwrap();
         store.shutdown().unwrap();
-        assert_eq!(crate::store_mark::read(dir.path()).unwrap(), Some(5));
+        assert_eq!(crate::store::mark::read(dir.path()).unwrap(), Some(5));
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Parsing of the request headers the API reacts to: Accept, Content-Type,
 //! Content-Encoding, If-Match / If-None-Match and X-Request-Id. Pure functions, no I/O.
 
-use crate::store::Precondition;
+use crate::domain::change::Precondition;
 
 /// Whether an `Accept` header admits `application/json`. No header admits anything.
 pub fn accepts_json(accept: Option<&[u8]>) -> bool {

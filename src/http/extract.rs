@@ -1,45 +1,26 @@
-//! The policies of SPEC §1 and [`Authorized`], the extractor that enforces them.
+//! [`Authorized`], the extractor that enforces a route's policy.
 //!
 //! A handler names the policy it needs in its signature (`Authorized<DeleteImage>`),
-//! and `Authorized` is the only way for a handler to reach the store: a route without
-//! its check does not compile.
+//! and `Authorized` is the only way for a handler to reach the store: it authenticates
+//! the caller and gets a [`Granted`] proof, which the store is handed out against. A
+//! route without its check does not compile.
 
 use std::future::Future;
-use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::Arc;
 
 use actix_web::http::header::AUTHORIZATION;
 use actix_web::{FromRequest, HttpMessage, HttpRequest, dev::Payload, web};
 
-use crate::config::User;
+use crate::app::{AppState, PageCache};
+use crate::domain::access::{Granted, Policy, User};
 use crate::error::ApiError;
-use crate::listing::PageCache;
-use crate::startup::AppState;
 use crate::store::Store;
 
-pub trait Policy: 'static {
-    const NAME: &'static str;
-}
-
-macro_rules! policies {
-    ($($(#[$doc:meta])* $ty:ident = $name:literal;)*) => {
-        $( $(#[$doc])* pub struct $ty; impl Policy for $ty { const NAME: &'static str = $name; } )*
-        /// Every policy name; config may only name these.
-        pub const ALL: &[&str] = &[$($name),*];
-    };
-}
-
-policies! {
-    /// List and show images.
-    ReadImages = "read_images";
-    /// Create and update images.
-    CreateImage = "create_image";
-    /// Delete images.
-    DeleteImage = "delete_image";
-    /// Read the audit trail.
-    ReadAudit = "read_audit";
-}
+/// Where a request came from: its TCP peer, or behind a trusted proxy the client
+/// that `X-Forwarded-For` names. What the access log and the brute-force throttle use.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddress(pub std::net::IpAddr);
 
 /// The authenticated user's name, left in the request for the access log.
 #[derive(Clone, Debug)]
@@ -47,22 +28,21 @@ pub struct AuthenticatedUser(pub Arc<User>);
 
 /// Proof that the caller authenticated and holds policy `P`.
 pub struct Authorized<P: Policy> {
-    user: Arc<User>,
+    granted: Granted<P>,
     state: web::Data<AppState>,
-    _policy: PhantomData<P>,
 }
 
 impl<P: Policy> Authorized<P> {
     pub fn user(&self) -> &str {
-        &self.user.name
+        &self.granted.user().name
     }
 
     pub fn store(&self) -> &Store {
-        self.state.store(self)
+        self.state.store(&self.granted)
     }
 
     pub fn pages(&self) -> &PageCache {
-        self.state.pages(self)
+        self.state.pages(&self.granted)
     }
 
     pub fn state(&self) -> &AppState {
@@ -83,23 +63,17 @@ impl<P: Policy> FromRequest for Authorized<P> {
                 .ok_or(ApiError::StoreUnavailable)?;
             let client = req
                 .extensions()
-                .get::<crate::startup::ClientAddress>()
+                .get::<ClientAddress>()
                 .map(|c| c.0)
                 .or_else(|| req.peer_addr().map(|a| a.ip()));
             let header = req.headers().get(AUTHORIZATION).map(|v| v.as_bytes());
             let user = state.authenticate(header, client).await?;
             req.extensions_mut().insert(AuthenticatedUser(user.clone()));
-            if !user.holds(P::NAME) {
-                return Err(ApiError::Forbidden {
-                    user: user.name.clone(),
-                    policy: P::NAME,
-                });
-            }
-            Ok(Authorized {
-                user,
-                state,
-                _policy: PhantomData,
-            })
+            let granted = Granted::check(user).map_err(|user| ApiError::Forbidden {
+                user: user.name.clone(),
+                policy: P::NAME,
+            })?;
+            Ok(Authorized { granted, state })
         })
     }
 }

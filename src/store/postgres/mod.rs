@@ -25,7 +25,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::error::SqlState;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-use crate::image::{Image, ImageId, Provider, ValidationError};
+use crate::domain::image::{Image, ImageId, Provider, ValidationError};
 use crate::store::{Applied, AuditRecord, Change, Precondition, Record, StoreError};
 
 pub use tls::Verify;

@@ -2,8 +2,7 @@
 //! range, the `Link: rel="next"` header, and a JSON array streamed in chunks so a
 //! whole-catalog listing never sits in memory.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::RwLock;
+use std::collections::BTreeMap;
 
 use actix_web::web::Bytes;
 use futures_util::StreamExt;
@@ -94,47 +93,6 @@ pub fn next_link(path: &str, params: &BTreeMap<String, String>, marker: &str) ->
         utf8_percent_encode(marker, QUERY_VALUE)
     ));
     format!("<{path}?{}>; rel=\"next\"", query.join("&"))
-}
-
-/// Pages of the list served recently, reused until the catalog changes: scripts that
-/// poll the catalog ask for the same pages again and again, and reading a page from
-/// sled costs most of a request (bench/RESULTS.md).
-#[derive(Default)]
-pub struct PageCache {
-    pages: RwLock<HashMap<String, CachedPage>>,
-}
-
-/// A page's body and its `Link` header, as of a store generation.
-#[derive(Clone)]
-pub struct CachedPage {
-    pub generation: u64,
-    pub body: Bytes,
-    pub link: Option<String>,
-}
-
-impl PageCache {
-    /// Bounds the cache to a few megabytes whatever the traffic.
-    const MAX_PAGES: usize = 64;
-
-    /// The page under `key` if it was made at `generation`.
-    pub fn get(&self, key: &str, generation: u64) -> Option<CachedPage> {
-        let pages = self.pages.read().unwrap_or_else(|p| p.into_inner());
-        pages
-            .get(key)
-            .filter(|page| page.generation == generation)
-            .cloned()
-    }
-
-    pub fn put(&self, key: String, page: CachedPage) {
-        let mut pages = self.pages.write().unwrap_or_else(|p| p.into_inner());
-        if pages.len() >= Self::MAX_PAGES && !pages.contains_key(&key) {
-            pages.retain(|_, p| p.generation == page.generation);
-            if pages.len() >= Self::MAX_PAGES {
-                pages.clear();
-            }
-        }
-        pages.insert(key, page);
-    }
 }
 
 /// A JSON array of pre-serialized items.
@@ -277,23 +235,6 @@ mod tests {
         assert_eq!(parsed.len(), 20_000);
         assert_eq!(json_array(&["1", "2"]), b"[1,2]");
         assert_eq!(json_array::<&str>(&[]), b"[]");
-    }
-
-    #[test]
-    fn cached_pages_expire_with_the_generation() {
-        let cache = PageCache::default();
-        let page = |generation| CachedPage {
-            generation,
-            body: Bytes::from_static(b"[]"),
-            link: None,
-        };
-        cache.put("k".into(), page(1));
-        assert!(cache.get("k", 1).is_some());
-        assert!(cache.get("k", 2).is_none(), "a write happened since");
-        for i in 0..PageCache::MAX_PAGES * 2 {
-            cache.put(format!("k{i}"), page(3));
-        }
-        assert!(cache.pages.read().unwrap().len() <= PageCache::MAX_PAGES);
     }
 
     #[test]

@@ -1,0 +1,279 @@
+//! The state every request may reach: the store, the authenticator, the metrics, the
+//! cached list pages, and the config that SIGHUP reloads.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use actix_web::web::Bytes;
+
+use crate::auth::Authenticator;
+use crate::config::{Config, ServerConfig};
+use crate::domain::access::{Granted, Policy, User};
+use crate::error::ApiError;
+use crate::metrics::{Metrics, StoreStats};
+use crate::store::Store;
+use crate::tls::Certificates;
+
+/// What every request may reach. The store (and the pages cached from it) is handed
+/// out only against a [`Granted`] proof of the policy, which only a user who holds it
+/// yields (the `Authorized<P>` extractor gets one after authenticating); the open routes see [`AppState::health`], [`AppState::metrics_text`]
+/// and [`AppState::openapi`]. So a handler without its check does not compile:
+///
+/// ```compile_fail,E0616
+/// fn peek(state: &image_catalog::app::AppState) -> &image_catalog::store::Store {
+///     &state.store
+/// }
+/// ```
+///
+/// ```compile_fail,E0616
+/// fn peek(state: &image_catalog::app::AppState) {
+///     let _ = &state.auth;
+/// }
+/// ```
+///
+/// ```
+/// fn ops(state: &image_catalog::app::AppState) -> (bool, actix_web::web::Bytes) {
+///     (state.health(), state.openapi())
+/// }
+/// ```
+pub struct AppState {
+    store: Store,
+    auth: Authenticator,
+    metrics: Metrics,
+    pages: PageCache,
+    /// `/v3/openapi.json`, rendered once: it depends only on the code and providers.
+    openapi: Bytes,
+    pub providers: Vec<String>,
+    pub max_body_bytes: usize,
+    /// How long a handler waits for a request body to arrive.
+    pub body_timeout: Duration,
+    /// The HTTPS certificate, which a reload reads again.
+    certificates: Option<Arc<Certificates>>,
+    /// The config as loaded at start, to tell what a reload cannot change.
+    config: Config,
+    config_path: Option<PathBuf>,
+}
+
+impl AppState {
+    pub fn new(
+        store: Store,
+        config: Config,
+        config_path: Option<PathBuf>,
+        certificates: Option<Arc<Certificates>>,
+        openapi: Bytes,
+    ) -> Result<AppState, prometheus::Error> {
+        Ok(AppState {
+            auth: Authenticator::new(config.access.clone(), config.auth.clone()),
+            metrics: Metrics::new()?,
+            pages: PageCache::default(),
+            openapi,
+            providers: config.providers.clone(),
+            max_body_bytes: config.server.max_body_bytes,
+            body_timeout: config.server.body_timeout,
+            store,
+            certificates,
+            config,
+            config_path,
+        })
+    }
+
+    /// The config as loaded at start.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn certificates(&self) -> Option<&Arc<Certificates>> {
+        self.certificates.as_ref()
+    }
+
+    /// Counts a request in the metrics.
+    pub fn observe_request(&self, route: &str, method: &str, status: u16, seconds: f64) {
+        self.metrics.observe_request(route, method, status, seconds);
+    }
+
+    /// Resolves once the store has failed for good (see `store`): the server is then
+    /// to stop.
+    pub async fn store_failed(&self) -> String {
+        self.store.failed().await
+    }
+
+    /// Stops the store's writer after what is queued, and flushes.
+    pub fn shutdown_store(&self) -> Result<(), crate::store::StoreError> {
+        self.store.shutdown()
+    }
+
+    pub fn data_dir(&self) -> &std::path::Path {
+        &self.config.server.data_dir
+    }
+
+    /// Whether the server can serve: what `/healthz` says.
+    pub fn health(&self) -> bool {
+        self.store.is_healthy()
+    }
+
+    /// The Prometheus text of `/metrics`.
+    pub fn metrics_text(&self) -> Result<Vec<u8>, prometheus::Error> {
+        let (audit_records, audit_bytes) = self.store.audit_size();
+        let size_on_disk = self
+            .store
+            .size_on_disk()
+            .inspect_err(|e| log::warn!("cannot read the store's size for /metrics: {e}"))
+            .ok();
+        self.metrics.render(&StoreStats {
+            images: self.store.image_count(),
+            audit_records,
+            audit_bytes,
+            size_on_disk,
+        })
+    }
+
+    /// The OpenAPI document of `/v3/openapi.json`.
+    pub fn openapi(&self) -> Bytes {
+        self.openapi.clone()
+    }
+
+    /// Who an `Authorization` header value belongs to; a refusal is counted in the
+    /// metrics.
+    pub(crate) async fn authenticate(
+        &self,
+        header: Option<&[u8]>,
+        client: Option<std::net::IpAddr>,
+    ) -> Result<Arc<User>, ApiError> {
+        self.auth
+            .authenticate_header(header, client)
+            .await
+            .inspect_err(|_| self.metrics.auth_failed())
+            .map_err(ApiError::from)
+    }
+
+    /// The store, for a caller that holds a policy.
+    pub fn store<P: Policy>(&self, _proof: &Granted<P>) -> &Store {
+        &self.store
+    }
+
+    /// The pages cached from the store, for a caller that holds a policy.
+    pub fn pages<P: Policy>(&self, _proof: &Granted<P>) -> &PageCache {
+        &self.pages
+    }
+
+    /// Reads the certificate and key that `next` names; on any error the pair in use
+    /// stays. Turning HTTPS on or off needs a restart.
+    fn reload_certificates(&self, next: &Config) {
+        match (&self.certificates, &next.server.tls) {
+            (Some(certificates), Some(files)) => match certificates.reload(&files.cert, &files.key)
+            {
+                Ok(()) => log::info!(
+                    "TLS certificate reloaded from {} and {}",
+                    files.cert.display(),
+                    files.key.display()
+                ),
+                Err(e) => log::error!("TLS reload refused, keeping the certificate in use: {e}"),
+            },
+            (None, None) => {}
+            _ => log::warn!(
+                "config reload: switching HTTPS on or off ([server] tls_cert, tls_key) takes \
+                 effect only after a restart"
+            ),
+        }
+    }
+
+    /// Re-reads config.toml: a valid one replaces users, roles and policies at once;
+    /// an invalid one is logged and the current one stays.
+    pub fn reload(&self) {
+        let Some(path) = &self.config_path else {
+            log::warn!("reload asked, but this server was not started from a config file");
+            return;
+        };
+        crate::config::warn_insecure_permissions(path);
+        match Config::load(path) {
+            Ok(mut next) => {
+                next.store.accept_data_loss = self.config.store.accept_data_loss;
+                self.reload_certificates(&next);
+                let same_server = ServerConfig {
+                    tls: self.config.server.tls.clone(),
+                    ..next.server.clone()
+                };
+                if same_server != self.config.server
+                    || next.store != self.config.store
+                    || next.audit != self.config.audit
+                    || next.auth != self.config.auth
+                    || next.providers != self.config.providers
+                {
+                    log::warn!(
+                        "config reload: changes to [server], [store], [audit], [auth] and providers take \
+                         effect only after a restart; users, roles and policies are applied now"
+                    );
+                }
+                let users = next.access.users().len();
+                self.auth.replace(next.access);
+                log::info!("config reloaded from {}: {users} users", path.display());
+            }
+            Err(e) => log::error!("config reload refused, keeping the current one: {e}"),
+        }
+    }
+}
+
+/// Pages of the list served recently, reused until the catalog changes: scripts that
+/// poll the catalog ask for the same pages again and again, and reading a page from
+/// sled costs most of a request (bench/RESULTS.md).
+#[derive(Default)]
+pub struct PageCache {
+    pages: RwLock<HashMap<String, CachedPage>>,
+}
+
+/// A page's body and its `Link` header, as of a store generation.
+#[derive(Clone)]
+pub struct CachedPage {
+    pub generation: u64,
+    pub body: Bytes,
+    pub link: Option<String>,
+}
+
+impl PageCache {
+    /// Bounds the cache to a few megabytes whatever the traffic.
+    const MAX_PAGES: usize = 64;
+
+    /// The page under `key` if it was made at `generation`.
+    pub fn get(&self, key: &str, generation: u64) -> Option<CachedPage> {
+        let pages = self.pages.read().unwrap_or_else(|p| p.into_inner());
+        pages
+            .get(key)
+            .filter(|page| page.generation == generation)
+            .cloned()
+    }
+
+    pub fn put(&self, key: String, page: CachedPage) {
+        let mut pages = self.pages.write().unwrap_or_else(|p| p.into_inner());
+        if pages.len() >= Self::MAX_PAGES && !pages.contains_key(&key) {
+            pages.retain(|_, p| p.generation == page.generation);
+            if pages.len() >= Self::MAX_PAGES {
+                pages.clear();
+            }
+        }
+        pages.insert(key, page);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cached_pages_expire_with_the_generation() {
+        let cache = PageCache::default();
+        let page = |generation| CachedPage {
+            generation,
+            body: Bytes::from_static(b"[]"),
+            link: None,
+        };
+        cache.put("k".into(), page(1));
+        assert!(cache.get("k", 1).is_some());
+        assert!(cache.get("k", 2).is_none(), "a write happened since");
+        for i in 0..PageCache::MAX_PAGES * 2 {
+            cache.put(format!("k{i}"), page(3));
+        }
+        assert!(cache.pages.read().unwrap().len() <= PageCache::MAX_PAGES);
+    }
+}

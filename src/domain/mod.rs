@@ -1,0 +1,7 @@
+//! The catalog's own terms, with no HTTP and no storage: images and their fields
+//! ([`image`]), changes and the audit trail ([`change`]), policies and users
+//! ([`access`]).
+
+pub mod access;
+pub mod change;
+pub mod image;
