@@ -11,7 +11,7 @@ use crate::http::extract::Authorized;
 use crate::http::listing;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(resource("/v3/audit", "GET, HEAD").route(get_or_head().to(list)));
+    cfg.service(resource("/v3/audit").route(get_or_head().to(list)));
 }
 
 /// The audit trail

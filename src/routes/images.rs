@@ -16,8 +16,8 @@ use crate::http::listing;
 use crate::store::{Applied, Record};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(resource("/v3/images", "GET, HEAD").route(get_or_head().to(list)))
-        .service(resource("/v3/image", "POST").route(web::post().to(create)))
+    cfg.service(resource("/v3/images").route(get_or_head().to(list)))
+        .service(resource("/v3/image").route(web::post().to(create)))
         .service(
             web::scope("/v3/image")
                 .app_data(RoutePattern(BY_ID))
@@ -26,7 +26,6 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 }
 
 const BY_ID: &str = "/v3/image/{id}";
-const BY_ID_METHODS: &str = "GET, HEAD, PUT, DELETE";
 
 /// `/v3/image/{id}`, dispatched here rather than by actix's router: a dynamic segment
 /// costs a regex match per request, 6% of a cached GET (bench/RESULTS.md). Each
@@ -58,7 +57,7 @@ async fn by_id(req: HttpRequest, payload: web::Payload) -> Result<HttpResponse, 
         _ => Err(ApiError::MethodNotAllowed {
             method: req.method().to_string(),
             path: req.path().to_owned(),
-            allow: BY_ID_METHODS,
+            allow: super::allowed_methods(BY_ID),
         }),
     }
 }

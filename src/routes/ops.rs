@@ -8,9 +8,9 @@ use crate::app::AppState;
 use crate::error::{ApiError, ErrorBody};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(resource("/healthz", "GET, HEAD").route(get_or_head().to(health)))
-        .service(resource("/metrics", "GET, HEAD").route(get_or_head().to(metrics)))
-        .service(resource("/v3/openapi.json", "GET, HEAD").route(get_or_head().to(openapi)));
+    cfg.service(resource("/healthz").route(get_or_head().to(health)))
+        .service(resource("/metrics").route(get_or_head().to(metrics)))
+        .service(resource("/v3/openapi.json").route(get_or_head().to(openapi)));
 }
 
 /// `{"status": "ok"}`
