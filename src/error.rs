@@ -1,5 +1,5 @@
 //! The one error type of the HTTP API, and how each variant becomes a status and the
-//! `{"message": …}` body of SPEC §1. Every failure a client can see goes through here,
+//! `{"message": …}` body of docs/contract.md §1. Every failure a client can see goes through here,
 //! actix's own extractor errors included (see `startup`).
 
 use actix_web::http::{StatusCode, header};

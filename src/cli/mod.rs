@@ -110,7 +110,7 @@ pub enum CliError {
 }
 
 impl CliError {
-    /// SPEC §4 and §5: 2 for bad usage or bad config, 1 for a failure at run time, 3
+    /// docs/contract.md §4: 2 for bad usage or bad config, 1 for a failure at run time, 3
     /// when the store needs an operator (so systemd stops retrying).
     pub fn exit_code(&self) -> u8 {
         match self {

@@ -1,4 +1,4 @@
-//! An image and its fields. Each field type can only hold a value that obeys SPEC §1,
+//! An image and its fields. Each field type can only hold a value that obeys docs/contract.md §1,
 //! so handlers and the store never check again. No I/O here.
 
 use serde::de::{self, IgnoredAny, MapAccess, SeqAccess, Visitor};

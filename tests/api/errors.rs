@@ -1,4 +1,4 @@
-//! Every error status of SPEC §1 in its one JSON shape, actix's own errors included.
+//! Every error status of docs/contract.md §1 in its one JSON shape, actix's own errors included.
 
 use reqwest::Method;
 use serde_json::json;
