@@ -1,7 +1,7 @@
 //! Bad configs stop the real binary at start with exit code 2 and a message naming the
 //! problem; `check-config` shows who may do what.
 
-use crate::helpers::{DEFAULT_POLICIES, cheap_hash, config_text, default_users};
+use crate::helpers::{DEFAULT_POLICIES, cheap_hash, config_text, default_users, edit};
 use crate::process::{binary, serve_refused, write_config};
 
 /// Runs `serve` on a config and returns (exit code, stderr).
@@ -261,9 +261,11 @@ fn check_config_warns_of_demo_passwords_open_files_and_plain_http() {
         default_users(),
         cheap_hash("admin-demo-password")
     );
-    let text = config_text(DEFAULT_POLICIES, &users)
-        .replace("bind = \"127.0.0.1:0\"", "bind = \"0.0.0.0:8080\"");
-    assert!(text.contains("0.0.0.0:8080"));
+    let text = edit(
+        &config_text(DEFAULT_POLICIES, &users),
+        "bind = \"127.0.0.1:0\"",
+        "bind = \"0.0.0.0:8080\"",
+    );
     let dir = tempfile::tempdir().unwrap();
     let path = write_config(dir.path(), &text);
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
@@ -309,8 +311,11 @@ fn check_config_warns_of_demo_passwords_open_files_and_plain_http() {
 
 #[test]
 fn a_bind_that_is_not_host_and_port_is_refused() {
-    let text = config_text(DEFAULT_POLICIES, &default_users())
-        .replace("bind = \"127.0.0.1:0\"", "bind = \"8080\"");
+    let text = edit(
+        &config_text(DEFAULT_POLICIES, &default_users()),
+        "bind = \"127.0.0.1:0\"",
+        "bind = \"8080\"",
+    );
     let (code, said) = serve_with(&text);
     assert_eq!(code, 2, "{said}");
     assert!(said.contains("bind '8080' is not host:port"), "{said}");

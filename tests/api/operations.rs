@@ -7,19 +7,15 @@ use image_catalog::logging::QUEUE_BYTES;
 use reqwest::Method;
 
 use crate::helpers::{
-    ADMIN, BOT_TOKEN, DEFAULT_POLICIES, READER, config_text, default_users, spawn_app, status_json,
+    ADMIN, BOT_TOKEN, DEFAULT_POLICIES, READER, config_text, default_users, metric, spawn_app,
 };
 use crate::process::{ChildServer, binary, write_config};
 
 #[tokio::test]
 async fn the_document_covers_every_route_with_its_policy() {
     let app = spawn_app().await;
-    let response = app
-        .request(Method::GET, "/v3/openapi.json")
-        .send()
-        .await
-        .unwrap();
-    let (status, doc) = status_json(response).await;
+    let response = app.get("/v3/openapi.json").await;
+    let (status, doc) = response;
     assert_eq!(status, 200, "open to anyone");
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
     assert_eq!(
@@ -65,14 +61,6 @@ async fn the_document_covers_every_route_with_its_policy() {
     );
 }
 
-/// The value of the metric line that starts with `prefix`, if any.
-fn metric(text: &str, prefix: &str) -> Option<f64> {
-    text.lines()
-        .find(|l| l.starts_with(prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
-
 #[tokio::test]
 async fn metrics_count_requests_failures_and_images() {
     let app = spawn_app().await;
@@ -80,7 +68,8 @@ async fn metrics_count_requests_failures_and_images() {
     app.seed("b", "ec2").await;
     for _ in 0..3 {
         let response = app
-            .as_reader(Method::GET, "/v3/image/a")
+            .reader()
+            .request(Method::GET, "/v3/image/a")
             .send()
             .await
             .unwrap();

@@ -3,7 +3,7 @@
 
 use reqwest::StatusCode;
 
-use crate::helpers::{DEFAULT_POLICIES, cheap_hash, config_text};
+use crate::helpers::{DEFAULT_POLICIES, cheap_hash, config_text, edit};
 use crate::process::{ChildServer, write_config};
 
 fn users(admin_password: &str, extra: &str) -> String {
@@ -75,8 +75,11 @@ async fn sighup_swaps_users_and_keeps_the_old_config_when_the_new_is_bad() {
         "[[users]]\nname = \"newbie\"\npassword_hash = \"{}\"\nroles = []\n",
         cheap_hash("nb-pw")
     );
-    let text = config_text(DEFAULT_POLICIES, &users("new-pw", &newbie_without_roles))
-        .replace("127.0.0.1:0", "127.0.0.1:1");
+    let text = edit(
+        &config_text(DEFAULT_POLICIES, &users("new-pw", &newbie_without_roles)),
+        "127.0.0.1:0",
+        "127.0.0.1:1",
+    );
     write_config(dir.path(), &text);
     server.signal("HUP");
     server.wait_for_log("only after a restart").await;
