@@ -25,30 +25,12 @@ async fn each_successful_change_is_audited_newest_first() {
             .status(),
         403
     );
-    let response = app
-        .admin()
-        .request(Method::PUT, "/v3/image/a")
-        .json(&json!({"name": "n"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    let response = app
-        .admin()
-        .request(Method::DELETE, "/v3/image/a")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
+    let response = app.admin().put("/v3/image/a", &json!({"name": "n"})).await;
+    assert_eq!(response.0, 200);
+    let response = app.admin().delete("/v3/image/a").await;
+    assert_eq!(response.0, 200);
 
-    let (status, body) = status_json(
-        app.admin()
-            .request(Method::GET, "/v3/audit")
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, body) = app.admin().get("/v3/audit").await;
     assert_eq!(status, 200);
     let records = body.as_array().unwrap();
     let summary: Vec<(&str, &str, &str, u64)> = records

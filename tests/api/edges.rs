@@ -7,7 +7,7 @@ use image_catalog::domain::image::Image;
 use image_catalog::routes::TABLE;
 use image_catalog::store::Store;
 use reqwest::{Method, Response};
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::helpers::{
     DEFAULT_POLICIES, TestApp, assert_error, config_text, config_with, default_users, encode,
@@ -176,14 +176,10 @@ async fn head_needs_the_policy_of_get() {
 }
 
 /// Sends `body` as JSON text, exactly as written.
-async fn send_json(app: &TestApp, method: Method, path: &str, body: &str) -> Response {
-    app.admin()
-        .request(method, path)
-        .header("content-type", "application/json")
-        .body(body.to_owned())
-        .send()
-        .await
-        .unwrap()
+async fn send_json(app: &TestApp, method: Method, path: &str, body: &str) -> (u16, Value) {
+    let request = app.admin().request(method, path);
+    let request = request.header("content-type", "application/json");
+    status_json(request.body(body.to_owned()).send().await.unwrap()).await
 }
 
 #[tokio::test]
@@ -196,11 +192,7 @@ async fn a_duplicated_json_key_is_a_400_naming_it() {
         r#"{"id":"first","provider":"ec2","remote_user":"u","id":"second"}"#,
     )
     .await;
-    assert_error(
-        status_json(response).await,
-        400,
-        "field 'id' is given more than once",
-    );
+    assert_error(response, 400, "field 'id' is given more than once");
     for id in ["first", "second"] {
         assert_eq!(app.get_image(id).await.0, 404, "{id}");
     }
@@ -213,11 +205,7 @@ async fn a_duplicated_json_key_is_a_400_naming_it() {
         r#"{"name":"x","remote_user":"root","name":"y"}"#,
     )
     .await;
-    assert_error(
-        status_json(response).await,
-        400,
-        "field 'name' is given more than once",
-    );
+    assert_error(response, 400, "field 'name' is given more than once");
     let (_, image) = app.get_image("a").await;
     assert_eq!(image["name"], "image a", "unchanged");
     assert_eq!(image["remote_user"], "ubuntu", "unchanged");
@@ -299,8 +287,8 @@ async fn query_values_that_are_not_utf8_are_a_400() {
         "/v3/images?marker=%C3%A9",
         "/v3/images?limit=1&marker=%E3%82%A4",
     ] {
-        let response = app.admin().request(Method::GET, path).send().await.unwrap();
-        assert_eq!(response.status(), 200, "{path}");
+        let response = app.admin().get(path).await;
+        assert_eq!(response.0, 200, "{path}");
     }
 }
 
@@ -384,12 +372,7 @@ async fn ids_stored_before_the_rule_stay_readable_and_deletable() {
     assert_eq!(status, 200, "{updated}");
     assert_eq!(updated["image"]["remote_user"], "u\u{200b}");
 
-    let response = app
-        .admin()
-        .request(Method::DELETE, &path)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
+    let response = app.admin().delete(&path).await;
+    assert_eq!(response.0, 200);
     assert_eq!(app.get_image(legacy).await.0, 404);
 }

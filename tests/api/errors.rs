@@ -41,14 +41,13 @@ async fn wrong_method_is_405_with_allow() {
         );
     }
     // The plural path is the list; creating is the singular one.
-    let response = status_json(
-        app.admin()
-            .request(Method::POST, "/v3/images")
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let response = app
+        .admin()
+        .request(Method::POST, "/v3/images")
+        .send()
+        .await
+        .unwrap();
+    let response = status_json(response).await;
     assert_error(response, 405, "to create an image, POST to /v3/image");
 }
 
@@ -257,7 +256,6 @@ async fn request_ids_are_echoed_when_sane_and_made_otherwise() {
 #[tokio::test]
 async fn healthz_answers_without_credentials() {
     let app = spawn_app().await;
-    let (status, body) =
-        status_json(app.request(Method::GET, "/healthz").send().await.unwrap()).await;
+    let (status, body) = app.get("/healthz").await;
     assert_eq!((status, body), (200, json!({"status": "ok"})));
 }

@@ -163,9 +163,11 @@ enum Credentials<'a> {
     Bearer(&'a str),
 }
 
-/// Requests to a [`TestApp`] with one set of credentials.
+/// Requests to a server (a [`TestApp`], or a child's address) with one set of
+/// credentials.
 pub struct Caller<'a> {
-    app: &'a TestApp,
+    client: reqwest::Client,
+    address: &'a str,
     credentials: Credentials<'a>,
 }
 
@@ -181,31 +183,24 @@ impl TestApp {
         self.state.reload();
     }
 
-    fn caller<'a>(&'a self, credentials: Credentials<'a>) -> Caller<'a> {
-        Caller {
-            app: self,
-            credentials,
-        }
-    }
-
     pub fn anonymous(&self) -> Caller<'_> {
-        self.caller(Credentials::None)
+        Caller::at(&self.address).via(&self.client)
     }
 
     pub fn admin(&self) -> Caller<'_> {
-        self.caller(Credentials::Basic(ADMIN.0, ADMIN.1))
+        self.anonymous().admin()
     }
 
     pub fn reader(&self) -> Caller<'_> {
-        self.caller(Credentials::Basic(READER.0, READER.1))
+        self.anonymous().reader()
     }
 
     pub fn user<'a>(&'a self, name: &'a str, password: &'a str) -> Caller<'a> {
-        self.caller(Credentials::Basic(name, password))
+        self.anonymous().user(name, password)
     }
 
     pub fn bearer<'a>(&'a self, token: &'a str) -> Caller<'a> {
-        self.caller(Credentials::Bearer(token))
+        self.anonymous().bearer(token)
     }
 
     /// A request without credentials.
@@ -255,10 +250,51 @@ impl TestApp {
     }
 }
 
-impl Caller<'_> {
+impl<'a> Caller<'a> {
+    /// Requests without credentials to the server at `address` (`http://host:port`).
+    pub fn at(address: &'a str) -> Caller<'a> {
+        Caller {
+            client: reqwest::Client::new(),
+            address,
+            credentials: Credentials::None,
+        }
+    }
+
+    /// Sends through `client` (e.g. one bound to another local address).
+    pub fn via(self, client: &reqwest::Client) -> Caller<'a> {
+        Caller {
+            client: client.clone(),
+            ..self
+        }
+    }
+
+    pub fn admin(self) -> Caller<'a> {
+        self.user(ADMIN.0, ADMIN.1)
+    }
+
+    pub fn reader(self) -> Caller<'a> {
+        self.user(READER.0, READER.1)
+    }
+
+    pub fn user(self, name: &'a str, password: &'a str) -> Caller<'a> {
+        Caller {
+            credentials: Credentials::Basic(name, password),
+            ..self
+        }
+    }
+
+    pub fn bearer(self, token: &'a str) -> Caller<'a> {
+        Caller {
+            credentials: Credentials::Bearer(token),
+            ..self
+        }
+    }
+
     /// The raw request, with these credentials.
     pub fn request(&self, method: Method, path: &str) -> RequestBuilder {
-        let request = self.app.request(method, path);
+        let request = self
+            .client
+            .request(method, format!("{}{}", self.address, path));
         match self.credentials {
             Credentials::None => request,
             Credentials::Basic(name, password) => request.basic_auth(name, Some(password)),

@@ -77,14 +77,7 @@ async fn paging_walks_the_catalog_exactly_once() {
     assert_eq!(pages, 300_usize.div_ceil(7));
 
     // The whole catalog without limit, streamed, is the same list.
-    let (_, body) = status_json(
-        app.reader()
-            .request(Method::GET, "/v3/images")
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (_, body) = app.reader().get("/v3/images").await;
     assert_eq!(ids_of(&body), all);
 
     // A page size that divides the catalog: the last full page has no Link.
@@ -103,14 +96,7 @@ async fn paging_keeps_the_provider_filter() {
         .collect();
     let (seen, _) = walk(&app, "/v3/images?provider=openstack&limit=5").await;
     assert_eq!(seen, expected);
-    let (_, body) = status_json(
-        app.reader()
-            .request(Method::GET, "/v3/images?provider=openstack")
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (_, body) = app.reader().get("/v3/images?provider=openstack").await;
     assert_eq!(ids_of(&body), expected);
     for item in body.as_array().unwrap() {
         assert_eq!(item["provider"], "openstack");
@@ -150,14 +136,7 @@ async fn the_list_is_sorted_by_id_bytes() {
     for id in ["b", "B", "a", "é", "Z", "10", "9"] {
         app.seed(id, "static").await;
     }
-    let (_, body) = status_json(
-        app.reader()
-            .request(Method::GET, "/v3/images")
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (_, body) = app.reader().get("/v3/images").await;
     assert_eq!(ids_of(&body), ["10", "9", "B", "Z", "a", "b", "é"]);
 }
 
@@ -172,14 +151,7 @@ async fn an_unlisted_provider_is_400_naming_the_allowed_ones() {
 async fn empty_catalog_lists_as_an_empty_array() {
     let app = spawn_app().await;
     for path in ["/v3/images", "/v3/images?limit=10"] {
-        let (status, body) = status_json(
-            app.reader()
-                .request(Method::GET, path)
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await;
+        let (status, body) = app.reader().get(path).await;
         assert_eq!((status, body), (200, serde_json::json!([])));
     }
 }
@@ -217,22 +189,14 @@ async fn a_repeated_page_reflects_every_acknowledged_change() {
             Some("/v3/images?limit=2&marker=b".into())
         )
     );
-    let response = app
-        .admin()
-        .request(Method::DELETE, "/v3/image/a")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
+    let response = app.admin().delete("/v3/image/a").await;
+    assert_eq!(response.0, 200);
     assert_eq!(page().await.0, ["b", "c"]);
     let response = app
         .admin()
-        .request(Method::PUT, "/v3/image/b")
-        .json(&serde_json::json!({"name": "renamed"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
+        .put("/v3/image/b", &serde_json::json!({"name": "renamed"}))
+        .await;
+    assert_eq!(response.0, 200);
     let response = app.reader().get("/v3/images?limit=2").await;
     let (_, body) = response;
     assert_eq!(body[0]["name"], "renamed");

@@ -67,13 +67,8 @@ async fn metrics_count_requests_failures_and_images() {
     app.seed("a", "ec2").await;
     app.seed("b", "ec2").await;
     for _ in 0..3 {
-        let response = app
-            .reader()
-            .request(Method::GET, "/v3/image/a")
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 200);
+        let response = app.reader().get("/v3/image/a").await;
+        assert_eq!(response.0, 200);
     }
     let wrong = app
         .request(Method::GET, "/v3/images")

@@ -21,13 +21,8 @@ async fn within_a_minute<T>(future: impl std::future::Future<Output = T>) -> T {
 }
 
 async fn status(server: &ChildServer, user: &str, password: &str) -> StatusCode {
-    reqwest::Client::new()
-        .get(format!("{}/v3/images", server.address))
-        .basic_auth(user, Some(password))
-        .send()
-        .await
-        .unwrap()
-        .status()
+    let (status, _) = server.caller().user(user, password).get("/v3/images").await;
+    StatusCode::from_u16(status).unwrap()
 }
 
 #[tokio::test]
