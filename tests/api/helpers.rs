@@ -340,6 +340,13 @@ pub fn metric(text: &str, prefix: &str) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
+/// Fails the test, rather than hanging it, if `event` has not happened in a minute.
+pub async fn within_a_minute<T>(event: &str, future: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(std::time::Duration::from_secs(60), future)
+        .await
+        .unwrap_or_else(|_| panic!("gave up after a minute waiting for: {event}"))
+}
+
 /// `text` with `from` replaced by `to`; panics naming `from` when `text` does not hold
 /// it, so that a test whose config edit silently stopped matching fails loudly.
 pub fn edit(text: &str, from: &str, to: &str) -> String {

@@ -8,6 +8,7 @@ use reqwest::Method;
 
 use crate::helpers::{
     ADMIN, BOT_TOKEN, DEFAULT_POLICIES, READER, config_text, default_users, metric, spawn_app,
+    within_a_minute,
 };
 use crate::process::{ChildServer, binary, write_config};
 
@@ -254,9 +255,8 @@ async fn a_log_nobody_reads_drops_lines_counts_them_and_says_so_once_read() {
             .map_while(Result::ok)
             .find(|line| line.contains("log lines were dropped while the log was not being read"))
     });
-    let warning = tokio::time::timeout(std::time::Duration::from_secs(60), warning)
+    let warning = within_a_minute("the warning", warning)
         .await
-        .expect("the warning within a minute")
         .unwrap()
         .expect("a warning about the dropped lines");
     assert!(warning.contains("WARN"), "{warning}");

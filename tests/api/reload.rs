@@ -3,7 +3,7 @@
 
 use reqwest::StatusCode;
 
-use crate::helpers::{DEFAULT_POLICIES, cheap_hash, config_text, edit};
+use crate::helpers::{DEFAULT_POLICIES, cheap_hash, config_text, edit, within_a_minute};
 use crate::process::{ChildServer, write_config};
 
 fn users(admin_password: &str, extra: &str) -> String {
@@ -11,13 +11,6 @@ fn users(admin_password: &str, extra: &str) -> String {
         "[[users]]\nname = \"admin\"\npassword_hash = \"{}\"\nroles = [\"admin\"]\n{extra}",
         cheap_hash(admin_password)
     )
-}
-
-/// A generous deadline: a reload that never logs fails the test instead of hanging it.
-async fn within_a_minute<T>(future: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(std::time::Duration::from_secs(60), future)
-        .await
-        .expect("no answer within a minute")
 }
 
 async fn status(server: &ChildServer, user: &str, password: &str) -> StatusCode {
@@ -92,7 +85,7 @@ async fn a_reload_to_a_config_without_users_is_refused_and_the_old_users_stay() 
     for empty in ["", &config_text(DEFAULT_POLICIES, "")] {
         write_config(dir.path(), empty);
         server.signal("HUP");
-        let line = within_a_minute(server.wait_for_log("config reload")).await;
+        let line = within_a_minute("a reload", server.wait_for_log("config reload")).await;
         assert!(
             line.contains("refused") && line.contains("no users"),
             "{line}"
@@ -152,7 +145,7 @@ async fn login_in_progress(
         id.to_owned(),
     ));
     let line = format!("verifying the credentials of user '{user}'");
-    within_a_minute(server.wait_for_log(&line)).await;
+    within_a_minute(&line, server.wait_for_log(&line)).await;
     login
 }
 
@@ -173,7 +166,7 @@ async fn a_reload_during_a_login_refuses_the_old_credentials_at_once() {
     let login = login_in_progress(&mut server, "victim", "old-pw", "ami-1").await;
     write_config(dir.path(), &config_text(DEFAULT_POLICIES, &users("pw", "")));
     server.signal("HUP");
-    within_a_minute(server.wait_for_log("config reloaded")).await;
+    within_a_minute("the reload", server.wait_for_log("config reloaded")).await;
     assert_eq!(login.await.unwrap(), 401, "the login the reload overtook");
     assert_eq!(create_as(&server, "victim", "old-pw", "ami-2").await, 401);
     assert_eq!(status(&server, "admin", "pw").await, 200);
@@ -184,7 +177,7 @@ async fn a_reload_during_a_login_refuses_the_old_credentials_at_once() {
         &config_text(DEFAULT_POLICIES, &users("pw", &victim)),
     );
     server.signal("HUP");
-    within_a_minute(server.wait_for_log("config reloaded")).await;
+    within_a_minute("the reload", server.wait_for_log("config reloaded")).await;
     let login = login_in_progress(&mut server, "victim", "old-pw", "ami-3").await;
     let rotated = format!(
         "[[users]]\nname = \"victim\"\npassword_hash = \"{}\"\nroles = [\"reader\"]\n",
@@ -195,7 +188,7 @@ async fn a_reload_during_a_login_refuses_the_old_credentials_at_once() {
         &config_text(DEFAULT_POLICIES, &users("pw", &rotated)),
     );
     server.signal("HUP");
-    within_a_minute(server.wait_for_log("config reloaded")).await;
+    within_a_minute("the reload", server.wait_for_log("config reloaded")).await;
     assert_eq!(login.await.unwrap(), 401, "the login the reload overtook");
     assert_eq!(create_as(&server, "victim", "old-pw", "ami-4").await, 401);
     assert_eq!(status(&server, "victim", "new-pw").await, 200);
