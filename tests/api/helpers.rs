@@ -390,3 +390,9 @@ pub fn assert_error((got, body): (u16, Value), status: u16, words: &str) {
         "message {message:?} should contain {words:?}"
     );
 }
+
+#[test]
+#[should_panic(expected = "does not contain \"port = 1\"")]
+fn an_edit_that_matches_nothing_fails_naming_what_it_looked_for() {
+    edit(&config_text(DEFAULT_POLICIES, ""), "port = 1", "port = 2");
+}
