@@ -126,6 +126,7 @@ impl AppState {
             audit_records,
             audit_bytes,
             size_on_disk,
+            password_verifications: self.auth.password_verifications(),
         })
     }
 

@@ -19,6 +19,8 @@ pub struct StoreStats {
     pub audit_bytes: u64,
     /// `None` when it could not be read.
     pub size_on_disk: Option<u64>,
+    /// argon2 password verifications run since start.
+    pub password_verifications: u64,
 }
 
 pub struct Metrics {
@@ -33,6 +35,8 @@ pub struct Metrics {
     log_lines_dropped: IntCounter,
     /// The dropped-lines count `log_lines_dropped` has been raised to.
     log_lines_dropped_seen: AtomicU64,
+    password_verifications: IntCounter,
+    password_verifications_seen: AtomicU64,
 }
 
 impl Metrics {
@@ -79,6 +83,12 @@ impl Metrics {
             "Log lines dropped because the log was not being read fast enough",
         )?;
         registry.register(Box::new(log_lines_dropped.clone()))?;
+        let password_verifications = IntCounter::new(
+            "password_verifications_total",
+            "argon2 password checks run: the first request of a user and password, not the ones \
+             the cache of proven credentials answers",
+        )?;
+        registry.register(Box::new(password_verifications.clone()))?;
         Ok(Metrics {
             registry,
             requests,
@@ -90,6 +100,8 @@ impl Metrics {
             audit_bytes,
             log_lines_dropped,
             log_lines_dropped_seen: AtomicU64::new(0),
+            password_verifications,
+            password_verifications_seen: AtomicU64::new(0),
         })
     }
 
@@ -129,6 +141,13 @@ impl Metrics {
             .fetch_max(dropped, Ordering::Relaxed);
         if dropped > seen {
             self.log_lines_dropped.inc_by(dropped - seen);
+        }
+        let verified = stats.password_verifications;
+        let seen = self
+            .password_verifications_seen
+            .fetch_max(verified, Ordering::Relaxed);
+        if verified > seen {
+            self.password_verifications.inc_by(verified - seen);
         }
         let mut text = Vec::new();
         TextEncoder::new().encode(&self.registry.gather(), &mut text)?;

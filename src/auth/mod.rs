@@ -198,6 +198,8 @@ pub struct Authenticator {
     /// many run at once bounds what a flood of made-up names can cost.
     verifications: Arc<tokio::sync::Semaphore>,
     failed_logins: AtomicU64,
+    /// argon2 verifications run, the decoy's included: what the caches save.
+    password_verifications: AtomicU64,
 }
 
 impl Authenticator {
@@ -219,6 +221,7 @@ impl Authenticator {
             throttle: Throttle::new(throttle),
             verifications: Arc::new(tokio::sync::Semaphore::new(cores.max(2))),
             failed_logins: AtomicU64::new(0),
+            password_verifications: AtomicU64::new(0),
         }
     }
 
@@ -226,6 +229,11 @@ impl Authenticator {
     /// throttle turned away. Missing or malformed Authorization headers are not counted.
     pub fn failed_logins(&self) -> u64 {
         self.failed_logins.load(Ordering::Relaxed)
+    }
+
+    /// argon2 password verifications run since start (shown in `/metrics`).
+    pub fn password_verifications(&self) -> u64 {
+        self.password_verifications.load(Ordering::Relaxed)
     }
 
     pub fn access(&self) -> Arc<Access> {
@@ -414,6 +422,7 @@ impl Authenticator {
                 let Some((user, hash)) = found else {
                     let decoy = self.decoy_hash.clone();
                     let slot = self.verification_slot().await;
+                    self.password_verifications.fetch_add(1, Ordering::Relaxed);
                     let _ = web::block(move || {
                         let _slot = slot;
                         verify_password(&password, &decoy)
@@ -426,6 +435,7 @@ impl Authenticator {
                     return Ok(user);
                 }
                 let slot = self.verification_slot().await;
+                self.password_verifications.fetch_add(1, Ordering::Relaxed);
                 let ok = web::block(move || {
                     let _slot = slot;
                     verify_password(&password, &hash)

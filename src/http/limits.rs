@@ -478,10 +478,28 @@ mod tests {
         assert!(chosen >= MIN_CONNECTIONS, "{chosen}");
     }
 
+    /// The backlog a listening socket was given, as `ss` shows it (its Send-Q): Linux
+    /// has no socket option to read it back.
+    #[cfg(target_os = "linux")]
+    fn backlog_of(listener: &TcpListener) -> u32 {
+        let port = listener.local_addr().unwrap().port();
+        let output = std::process::Command::new("ss")
+            .args(["-ltnH", &format!("sport = :{port}")])
+            .output()
+            .expect("`ss` (iproute2) shows the backlog of a listening socket");
+        let text = String::from_utf8_lossy(&output.stdout);
+        let columns: Vec<&str> = text.split_whitespace().collect();
+        assert_eq!(columns.first(), Some(&"LISTEN"), "ss printed {text:?}");
+        columns[2].parse().unwrap()
+    }
+
+    #[cfg(target_os = "linux")]
     #[test]
-    fn listens_with_a_backlog() {
-        let listener = listen("127.0.0.1:0", 8).unwrap();
-        assert!(listener.local_addr().unwrap().port() > 0);
+    fn listens_with_the_backlog_it_is_given() {
+        for backlog in [8, 37] {
+            let listener = listen("127.0.0.1:0", backlog).unwrap();
+            assert_eq!(backlog_of(&listener), backlog);
+        }
         assert!(listen("not an address", 8).is_err());
     }
 }

@@ -13,33 +13,24 @@ async fn each_successful_change_is_audited_newest_first() {
     assert_eq!(
         app.create(json!({"id": "a", "provider": "ec2", "remote_user": "u"}))
             .await
-            .status(),
+            .0,
         409
     );
     assert_eq!(
-        app.as_reader(Method::DELETE, "/v3/image/a")
+        app.reader()
+            .request(Method::DELETE, "/v3/image/a")
             .send()
             .await
             .unwrap()
             .status(),
         403
     );
-    let response = app
-        .as_admin(Method::PUT, "/v3/image/a")
-        .json(&json!({"name": "n"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    let response = app
-        .as_admin(Method::DELETE, "/v3/image/a")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
+    let response = app.admin().put("/v3/image/a", &json!({"name": "n"})).await;
+    assert_eq!(response.0, 200);
+    let response = app.admin().delete("/v3/image/a").await;
+    assert_eq!(response.0, 200);
 
-    let (status, body) =
-        status_json(app.as_admin(Method::GET, "/v3/audit").send().await.unwrap()).await;
+    let (status, body) = app.admin().get("/v3/audit").await;
     assert_eq!(status, 200);
     let records = body.as_array().unwrap();
     let summary: Vec<(&str, &str, &str, u64)> = records
@@ -92,7 +83,12 @@ async fn the_audit_pages_with_limit_and_marker() {
     let mut path = "/v3/audit?limit=3".to_string();
     let mut ids = Vec::new();
     loop {
-        let response = app.as_admin(Method::GET, &path).send().await.unwrap();
+        let response = app
+            .admin()
+            .request(Method::GET, &path)
+            .send()
+            .await
+            .unwrap();
         let link = response
             .headers()
             .get("link")
@@ -120,22 +116,14 @@ async fn the_audit_pages_with_limit_and_marker() {
     assert_eq!(ids, expected);
 
     for bad in ["marker=abc", "limit=0", "since=1"] {
-        let response = app
-            .as_admin(Method::GET, &format!("/v3/audit?{bad}"))
-            .send()
-            .await
-            .unwrap();
-        assert_error(response, 400, "").await;
+        let response = app.admin().get(&format!("/v3/audit?{bad}")).await;
+        assert_error(response, 400, "");
     }
 }
 
 #[tokio::test]
 async fn reading_the_audit_needs_read_audit() {
     let app = spawn_app().await;
-    let response = app
-        .as_reader(Method::GET, "/v3/audit")
-        .send()
-        .await
-        .unwrap();
-    assert_error(response, 403, "'read_audit'").await;
+    let response = app.reader().get("/v3/audit").await;
+    assert_error(response, 403, "'read_audit'");
 }

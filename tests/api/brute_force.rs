@@ -11,7 +11,7 @@ use std::net::IpAddr;
 use reqwest::{Client, StatusCode};
 
 use crate::helpers::{ADMIN, config_with};
-use crate::process::{ChildServer, write_config};
+use crate::process::ChildServer;
 
 fn client_at(address: [u8; 4]) -> Client {
     Client::builder()
@@ -21,19 +21,17 @@ fn client_at(address: [u8; 4]) -> Client {
 }
 
 async fn images(server: &ChildServer, client: &Client, user: &str, password: &str) -> StatusCode {
-    client
-        .get(format!("{}/v3/images", server.address))
-        .basic_auth(user, Some(password))
-        .send()
-        .await
-        .unwrap()
-        .status()
+    let (status, _) = server
+        .caller()
+        .via(client)
+        .user(user, password)
+        .get("/v3/images")
+        .await;
+    StatusCode::from_u16(status).unwrap()
 }
 
 async fn start(auth: &str) -> (ChildServer, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = write_config(dir.path(), &config_with("", &format!("[auth]\n{auth}")));
-    (ChildServer::start(&path).await, dir)
+    ChildServer::start_with(&config_with("", &format!("[auth]\n{auth}"))).await
 }
 
 #[tokio::test]

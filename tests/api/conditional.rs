@@ -6,7 +6,7 @@ use serde_json::json;
 use crate::helpers::{TestApp, assert_error, spawn_app, status_json};
 
 async fn etag_of(app: &TestApp, id: &str) -> String {
-    let response = app.get_image(id).await;
+    let response = app.get_image_response(id).await;
     assert_eq!(response.status(), 200);
     response.headers()["etag"].to_str().unwrap().to_owned()
 }
@@ -23,7 +23,8 @@ async fn etag_is_strong_and_changes_with_the_record() {
     assert_eq!(etag_of(&app, "a").await, first, "stable while unchanged");
 
     let response = app
-        .as_admin(Method::PUT, "/v3/image/a")
+        .admin()
+        .request(Method::PUT, "/v3/image/a")
         .json(&json!({"name": "changed"}))
         .send()
         .await
@@ -49,7 +50,8 @@ async fn if_none_match_gives_304() {
         "*".into(),
     ] {
         let response = app
-            .as_reader(Method::GET, "/v3/image/a")
+            .reader()
+            .request(Method::GET, "/v3/image/a")
             .header("if-none-match", &value)
             .send()
             .await
@@ -59,7 +61,8 @@ async fn if_none_match_gives_304() {
         assert!(response.bytes().await.unwrap().is_empty());
     }
     let response = app
-        .as_reader(Method::GET, "/v3/image/a")
+        .reader()
+        .request(Method::GET, "/v3/image/a")
         .header("if-none-match", "\"stale\"")
         .send()
         .await
@@ -73,33 +76,36 @@ async fn if_match_on_put_is_a_compare_and_swap() {
     app.seed("a", "ec2").await;
     let etag = etag_of(&app, "a").await;
     let put = |if_match: String, name: &'static str| {
-        app.as_admin(Method::PUT, "/v3/image/a")
+        app.admin()
+            .request(Method::PUT, "/v3/image/a")
             .header("if-match", if_match)
             .json(&json!({ "name": name }))
             .send()
     };
     assert_error(
-        put("\"stale\"".into(), "lost").await.unwrap(),
+        status_json(put("\"stale\"".into(), "lost").await.unwrap()).await,
         412,
         "If-Match",
-    )
-    .await;
+    );
     // A weak tag never matches under the strong comparison If-Match uses.
     assert_error(
-        put(format!("W/{etag}"), "lost").await.unwrap(),
+        status_json(put(format!("W/{etag}"), "lost").await.unwrap()).await,
         412,
         "If-Match",
-    )
-    .await;
-    let (_, shown) = status_json(app.get_image("a").await).await;
+    );
+    let (_, shown) = app.get_image("a").await;
     assert_eq!(shown["name"], "image a", "nothing changed");
 
     let response = put(etag.clone(), "won").await.unwrap();
     assert_eq!(response.status(), 200);
     // The same tag again is now stale: a second writer that read the old version loses.
-    assert_error(put(etag, "late").await.unwrap(), 412, "If-Match").await;
+    assert_error(
+        status_json(put(etag, "late").await.unwrap()).await,
+        412,
+        "If-Match",
+    );
     assert_eq!(put("*".into(), "any").await.unwrap().status(), 200);
-    let (_, shown) = status_json(app.get_image("a").await).await;
+    let (_, shown) = app.get_image("a").await;
     assert_eq!(shown["name"], "any");
 }
 
@@ -108,16 +114,18 @@ async fn if_match_on_delete_is_a_compare_and_swap() {
     let app = spawn_app().await;
     app.seed("a", "ec2").await;
     let response = app
-        .as_admin(Method::DELETE, "/v3/image/a")
+        .admin()
+        .request(Method::DELETE, "/v3/image/a")
         .header("if-match", "\"stale\"")
         .send()
         .await
         .unwrap();
-    assert_error(response, 412, "If-Match").await;
-    assert_eq!(app.get_image("a").await.status(), 200, "still there");
+    assert_error(status_json(response).await, 412, "If-Match");
+    assert_eq!(app.get_image("a").await.0, 200, "still there");
     let etag = etag_of(&app, "a").await;
     let response = app
-        .as_admin(Method::DELETE, "/v3/image/a")
+        .admin()
+        .request(Method::DELETE, "/v3/image/a")
         .header("if-match", etag)
         .send()
         .await
@@ -130,7 +138,8 @@ async fn concurrent_updates_never_mix_fields() {
     let app = spawn_app().await;
     app.seed("a", "ec2").await;
     let updates = (0..40).map(|i| {
-        app.as_admin(Method::PUT, "/v3/image/a")
+        app.admin()
+            .request(Method::PUT, "/v3/image/a")
             .json(&json!({"remote_user": format!("user{i}"), "name": format!("name{i}")}))
             .send()
     });
@@ -146,7 +155,7 @@ async fn concurrent_updates_never_mix_fields() {
         let user = image["remote_user"].as_str().unwrap();
         assert_eq!(image["name"], user.replace("user", "name"));
     }
-    let (_, last) = status_json(app.get_image("a").await).await;
+    let (_, last) = app.get_image("a").await;
     let user = last["remote_user"].as_str().unwrap();
     assert_eq!(last["name"], user.replace("user", "name"), "{last}");
 }
@@ -159,13 +168,18 @@ async fn an_unquoted_if_match_is_a_400_saying_to_quote_it() {
     let bare = etag.trim_matches('"');
     for method in [Method::PUT, Method::DELETE] {
         let response = app
-            .as_admin(method.clone(), "/v3/image/q")
+            .admin()
+            .request(method.clone(), "/v3/image/q")
             .header("If-Match", bare)
             .json(&json!({"name": "renamed"}))
             .send()
             .await
             .unwrap();
-        assert_error(response, 400, &format!("If-Match: \"{bare}\"")).await;
+        assert_error(
+            status_json(response).await,
+            400,
+            &format!("If-Match: \"{bare}\""),
+        );
     }
     assert_eq!(etag_of(&app, "q").await, etag, "nothing changed");
 }

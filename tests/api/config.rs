@@ -1,14 +1,8 @@
 //! Bad configs stop the real binary at start with exit code 2 and a message naming the
 //! problem; `check-config` shows who may do what.
 
-use crate::helpers::{DEFAULT_POLICIES, cheap_hash, config_text, default_users};
-use crate::process::{binary, serve_refused, write_config};
-
-/// Runs `serve` on a config and returns (exit code, stderr).
-fn serve_with(config: &str) -> (i32, String) {
-    let dir = tempfile::tempdir().unwrap();
-    serve_refused(&write_config(dir.path(), config))
-}
+use crate::helpers::{DEFAULT_POLICIES, cheap_hash, config_text, default_users, edit};
+use crate::process::{binary, serve_refused_text, write_config};
 
 #[test]
 fn each_bad_config_is_refused_at_start_with_exit_code_2() {
@@ -47,7 +41,7 @@ fn each_bad_config_is_refused_at_start_with_exit_code_2() {
         (DEFAULT_POLICIES.to_string(), "no users"),
     ];
     for (config, words) in cases {
-        let (code, stderr) = serve_with(&config_text("", &config));
+        let (code, stderr) = serve_refused_text(&config_text("", &config));
         assert_eq!(code, 2, "{words}: {stderr}");
         assert!(
             stderr.contains(words),
@@ -154,7 +148,7 @@ fn new_token_prints_a_token_and_its_digest() {
 #[test]
 fn audit_retention_of_zero_days_is_refused() {
     let config = crate::helpers::config_with("", "[audit]\nkeep_days = 0\n");
-    let (code, said) = serve_with(&config);
+    let (code, said) = serve_refused_text(&config);
     assert_eq!(code, 2, "{said}");
     assert!(said.contains("keep_days must be at least 1"), "{said}");
 }
@@ -261,9 +255,11 @@ fn check_config_warns_of_demo_passwords_open_files_and_plain_http() {
         default_users(),
         cheap_hash("admin-demo-password")
     );
-    let text = config_text(DEFAULT_POLICIES, &users)
-        .replace("bind = \"127.0.0.1:0\"", "bind = \"0.0.0.0:8080\"");
-    assert!(text.contains("0.0.0.0:8080"));
+    let text = edit(
+        &config_text(DEFAULT_POLICIES, &users),
+        "bind = \"127.0.0.1:0\"",
+        "bind = \"0.0.0.0:8080\"",
+    );
     let dir = tempfile::tempdir().unwrap();
     let path = write_config(dir.path(), &text);
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
@@ -309,9 +305,12 @@ fn check_config_warns_of_demo_passwords_open_files_and_plain_http() {
 
 #[test]
 fn a_bind_that_is_not_host_and_port_is_refused() {
-    let text = config_text(DEFAULT_POLICIES, &default_users())
-        .replace("bind = \"127.0.0.1:0\"", "bind = \"8080\"");
-    let (code, said) = serve_with(&text);
+    let text = edit(
+        &config_text(DEFAULT_POLICIES, &default_users()),
+        "bind = \"127.0.0.1:0\"",
+        "bind = \"8080\"",
+    );
+    let (code, said) = serve_refused_text(&text);
     assert_eq!(code, 2, "{said}");
     assert!(said.contains("bind '8080' is not host:port"), "{said}");
 }

@@ -10,17 +10,14 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use tokio::io::AsyncBufReadExt;
 
-use crate::helpers::{ADMIN, DEFAULT_POLICIES, config_text, default_users};
+use crate::helpers::{ADMIN, config_in};
 use crate::process::{ChildServer, binary, write_config};
 
 /// How long one start on a damaged copy may take before it counts as a hang.
 const START_DEADLINE: Duration = Duration::from_secs(30);
 
 fn config_for(dir: &Path, data_dir: &Path) -> PathBuf {
-    let text = config_text(DEFAULT_POLICIES, &default_users()).replace(
-        "data_dir = \"data\"",
-        &format!("data_dir = {:?}", data_dir.display().to_string()),
-    );
+    let text = config_in(data_dir);
     write_config(dir, &text)
 }
 

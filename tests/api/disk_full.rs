@@ -10,7 +10,7 @@ use std::time::Duration;
 use reqwest::Method;
 use serde_json::json;
 
-use crate::helpers::{ADMIN, DEFAULT_POLICIES, config_text, default_users};
+use crate::helpers::{ADMIN, config_in};
 use crate::process::{ChildServer, write_config};
 
 /// A small tmpfs, unmounted when dropped.
@@ -88,8 +88,7 @@ async fn full_disk_is_fail_stop_and_a_restart_keeps_every_acknowledged_write() {
         return;
     };
     let data = tmpfs.path.join("data");
-    let config = config_text(DEFAULT_POLICIES, &default_users())
-        .replace("data_dir = \"data\"", &format!("data_dir = {:?}", data));
+    let config = config_in(&data);
     let config = write_config(dir.path(), &config);
     let client = reqwest::Client::new();
 
@@ -210,8 +209,7 @@ async fn an_import_that_fills_the_disk_leaves_nothing_behind() {
         return;
     };
     let data = tmpfs.path.join("data");
-    let config = config_text(DEFAULT_POLICIES, &default_users())
-        .replace("data_dir = \"data\"", &format!("data_dir = {:?}", data));
+    let config = config_in(&data);
     let config = write_config(dir.path(), &config);
     let name = "n".repeat(250);
     let lines: String = (0..40_000)

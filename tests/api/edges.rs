@@ -7,7 +7,7 @@ use image_catalog::domain::image::Image;
 use image_catalog::routes::TABLE;
 use image_catalog::store::Store;
 use reqwest::{Method, Response};
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::helpers::{
     DEFAULT_POLICIES, TestApp, assert_error, config_text, config_with, default_users, encode,
@@ -18,11 +18,10 @@ use crate::helpers::{
 async fn assert_431(response: Response, limit: usize) {
     let connection = response.headers().get("connection").cloned();
     assert_error(
-        response,
+        status_json(response).await,
         431,
         &format!("more than the {limit} bytes of request headers"),
-    )
-    .await;
+    );
     assert_eq!(connection.unwrap(), "close");
 }
 
@@ -52,7 +51,7 @@ async fn request_headers_over_the_limit_get_431_json_and_a_close() {
     assert_431(request.send().await.unwrap(), 16384).await;
     // Refused before authentication: with credentials or without, no other answer.
     for request in [
-        app.as_admin(Method::GET, "/v3/images"),
+        app.admin().request(Method::GET, "/v3/images"),
         app.request(Method::GET, "/v3/images"),
     ] {
         let response = request
@@ -65,7 +64,8 @@ async fn request_headers_over_the_limit_get_431_json_and_a_close() {
 
     let app = spawn_app_with(&config_with("max_header_bytes = 2048", "")).await;
     let sized = |n: usize| {
-        app.as_reader(Method::GET, "/v3/images")
+        app.reader()
+            .request(Method::GET, "/v3/images")
             .header("x-pad", "a".repeat(n))
             .send()
     };
@@ -104,8 +104,13 @@ async fn head_answers_every_get_route_as_get_without_a_body() {
         .map(String::from),
     );
     for path in &paths {
-        let get = app.as_admin(Method::GET, path).send().await.unwrap();
-        let head = app.as_admin(Method::HEAD, path).send().await.unwrap();
+        let get = app.admin().request(Method::GET, path).send().await.unwrap();
+        let head = app
+            .admin()
+            .request(Method::HEAD, path)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(head.status(), get.status(), "HEAD {path}");
         for name in SHARED_HEADERS {
             if path == "/metrics" && name == "content-length" {
@@ -123,9 +128,10 @@ async fn head_answers_every_get_route_as_get_without_a_body() {
         assert!(body.is_empty(), "HEAD {path} has a body: {body:?}");
     }
     // A conditional HEAD is a conditional GET.
-    let etag = app.get_image("a").await.headers()["etag"].clone();
+    let etag = app.get_image_response("a").await.headers()["etag"].clone();
     let response = app
-        .as_reader(Method::HEAD, "/v3/image/a")
+        .reader()
+        .request(Method::HEAD, "/v3/image/a")
         .header("if-none-match", etag)
         .send()
         .await
@@ -143,18 +149,25 @@ async fn head_needs_the_policy_of_get() {
         assert!(response.headers().contains_key("www-authenticate"));
     }
     let response = app
-        .as_reader(Method::HEAD, "/v3/audit")
+        .reader()
+        .request(Method::HEAD, "/v3/audit")
         .send()
         .await
         .unwrap();
     assert_eq!(response.status(), 403, "a reader does not hold read_audit");
     for path in ["/v3/images", "/v3/image/a"] {
-        let response = app.as_reader(Method::HEAD, path).send().await.unwrap();
+        let response = app
+            .reader()
+            .request(Method::HEAD, path)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(response.status(), 200, "HEAD {path}");
     }
     // HEAD is not allowed where GET is not.
     let response = app
-        .as_admin(Method::HEAD, "/v3/image")
+        .admin()
+        .request(Method::HEAD, "/v3/image")
         .send()
         .await
         .unwrap();
@@ -163,13 +176,10 @@ async fn head_needs_the_policy_of_get() {
 }
 
 /// Sends `body` as JSON text, exactly as written.
-async fn send_json(app: &TestApp, method: Method, path: &str, body: &str) -> Response {
-    app.as_admin(method, path)
-        .header("content-type", "application/json")
-        .body(body.to_owned())
-        .send()
-        .await
-        .unwrap()
+async fn send_json(app: &TestApp, method: Method, path: &str, body: &str) -> (u16, Value) {
+    let request = app.admin().request(method, path);
+    let request = request.header("content-type", "application/json");
+    status_json(request.body(body.to_owned()).send().await.unwrap()).await
 }
 
 #[tokio::test]
@@ -182,9 +192,9 @@ async fn a_duplicated_json_key_is_a_400_naming_it() {
         r#"{"id":"first","provider":"ec2","remote_user":"u","id":"second"}"#,
     )
     .await;
-    assert_error(response, 400, "field 'id' is given more than once").await;
+    assert_error(response, 400, "field 'id' is given more than once");
     for id in ["first", "second"] {
-        assert_eq!(app.get_image(id).await.status(), 404, "{id}");
+        assert_eq!(app.get_image(id).await.0, 404, "{id}");
     }
 
     app.seed("a", "ec2").await;
@@ -195,8 +205,8 @@ async fn a_duplicated_json_key_is_a_400_naming_it() {
         r#"{"name":"x","remote_user":"root","name":"y"}"#,
     )
     .await;
-    assert_error(response, 400, "field 'name' is given more than once").await;
-    let (_, image) = status_json(app.get_image("a").await).await;
+    assert_error(response, 400, "field 'name' is given more than once");
+    let (_, image) = app.get_image("a").await;
     assert_eq!(image["name"], "image a", "unchanged");
     assert_eq!(image["remote_user"], "ubuntu", "unchanged");
 }
@@ -208,7 +218,8 @@ async fn a_content_coding_the_server_does_not_decode_is_a_415() {
     let create = json!({"id": "b", "provider": "ec2", "remote_user": "u"}).to_string();
     for encoding in ["gzip", "br", "deflate, gzip", "x-custom"] {
         let response = app
-            .as_admin(Method::POST, "/v3/image")
+            .admin()
+            .request(Method::POST, "/v3/image")
             .header("content-type", "application/json")
             .header("content-encoding", encoding)
             .body(create.clone())
@@ -216,25 +227,30 @@ async fn a_content_coding_the_server_does_not_decode_is_a_415() {
             .await
             .unwrap();
         assert_error(
-            response,
+            status_json(response).await,
             415,
             &format!("Content-Encoding '{encoding}' is not supported"),
-        )
-        .await;
+        );
         let response = app
-            .as_admin(Method::PUT, "/v3/image/a")
+            .admin()
+            .request(Method::PUT, "/v3/image/a")
             .header("content-type", "application/json")
             .header("content-encoding", encoding)
             .body(r#"{"name":"x"}"#)
             .send()
             .await
             .unwrap();
-        assert_error(response, 415, "send the body uncompressed").await;
+        assert_error(
+            status_json(response).await,
+            415,
+            "send the body uncompressed",
+        );
     }
-    assert_eq!(app.get_image("b").await.status(), 404);
+    assert_eq!(app.get_image("b").await.0, 404);
     for encoding in ["identity", "IDENTITY"] {
         let response = app
-            .as_admin(Method::PUT, "/v3/image/a")
+            .admin()
+            .request(Method::PUT, "/v3/image/a")
             .header("content-type", "application/json")
             .header("content-encoding", encoding)
             .body(r#"{"name":"x"}"#)
@@ -257,27 +273,22 @@ async fn query_values_that_are_not_utf8_are_a_400() {
         ("/v3/audit?marker=%FF", "marker"),
         ("/v3/audit?limit=1&marker=%80", "marker"),
     ] {
-        let response = app.as_admin(Method::GET, path).send().await.unwrap();
+        let response = app.admin().get(path).await;
         assert_error(
             response,
             400,
             &format!("query parameter '{name}' is not valid UTF-8"),
-        )
-        .await;
+        );
     }
-    let response = app
-        .as_admin(Method::GET, "/v3/images?%FF=1")
-        .send()
-        .await
-        .unwrap();
-    assert_error(response, 400, "not valid UTF-8").await;
+    let response = app.admin().get("/v3/images?%FF=1").await;
+    assert_error(response, 400, "not valid UTF-8");
     // Valid UTF-8, percent-encoded, still works.
     for path in [
         "/v3/images?marker=%C3%A9",
         "/v3/images?limit=1&marker=%E3%82%A4",
     ] {
-        let response = app.as_admin(Method::GET, path).send().await.unwrap();
-        assert_eq!(response.status(), 200, "{path}");
+        let response = app.admin().get(path).await;
+        assert_eq!(response.0, 200, "{path}");
     }
 }
 
@@ -297,7 +308,7 @@ async fn invisible_characters_are_refused_on_create_and_update() {
     ] {
         let mut body = base.clone();
         body[field] = json!(value);
-        let (status, error) = status_json(app.create(body).await).await;
+        let (status, error) = app.create(body).await;
         assert_eq!(status, 400, "{field} {value:?}: {error}");
         let message = error["message"].as_str().unwrap();
         assert!(
@@ -305,23 +316,21 @@ async fn invisible_characters_are_refused_on_create_and_update() {
             "{message}"
         );
     }
-    assert_eq!(app.get_image("ami-1").await.status(), 404);
+    assert_eq!(app.get_image("ami-1").await.0, 404);
     // The joiners that scripts and emoji need stay allowed in text.
     let mut body = base.clone();
     body["name"] = json!("\u{1f468}\u{200d}\u{1f4bb} \u{915}\u{94d}\u{200c}\u{937}");
-    assert_eq!(app.create(body).await.status(), 200);
+    assert_eq!(app.create(body).await.0, 200);
 
     for (field, value, code_point) in [
         ("name", "x\u{200b}", "U+200B"),
         ("remote_user", "\u{2069}root", "U+2069"),
     ] {
         let response = app
-            .as_admin(Method::PUT, "/v3/image/ami-1")
-            .json(&json!({ field: value }))
-            .send()
-            .await
-            .unwrap();
-        assert_error(response, 400, code_point).await;
+            .admin()
+            .put("/v3/image/ami-1", &json!({ field: value }))
+            .await;
+        assert_error(response, 400, code_point);
     }
 }
 
@@ -342,41 +351,28 @@ async fn ids_stored_before_the_rule_stay_readable_and_deletable() {
     let app = spawn_app_in(dir, &config_text(DEFAULT_POLICIES, &default_users())).await;
     let path = format!("/v3/image/{}", encode(legacy));
 
-    let (status, image) = status_json(app.get_image(legacy).await).await;
+    let (status, image) = app.get_image(legacy).await;
     assert_eq!(status, 200);
     assert_eq!(image["id"], legacy);
     let response = app
-        .as_admin(
-            Method::GET,
-            &format!("/v3/images?limit=5&marker={}", encode("ami")),
-        )
-        .send()
-        .await
-        .unwrap();
-    let (_, list) = status_json(response).await;
+        .admin()
+        .get(&format!("/v3/images?limit=5&marker={}", encode("ami")))
+        .await;
+    let (_, list) = response;
     assert_eq!(list[0]["id"], legacy);
     let response = app
-        .as_admin(
-            Method::GET,
-            &format!("/v3/images?marker={}", encode(legacy)),
-        )
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(status_json(response).await, (200, json!([])));
+        .admin()
+        .get(&format!("/v3/images?marker={}", encode(legacy)))
+        .await;
+    assert_eq!(response, (200, json!([])));
 
     // An update of another field keeps the stored values it does not change.
-    let response = app
-        .as_admin(Method::PUT, &path)
-        .json(&json!({"name": "renamed"}))
-        .send()
-        .await
-        .unwrap();
-    let (status, updated) = status_json(response).await;
+    let response = app.admin().put(&path, &json!({"name": "renamed"})).await;
+    let (status, updated) = response;
     assert_eq!(status, 200, "{updated}");
     assert_eq!(updated["image"]["remote_user"], "u\u{200b}");
 
-    let response = app.as_admin(Method::DELETE, &path).send().await.unwrap();
-    assert_eq!(response.status(), 200);
-    assert_eq!(app.get_image(legacy).await.status(), 404);
+    let response = app.admin().delete(&path).await;
+    assert_eq!(response.0, 200);
+    assert_eq!(app.get_image(legacy).await.0, 404);
 }

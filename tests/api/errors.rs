@@ -9,8 +9,8 @@ use crate::helpers::{MAX_BODY, assert_error, spawn_app, status_json};
 async fn unknown_route_is_404_json() {
     let app = spawn_app().await;
     for path in ["/", "/v3", "/v3/imagez", "/v2/images", "/v3/image/a/b"] {
-        let response = app.as_admin(Method::GET, path).send().await.unwrap();
-        assert_error(response, 404, "no route GET").await;
+        let response = app.admin().get(path).await;
+        assert_error(response, 404, "no route GET");
     }
 }
 
@@ -27,17 +27,28 @@ async fn wrong_method_is_405_with_allow() {
         (Method::PUT, "/metrics", "GET, HEAD"),
         (Method::DELETE, "/v3/openapi.json", "GET, HEAD"),
     ] {
-        let response = app.as_admin(method.clone(), path).send().await.unwrap();
+        let response = app
+            .admin()
+            .request(method.clone(), path)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(response.headers()["allow"], allow, "{method} {path}");
-        assert_error(response, 405, &format!("method {method} is not allowed")).await;
+        assert_error(
+            status_json(response).await,
+            405,
+            &format!("method {method} is not allowed"),
+        );
     }
     // The plural path is the list; creating is the singular one.
     let response = app
-        .as_admin(Method::POST, "/v3/images")
+        .admin()
+        .request(Method::POST, "/v3/images")
         .send()
         .await
         .unwrap();
-    assert_error(response, 405, "to create an image, POST to /v3/image").await;
+    let response = status_json(response).await;
+    assert_error(response, 405, "to create an image, POST to /v3/image");
 }
 
 #[tokio::test]
@@ -52,7 +63,8 @@ async fn accept_must_admit_json() {
         "APPLICATION/JSON; charset=utf-8",
     ] {
         let response = app
-            .as_reader(Method::GET, "/v3/image/a")
+            .reader()
+            .request(Method::GET, "/v3/image/a")
             .header("accept", accept)
             .send()
             .await
@@ -66,12 +78,13 @@ async fn accept_must_admit_json() {
         "text/*",
     ] {
         let response = app
-            .as_reader(Method::GET, "/v3/image/a")
+            .reader()
+            .request(Method::GET, "/v3/image/a")
             .header("accept", accept)
             .send()
             .await
             .unwrap();
-        assert_error(response, 406, accept).await;
+        assert_error(status_json(response).await, 406, accept);
     }
 }
 
@@ -80,33 +93,48 @@ async fn writes_need_a_json_content_type() {
     let app = spawn_app().await;
     let body = r#"{"id":"a","provider":"ec2","remote_user":"u"}"#;
     let post = |content_type: Option<&str>| {
-        let mut request = app.as_admin(Method::POST, "/v3/image").body(body);
+        let mut request = app.admin().request(Method::POST, "/v3/image").body(body);
         if let Some(ct) = content_type {
             request = request.header("content-type", ct);
         }
         request.send()
     };
-    assert_error(post(None).await.unwrap(), 415, "no Content-Type").await;
-    assert_error(post(Some("text/plain")).await.unwrap(), 415, "'text/plain'").await;
     assert_error(
-        post(Some("application/x-www-form-urlencoded"))
-            .await
-            .unwrap(),
+        status_json(post(None).await.unwrap()).await,
+        415,
+        "no Content-Type",
+    );
+    assert_error(
+        status_json(post(Some("text/plain")).await.unwrap()).await,
+        415,
+        "'text/plain'",
+    );
+    assert_error(
+        status_json(
+            post(Some("application/x-www-form-urlencoded"))
+                .await
+                .unwrap(),
+        )
+        .await,
         415,
         "application/json",
-    )
-    .await;
+    );
     let response = post(Some("application/json; charset=utf-8")).await.unwrap();
     assert_eq!(response.status(), 200);
 
     let response = app
-        .as_admin(Method::PUT, "/v3/image/a")
+        .admin()
+        .request(Method::PUT, "/v3/image/a")
         .header("content-type", "text/plain")
         .body(r#"{"name":"x"}"#)
         .send()
         .await
         .unwrap();
-    assert_error(response, 415, "Content-Type must be application/json").await;
+    assert_error(
+        status_json(response).await,
+        415,
+        "Content-Type must be application/json",
+    );
 }
 
 #[tokio::test]
@@ -116,13 +144,14 @@ async fn bodies_over_the_limit_are_413() {
     let response = app
         .create(json!({"id": "big", "provider": "ec2", "remote_user": "u", "name": name}))
         .await;
-    assert_error(response, 413, &format!("{MAX_BODY} bytes")).await;
+    assert_error(response, 413, &format!("{MAX_BODY} bytes"));
 
     // Without a Content-Length the limit still holds while reading.
     let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
         vec![Ok(vec![b' '; MAX_BODY]), Ok(b"{}".to_vec())];
     let response = app
-        .as_admin(Method::POST, "/v3/image")
+        .admin()
+        .request(Method::POST, "/v3/image")
         .header("content-type", "application/json")
         .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
             chunks,
@@ -130,8 +159,8 @@ async fn bodies_over_the_limit_are_413() {
         .send()
         .await
         .unwrap();
-    assert_error(response, 413, "larger than").await;
-    assert_error(app.get_image("big").await, 404, "big").await;
+    assert_error(status_json(response).await, 413, "larger than");
+    assert_error(app.get_image("big").await, 404, "big");
 }
 
 #[tokio::test]
@@ -149,22 +178,24 @@ async fn malformed_bodies_are_400_naming_the_problem() {
         ),
     ] {
         let response = app
-            .as_admin(Method::POST, "/v3/image")
+            .admin()
+            .request(Method::POST, "/v3/image")
             .header("content-type", "application/json")
             .body(body)
             .send()
             .await
             .unwrap();
-        assert_error(response, 400, words).await;
+        assert_error(status_json(response).await, 400, words);
     }
     let invalid_utf8 = app
-        .as_admin(Method::POST, "/v3/image")
+        .admin()
+        .request(Method::POST, "/v3/image")
         .header("content-type", "application/json")
         .body(vec![b'"', 0xff, b'"'])
         .send()
         .await
         .unwrap();
-    assert_error(invalid_utf8, 400, "not valid JSON").await;
+    assert_error(status_json(invalid_utf8).await, 400, "not valid JSON");
 }
 
 #[tokio::test]
@@ -176,8 +207,8 @@ async fn bad_path_and_query_values_are_400() {
         ("/v3/image/%FF", "not valid UTF-8"),
         ("/v3/image/%C3", "not valid UTF-8"),
     ] {
-        let response = app.as_reader(Method::GET, path).send().await.unwrap();
-        assert_error(response, 400, words).await;
+        let response = app.reader().get(path).await;
+        assert_error(response, 400, words);
     }
     for query in [
         "limit=abc",
@@ -189,12 +220,8 @@ async fn bad_path_and_query_values_are_400() {
         "limt=5",
         "limit=1&limit=2",
     ] {
-        let response = app
-            .as_reader(Method::GET, &format!("/v3/images?{query}"))
-            .send()
-            .await
-            .unwrap();
-        assert_error(response, 400, "").await;
+        let response = app.reader().get(&format!("/v3/images?{query}")).await;
+        assert_error(response, 400, "");
     }
 }
 
@@ -229,7 +256,6 @@ async fn request_ids_are_echoed_when_sane_and_made_otherwise() {
 #[tokio::test]
 async fn healthz_answers_without_credentials() {
     let app = spawn_app().await;
-    let (status, body) =
-        status_json(app.request(Method::GET, "/healthz").send().await.unwrap()).await;
+    let (status, body) = app.get("/healthz").await;
     assert_eq!((status, body), (200, json!({"status": "ok"})));
 }

@@ -1,7 +1,12 @@
+use std::borrow::Borrow;
+use std::path::PathBuf;
 use std::sync::OnceLock;
+
+use actix_web::web;
 
 use argon2::password_hash::{PasswordHasher, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
+use image_catalog::app::AppState;
 use image_catalog::config::Config;
 use image_catalog::startup::Application;
 use reqwest::{Method, RequestBuilder, Response};
@@ -88,19 +93,37 @@ cache_mb = 8
     )
 }
 
+/// The default test config with its data in `data`.
+pub fn config_in(data: &std::path::Path) -> String {
+    edit(
+        &config_text(DEFAULT_POLICIES, &default_users()),
+        "data_dir = \"data\"",
+        &format!("data_dir = {:?}", data.display().to_string()),
+    )
+}
+
 /// The default test config with `server` added to its `[server]` table and `extra`
 /// (more tables) at its end.
 pub fn config_with(server: &str, extra: &str) -> String {
-    let text = config_text(DEFAULT_POLICIES, &default_users()).replace(
+    let text = edit(
+        &config_text(DEFAULT_POLICIES, &default_users()),
         &format!("max_body_bytes = {MAX_BODY}\n"),
         &format!("max_body_bytes = {MAX_BODY}\n{server}\n"),
     );
     format!("{text}\n{extra}\n")
 }
 
+/// The real server, started in-process on 127.0.0.1:0 in a temporary folder.
+///
+/// `app.get(path)` and friends ask without credentials; `app.admin()`, `app.reader()`,
+/// `app.user(name, password)` and `app.bearer(token)` ask as someone. They answer
+/// `(status, json)` and check the content type every JSON response must have;
+/// `request(method, path)` gives the raw request for tests that need headers.
 pub struct TestApp {
     pub address: String,
     pub client: reqwest::Client,
+    state: web::Data<AppState>,
+    config_path: PathBuf,
     /// Kept so the folder outlives the server.
     _dir: TempDir,
 }
@@ -120,14 +143,32 @@ pub async fn spawn_app_in(dir: TempDir, config: &str) -> TestApp {
     let path = dir.path().join("config.toml");
     std::fs::write(&path, config).unwrap();
     let config = Config::load(&path).expect("test config is valid");
-    let app = Application::build(config, Some(path)).expect("server starts");
+    let app = Application::build(config, Some(path.clone())).expect("server starts");
     let address = format!("http://{}", app.address());
+    let state = app.state();
     tokio::spawn(app.run_until_stopped());
     TestApp {
         address,
         client: reqwest::Client::new(),
+        state,
+        config_path: path,
         _dir: dir,
     }
+}
+
+#[derive(Clone, Copy)]
+enum Credentials<'a> {
+    None,
+    Basic(&'a str, &'a str),
+    Bearer(&'a str),
+}
+
+/// Requests to a server (a [`TestApp`], or a child's address) with one set of
+/// credentials.
+pub struct Caller<'a> {
+    client: reqwest::Client,
+    address: &'a str,
+    credentials: Credentials<'a>,
 }
 
 impl TestApp {
@@ -136,45 +177,184 @@ impl TestApp {
         self.address.trim_start_matches("http://")
     }
 
+    /// Writes `config` over the server's config.toml and reloads it, as SIGHUP does.
+    pub fn reload(&self, config: &str) {
+        std::fs::write(&self.config_path, config).unwrap();
+        self.state.reload();
+    }
+
+    pub fn anonymous(&self) -> Caller<'_> {
+        Caller::at(&self.address).via(&self.client)
+    }
+
+    pub fn admin(&self) -> Caller<'_> {
+        self.anonymous().admin()
+    }
+
+    pub fn reader(&self) -> Caller<'_> {
+        self.anonymous().reader()
+    }
+
+    pub fn user<'a>(&'a self, name: &'a str, password: &'a str) -> Caller<'a> {
+        self.anonymous().user(name, password)
+    }
+
+    pub fn bearer<'a>(&'a self, token: &'a str) -> Caller<'a> {
+        self.anonymous().bearer(token)
+    }
+
+    /// A request without credentials.
     pub fn request(&self, method: Method, path: &str) -> RequestBuilder {
         self.client
             .request(method, format!("{}{}", self.address, path))
     }
 
-    pub fn as_admin(&self, method: Method, path: &str) -> RequestBuilder {
-        self.request(method, path)
-            .basic_auth(ADMIN.0, Some(ADMIN.1))
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        self.anonymous().get(path).await
     }
 
-    pub fn as_reader(&self, method: Method, path: &str) -> RequestBuilder {
-        self.request(method, path)
-            .basic_auth(READER.0, Some(READER.1))
-    }
-
-    pub async fn create(&self, body: Value) -> Response {
-        self.as_admin(Method::POST, "/v3/image")
-            .json(&body)
-            .send()
-            .await
-            .unwrap()
+    /// Creates an image as the admin.
+    pub async fn create(&self, body: Value) -> (u16, Value) {
+        self.admin().post("/v3/image", body).await
     }
 
     /// Creates an image that must succeed.
     pub async fn seed(&self, id: &str, provider: &str) {
-        let response = self
+        let (status, body) = self
             .create(serde_json::json!({
                 "id": id, "provider": provider, "remote_user": "ubuntu", "name": format!("image {id}")
             }))
             .await;
-        assert_eq!(response.status(), 200, "seeding {id}");
+        assert_eq!(status, 200, "seeding {id}: {body}");
     }
 
-    pub async fn get_image(&self, id: &str) -> Response {
-        self.as_reader(Method::GET, &format!("/v3/image/{}", encode(id)))
+    /// The image `id` as the reader sees it.
+    pub async fn get_image(&self, id: &str) -> (u16, Value) {
+        self.reader().get(&image_path(id)).await
+    }
+
+    /// The raw response to the reader's GET of image `id`, for its headers.
+    pub async fn get_image_response(&self, id: &str) -> Response {
+        self.reader()
+            .request(Method::GET, &image_path(id))
             .send()
             .await
             .unwrap()
     }
+
+    /// The number in `/metrics` of the line that starts with `prefix`.
+    pub async fn metric(&self, prefix: &str) -> Option<f64> {
+        let response = self.request(Method::GET, "/metrics").send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        metric(&response.text().await.unwrap(), prefix)
+    }
+}
+
+impl<'a> Caller<'a> {
+    /// Requests without credentials to the server at `address` (`http://host:port`).
+    pub fn at(address: &'a str) -> Caller<'a> {
+        Caller {
+            client: reqwest::Client::new(),
+            address,
+            credentials: Credentials::None,
+        }
+    }
+
+    /// Sends through `client` (e.g. one bound to another local address).
+    pub fn via(self, client: &reqwest::Client) -> Caller<'a> {
+        Caller {
+            client: client.clone(),
+            ..self
+        }
+    }
+
+    pub fn admin(self) -> Caller<'a> {
+        self.user(ADMIN.0, ADMIN.1)
+    }
+
+    pub fn reader(self) -> Caller<'a> {
+        self.user(READER.0, READER.1)
+    }
+
+    pub fn user(self, name: &'a str, password: &'a str) -> Caller<'a> {
+        Caller {
+            credentials: Credentials::Basic(name, password),
+            ..self
+        }
+    }
+
+    pub fn bearer(self, token: &'a str) -> Caller<'a> {
+        Caller {
+            credentials: Credentials::Bearer(token),
+            ..self
+        }
+    }
+
+    /// The raw request, with these credentials.
+    pub fn request(&self, method: Method, path: &str) -> RequestBuilder {
+        let request = self
+            .client
+            .request(method, format!("{}{}", self.address, path));
+        match self.credentials {
+            Credentials::None => request,
+            Credentials::Basic(name, password) => request.basic_auth(name, Some(password)),
+            Credentials::Bearer(token) => request.bearer_auth(token),
+        }
+    }
+
+    async fn send(&self, method: Method, path: &str, body: Option<&Value>) -> (u16, Value) {
+        let mut request = self.request(method, path);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        status_json(request.send().await.unwrap()).await
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        self.send(Method::GET, path, None).await
+    }
+
+    pub async fn post(&self, path: &str, body: impl Borrow<Value>) -> (u16, Value) {
+        self.send(Method::POST, path, Some(body.borrow())).await
+    }
+
+    pub async fn put(&self, path: &str, body: impl Borrow<Value>) -> (u16, Value) {
+        self.send(Method::PUT, path, Some(body.borrow())).await
+    }
+
+    pub async fn delete(&self, path: &str) -> (u16, Value) {
+        self.send(Method::DELETE, path, None).await
+    }
+}
+
+/// `/v3/image/{id}` with `id` percent-encoded.
+pub fn image_path(id: &str) -> String {
+    format!("/v3/image/{}", encode(id))
+}
+
+/// The value of the metric line that starts with `prefix`, if any.
+pub fn metric(text: &str, prefix: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Fails the test, rather than hanging it, if `event` has not happened in a minute.
+pub async fn within_a_minute<T>(event: &str, future: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(std::time::Duration::from_secs(60), future)
+        .await
+        .unwrap_or_else(|_| panic!("gave up after a minute waiting for: {event}"))
+}
+
+/// `text` with `from` replaced by `to`; panics naming `from` when `text` does not hold
+/// it, so that a test whose config edit silently stopped matching fails loudly.
+pub fn edit(text: &str, from: &str, to: &str) -> String {
+    assert!(
+        text.contains(from),
+        "the text to edit does not contain {from:?}:\n{text}"
+    );
+    text.replace(from, to)
 }
 
 /// Percent-encodes a path segment.
@@ -199,9 +379,8 @@ pub async fn status_json(response: Response) -> (u16, Value) {
     (status, body)
 }
 
-/// Asserts an error response: its status, the one JSON shape, and words of the message.
-pub async fn assert_error(response: Response, status: u16, words: &str) {
-    let (got, body) = status_json(response).await;
+/// Asserts an error answer: its status, the one JSON shape, and words of the message.
+pub fn assert_error((got, body): (u16, Value), status: u16, words: &str) {
     assert_eq!(got, status, "{body}");
     let object = body.as_object().expect("error body is an object");
     assert_eq!(object.len(), 1, "only a message: {body}");
@@ -210,4 +389,10 @@ pub async fn assert_error(response: Response, status: u16, words: &str) {
         message.contains(words),
         "message {message:?} should contain {words:?}"
     );
+}
+
+#[test]
+#[should_panic(expected = "does not contain \"port = 1\"")]
+fn an_edit_that_matches_nothing_fails_naming_what_it_looked_for() {
+    edit(&config_text(DEFAULT_POLICIES, ""), "port = 1", "port = 2");
 }

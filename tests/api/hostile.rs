@@ -6,7 +6,6 @@
 //! time to pass. The only timers pace the slow clients' own bytes, and a one-minute
 //! guard turns a server that never acts into a failure instead of a hung test.
 
-use std::future::Future;
 use std::time::Duration;
 
 use base64::Engine;
@@ -14,7 +13,7 @@ use reqwest::Method;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::helpers::{ADMIN, TestApp, config_with, spawn_app, spawn_app_with};
+use crate::helpers::{ADMIN, TestApp, config_with, spawn_app, spawn_app_with, within_a_minute};
 
 /// One response read off a raw socket.
 #[derive(Debug)]
@@ -26,13 +25,6 @@ struct RawResponse {
 
 async fn connect(app: &TestApp) -> TcpStream {
     TcpStream::connect(app.socket_address()).await.unwrap()
-}
-
-/// Fails the test, rather than hanging it, if `event` has not happened in a minute.
-async fn guard<T>(event: &str, future: impl Future<Output = T>) -> T {
-    tokio::time::timeout(Duration::from_secs(60), future)
-        .await
-        .unwrap_or_else(|_| panic!("gave up after a minute waiting for: {event}"))
 }
 
 /// Reads one response, or `None` if the connection ends first.
@@ -84,7 +76,7 @@ async fn get_healthz(stream: &mut (impl AsyncRead + AsyncWrite + Unpin)) -> RawR
         .write_all(b"GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n")
         .await
         .unwrap();
-    guard("an answer to GET /healthz", read_response(stream))
+    within_a_minute("an answer to GET /healthz", read_response(stream))
         .await
         .expect("an answer to GET /healthz")
 }
@@ -92,7 +84,7 @@ async fn get_healthz(stream: &mut (impl AsyncRead + AsyncWrite + Unpin)) -> RawR
 /// A well-behaved client is served while the hostile ones are connected.
 async fn assert_others_served(app: &TestApp) {
     for _ in 0..3 {
-        let response = guard(
+        let response = within_a_minute(
             "a well-behaved client's answer",
             app.request(Method::GET, "/healthz").send(),
         )
@@ -132,7 +124,7 @@ async fn trickle(stream: TcpStream, head: String) -> (usize, Option<u16>) {
         }
         sent += 1;
     }
-    let status = guard("the server to close a trickling connection", reading)
+    let status = within_a_minute("the server to close a trickling connection", reading)
         .await
         .unwrap();
     (sent, status)
@@ -158,11 +150,11 @@ async fn silent_and_trickled_request_heads_are_cut_off_with_408() {
     }
     assert_others_served(&app).await;
     for mut stream in silent {
-        let response = guard("a 408 to a silent client", read_response(&mut stream))
+        let response = within_a_minute("a 408 to a silent client", read_response(&mut stream))
             .await
             .expect("a 408 before the close");
         assert_eq!(response.status, 408);
-        guard("the close", closed_by_server(&mut stream)).await;
+        within_a_minute("the close", closed_by_server(&mut stream)).await;
     }
     for task in trickling {
         let (sent, status) = task.await.unwrap();
@@ -175,7 +167,7 @@ async fn idle_keep_alive_connections_are_closed() {
     let app = spawn_app_with(&config_with("keep_alive_ms = 200", "")).await;
     let mut stream = connect(&app).await;
     assert_eq!(get_healthz(&mut stream).await.status, 200);
-    guard(
+    within_a_minute(
         "the close of an idle connection",
         closed_by_server(&mut stream),
     )
@@ -216,7 +208,7 @@ async fn a_trickled_body_is_cut_off_with_408_and_the_connection_closed() {
             assert_others_served(&app).await;
         }
     }
-    let response = guard("the answer and the close", reading)
+    let response = within_a_minute("the answer and the close", reading)
         .await
         .unwrap()
         .expect("an answer before the close");
@@ -265,7 +257,7 @@ async fn an_endless_body_is_refused_and_its_connection_closed() {
         }
         // Ends the body at last, in case the server was still reading it.
         drop(writer);
-        let response = guard("the answer and the close", reading)
+        let response = within_a_minute("the answer and the close", reading)
             .await
             .unwrap()
             .expect("an answer before the close");
@@ -297,11 +289,12 @@ async fn oversize_request_heads_are_refused_with_431() {
             let _ = writer.write_all(head.as_bytes()).await;
             writer
         });
-        let response = guard("the answer to an oversize head", read_response(&mut reader))
-            .await
-            .expect("an answer before the close");
+        let response =
+            within_a_minute("the answer to an oversize head", read_response(&mut reader))
+                .await
+                .expect("an answer before the close");
         assert_eq!(response.status, 431, "{response:?}");
-        guard("the close", closed_by_server(&mut reader)).await;
+        within_a_minute("the close", closed_by_server(&mut reader)).await;
         drop(writing);
         assert_others_served(&app).await;
     }
@@ -337,7 +330,7 @@ async fn connections_past_the_limit_get_503_while_the_others_are_served() {
             "{}",
             response.body
         );
-        guard(
+        within_a_minute(
             "the close of a refused connection",
             closed_by_server(&mut extra),
         )
@@ -394,7 +387,7 @@ async fn one_address_holding_idle_connections_does_not_refuse_another() {
             "{}",
             response.body
         );
-        guard(
+        within_a_minute(
             "the close of a refused connection",
             closed_by_server(&mut stream),
         )

@@ -12,12 +12,11 @@ fn image(id: &str) -> Value {
 #[tokio::test]
 async fn create_then_show_gives_the_exact_shapes() {
     let app = spawn_app().await;
-    let response = app.create(image("ami-0abc")).await;
-    let (status, body) = status_json(response).await;
+    let (status, body) = app.create(image("ami-0abc")).await;
     assert_eq!(status, 200);
     assert_eq!(body, json!({"id": "ami-0abc", "message": "Created"}));
 
-    let response = app.get_image("ami-0abc").await;
+    let response = app.get_image_response("ami-0abc").await;
     assert!(response.headers().get("etag").is_some());
     let (status, body) = status_json(response).await;
     assert_eq!(status, 200);
@@ -28,8 +27,8 @@ async fn create_then_show_gives_the_exact_shapes() {
 async fn create_without_name_stores_an_empty_name() {
     let app = spawn_app().await;
     let body = json!({"id": "tmpl-1", "provider": "static", "remote_user": "root"});
-    assert_eq!(app.create(body).await.status(), 200);
-    let (_, shown) = status_json(app.get_image("tmpl-1").await).await;
+    assert_eq!(app.create(body).await.0, 200);
+    let (_, shown) = app.get_image("tmpl-1").await;
     assert_eq!(
         shown,
         json!({"id": "tmpl-1", "provider": "static", "remote_user": "root", "name": ""})
@@ -42,8 +41,8 @@ async fn create_of_an_existing_id_is_409_and_changes_nothing() {
     app.seed("ami-1", "ec2").await;
     let mut other = image("ami-1");
     other["remote_user"] = json!("centos");
-    assert_error(app.create(other).await, 409, "'ami-1' already exists").await;
-    let (_, shown) = status_json(app.get_image("ami-1").await).await;
+    assert_error(app.create(other).await, 409, "'ami-1' already exists");
+    let (_, shown) = app.get_image("ami-1").await;
     assert_eq!(shown["remote_user"], "ubuntu");
 }
 
@@ -58,7 +57,7 @@ async fn concurrent_creates_of_one_id_let_exactly_one_win() {
     let statuses: Vec<u16> = futures_util::future::join_all(attempts)
         .await
         .iter()
-        .map(|r| r.status().as_u16())
+        .map(|(status, _)| *status)
         .collect();
     assert_eq!(
         statuses.iter().filter(|&&s| s == 200).count(),
@@ -78,7 +77,8 @@ async fn update_changes_remote_user_and_name_only() {
     app.seed("ami-1", "ec2").await;
 
     let response = app
-        .as_admin(Method::PUT, "/v3/image/ami-1")
+        .admin()
+        .request(Method::PUT, "/v3/image/ami-1")
         .json(&json!({"name": "renamed"}))
         .send()
         .await
@@ -97,15 +97,10 @@ async fn update_changes_remote_user_and_name_only() {
     // A client sending the whole image back, with id and provider unchanged.
     let whole =
         json!({"id": "ami-1", "provider": "ec2", "remote_user": "ec2-user", "name": "renamed"});
-    let response = app
-        .as_admin(Method::PUT, "/v3/image/ami-1")
-        .json(&whole)
-        .send()
-        .await
-        .unwrap();
-    let (status, body) = status_json(response).await;
+    let response = app.admin().put("/v3/image/ami-1", &whole).await;
+    let (status, body) = response;
     assert_eq!((status, &body["image"]), (200, &whole));
-    let (_, shown) = status_json(app.get_image("ami-1").await).await;
+    let (_, shown) = app.get_image("ami-1").await;
     assert_eq!(shown, whole);
 }
 
@@ -129,15 +124,10 @@ async fn update_refuses_to_change_id_or_provider() {
         ),
         (json!({"remote_user": ""}), "remote_user must be 1 to 64"),
     ] {
-        let response = app
-            .as_admin(Method::PUT, "/v3/image/ami-1")
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        assert_error(response, 400, words).await;
+        let response = app.admin().put("/v3/image/ami-1", &body).await;
+        assert_error(response, 400, words);
     }
-    let (_, shown) = status_json(app.get_image("ami-1").await).await;
+    let (_, shown) = app.get_image("ami-1").await;
     assert_eq!(shown["name"], "image ami-1", "nothing changed");
     assert_eq!(shown["provider"], "ec2");
 }
@@ -146,33 +136,31 @@ async fn update_refuses_to_change_id_or_provider() {
 async fn update_and_delete_of_an_unknown_id_are_404() {
     let app = spawn_app().await;
     let response = app
-        .as_admin(Method::PUT, "/v3/image/nope")
-        .json(&json!({"name": "x"}))
-        .send()
-        .await
-        .unwrap();
-    assert_error(response, 404, "no image with id 'nope'").await;
-    let response = app
-        .as_admin(Method::DELETE, "/v3/image/nope")
-        .send()
-        .await
-        .unwrap();
-    assert_error(response, 404, "no image with id 'nope'").await;
-    assert_error(app.get_image("nope").await, 404, "'nope'").await;
+        .admin()
+        .put("/v3/image/nope", &json!({"name": "x"}))
+        .await;
+    assert_error(response, 404, "no image with id 'nope'");
+    let response = app.admin().delete("/v3/image/nope").await;
+    assert_error(response, 404, "no image with id 'nope'");
+    assert_error(app.get_image("nope").await, 404, "'nope'");
 }
 
 #[tokio::test]
 async fn delete_removes_and_a_second_delete_is_404() {
     let app = spawn_app().await;
     app.seed("ami-1", "ec2").await;
-    let delete = || app.as_admin(Method::DELETE, "/v3/image/ami-1").send();
+    let delete = || {
+        app.admin()
+            .request(Method::DELETE, "/v3/image/ami-1")
+            .send()
+    };
     let (status, body) = status_json(delete().await.unwrap()).await;
     assert_eq!(
         (status, body),
         (200, json!({"id": "ami-1", "message": "Deleted"}))
     );
-    assert_error(delete().await.unwrap(), 404, "'ami-1'").await;
-    assert_error(app.get_image("ami-1").await, 404, "'ami-1'").await;
+    assert_error(status_json(delete().await.unwrap()).await, 404, "'ami-1'");
+    assert_error(app.get_image("ami-1").await, 404, "'ami-1'");
 }
 
 #[tokio::test]
@@ -289,13 +277,12 @@ async fn field_rules_hold_on_both_sides_of_each_limit() {
             if body["id"] == "x" {
                 body["id"] = json!(format!("ok-{i}"));
             }
-            let response = app.create(body.clone()).await;
-            assert_eq!(response.status(), 200, "{body}");
+            assert_eq!(app.create(body.clone()).await.0, 200, "{body}");
             let id = body["id"].as_str().unwrap();
-            let (_, shown) = status_json(app.get_image(id).await).await;
+            let (_, shown) = app.get_image(id).await;
             assert_eq!(shown, body, "stored exactly as sent");
         } else {
-            assert_error(app.create(body).await, 400, words).await;
+            assert_error(app.create(body).await, 400, words);
         }
     }
 }
@@ -305,13 +292,12 @@ async fn odd_but_valid_ids_work_in_paths() {
     let app = spawn_app().await;
     for id in ["ubuntu:22.04", "イメージ-1", "a.b~c", "...", "x+y&z=1"] {
         app.seed(id, "openstack").await;
-        let (status, body) = status_json(app.get_image(id).await).await;
+        let (status, body) = app.get_image(id).await;
         assert_eq!((status, body["id"].as_str()), (200, Some(id)));
         let response = app
-            .as_admin(Method::DELETE, &format!("/v3/image/{}", encode(id)))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 200, "{id}");
+            .admin()
+            .delete(&format!("/v3/image/{}", encode(id)))
+            .await;
+        assert_eq!(response.0, 200, "{id}");
     }
 }

@@ -51,7 +51,12 @@ async fn walk(app: &TestApp, first: &str) -> (Vec<String>, usize) {
     let mut pages = 0;
     let mut next = Some(first.to_owned());
     while let Some(path) = next {
-        let response = app.as_reader(Method::GET, &path).send().await.unwrap();
+        let response = app
+            .reader()
+            .request(Method::GET, &path)
+            .send()
+            .await
+            .unwrap();
         next = next_link(&response);
         let (status, body) = status_json(response).await;
         assert_eq!(status, 200, "{path}");
@@ -72,13 +77,7 @@ async fn paging_walks_the_catalog_exactly_once() {
     assert_eq!(pages, 300_usize.div_ceil(7));
 
     // The whole catalog without limit, streamed, is the same list.
-    let (_, body) = status_json(
-        app.as_reader(Method::GET, "/v3/images")
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (_, body) = app.reader().get("/v3/images").await;
     assert_eq!(ids_of(&body), all);
 
     // A page size that divides the catalog: the last full page has no Link.
@@ -97,13 +96,7 @@ async fn paging_keeps_the_provider_filter() {
         .collect();
     let (seen, _) = walk(&app, "/v3/images?provider=openstack&limit=5").await;
     assert_eq!(seen, expected);
-    let (_, body) = status_json(
-        app.as_reader(Method::GET, "/v3/images?provider=openstack")
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (_, body) = app.reader().get("/v3/images?provider=openstack").await;
     assert_eq!(ids_of(&body), expected);
     for item in body.as_array().unwrap() {
         assert_eq!(item["provider"], "openstack");
@@ -117,7 +110,8 @@ async fn marker_starts_after_the_given_id() {
         app.seed(id, "ec2").await;
     }
     let get = |q: &str| {
-        app.as_reader(Method::GET, &format!("/v3/images?{q}"))
+        app.reader()
+            .request(Method::GET, &format!("/v3/images?{q}"))
             .send()
     };
     let (_, body) = status_json(get("marker=b").await.unwrap()).await;
@@ -142,33 +136,22 @@ async fn the_list_is_sorted_by_id_bytes() {
     for id in ["b", "B", "a", "é", "Z", "10", "9"] {
         app.seed(id, "static").await;
     }
-    let (_, body) = status_json(
-        app.as_reader(Method::GET, "/v3/images")
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (_, body) = app.reader().get("/v3/images").await;
     assert_eq!(ids_of(&body), ["10", "9", "B", "Z", "a", "b", "é"]);
 }
 
 #[tokio::test]
 async fn an_unlisted_provider_is_400_naming_the_allowed_ones() {
     let app = spawn_app().await;
-    let response = app
-        .as_reader(Method::GET, "/v3/images?provider=azure")
-        .send()
-        .await
-        .unwrap();
-    assert_error(response, 400, "ec2, openstack, static").await;
+    let response = app.reader().get("/v3/images?provider=azure").await;
+    assert_error(response, 400, "ec2, openstack, static");
 }
 
 #[tokio::test]
 async fn empty_catalog_lists_as_an_empty_array() {
     let app = spawn_app().await;
     for path in ["/v3/images", "/v3/images?limit=10"] {
-        let (status, body) =
-            status_json(app.as_reader(Method::GET, path).send().await.unwrap()).await;
+        let (status, body) = app.reader().get(path).await;
         assert_eq!((status, body), (200, serde_json::json!([])));
     }
 }
@@ -181,7 +164,8 @@ async fn a_repeated_page_reflects_every_acknowledged_change() {
     }
     let page = || async {
         let response = app
-            .as_reader(Method::GET, "/v3/images?limit=2")
+            .reader()
+            .request(Method::GET, "/v3/images?limit=2")
             .send()
             .await
             .unwrap();
@@ -205,26 +189,16 @@ async fn a_repeated_page_reflects_every_acknowledged_change() {
             Some("/v3/images?limit=2&marker=b".into())
         )
     );
-    let response = app
-        .as_admin(Method::DELETE, "/v3/image/a")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
+    let response = app.admin().delete("/v3/image/a").await;
+    assert_eq!(response.0, 200);
     assert_eq!(page().await.0, ["b", "c"]);
     let response = app
-        .as_admin(Method::PUT, "/v3/image/b")
-        .json(&serde_json::json!({"name": "renamed"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    let response = app
-        .as_reader(Method::GET, "/v3/images?limit=2")
-        .send()
-        .await
-        .unwrap();
-    let (_, body) = status_json(response).await;
+        .admin()
+        .put("/v3/image/b", &serde_json::json!({"name": "renamed"}))
+        .await;
+    assert_eq!(response.0, 200);
+    let response = app.reader().get("/v3/images?limit=2").await;
+    let (_, body) = response;
     assert_eq!(body[0]["name"], "renamed");
 }
 
@@ -258,11 +232,7 @@ async fn filtered_scans_do_not_stall_other_requests() {
     tokio::task::spawn_blocking(move || big_catalog(&built, 150_000))
         .await
         .unwrap();
-    let config = crate::helpers::config_text(
-        crate::helpers::DEFAULT_POLICIES,
-        &crate::helpers::default_users(),
-    )
-    .replace("data_dir = \"data\"", &format!("data_dir = {data:?}"));
+    let config = crate::helpers::config_in(&data);
     let app = crate::helpers::spawn_app_with(&config).await;
     let app = std::sync::Arc::new(app);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -277,7 +247,12 @@ async fn filtered_scans_do_not_stall_other_requests() {
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                     let path =
                         format!("/v3/images?provider=static&limit=5&marker=0-{client}-{round}");
-                    let response = app.as_reader(Method::GET, &path).send().await.unwrap();
+                    let response = app
+                        .reader()
+                        .request(Method::GET, &path)
+                        .send()
+                        .await
+                        .unwrap();
                     assert_eq!(response.status(), 200);
                     assert_eq!(response.text().await.unwrap(), "[]");
                     if round == 0 {

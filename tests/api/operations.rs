@@ -7,19 +7,16 @@ use image_catalog::logging::QUEUE_BYTES;
 use reqwest::Method;
 
 use crate::helpers::{
-    ADMIN, BOT_TOKEN, DEFAULT_POLICIES, READER, config_text, default_users, spawn_app, status_json,
+    ADMIN, BOT_TOKEN, DEFAULT_POLICIES, READER, config_text, default_users, metric, spawn_app,
+    within_a_minute,
 };
 use crate::process::{ChildServer, binary, write_config};
 
 #[tokio::test]
 async fn the_document_covers_every_route_with_its_policy() {
     let app = spawn_app().await;
-    let response = app
-        .request(Method::GET, "/v3/openapi.json")
-        .send()
-        .await
-        .unwrap();
-    let (status, doc) = status_json(response).await;
+    let response = app.get("/v3/openapi.json").await;
+    let (status, doc) = response;
     assert_eq!(status, 200, "open to anyone");
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
     assert_eq!(
@@ -65,26 +62,14 @@ async fn the_document_covers_every_route_with_its_policy() {
     );
 }
 
-/// The value of the metric line that starts with `prefix`, if any.
-fn metric(text: &str, prefix: &str) -> Option<f64> {
-    text.lines()
-        .find(|l| l.starts_with(prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
-
 #[tokio::test]
 async fn metrics_count_requests_failures_and_images() {
     let app = spawn_app().await;
     app.seed("a", "ec2").await;
     app.seed("b", "ec2").await;
     for _ in 0..3 {
-        let response = app
-            .as_reader(Method::GET, "/v3/image/a")
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 200);
+        let response = app.reader().get("/v3/image/a").await;
+        assert_eq!(response.0, 200);
     }
     let wrong = app
         .request(Method::GET, "/v3/images")
@@ -270,9 +255,8 @@ async fn a_log_nobody_reads_drops_lines_counts_them_and_says_so_once_read() {
             .map_while(Result::ok)
             .find(|line| line.contains("log lines were dropped while the log was not being read"))
     });
-    let warning = tokio::time::timeout(std::time::Duration::from_secs(60), warning)
+    let warning = within_a_minute("the warning", warning)
         .await
-        .expect("the warning within a minute")
         .unwrap()
         .expect("a warning about the dropped lines");
     assert!(warning.contains("WARN"), "{warning}");

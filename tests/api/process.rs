@@ -2,7 +2,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 
 use tokio::sync::mpsc;
 
@@ -62,6 +62,28 @@ pub fn serve_refused(config: &Path) -> (i32, String) {
     )
 }
 
+/// Runs `serve` on config text it must refuse, from a temporary folder.
+pub fn serve_refused_text(config: &str) -> (i32, String) {
+    let dir = tempfile::tempdir().unwrap();
+    serve_refused(&write_config(dir.path(), config))
+}
+
+/// Runs the binary on `config` with `args` (e.g. `export`) and waits for it.
+pub fn run(config: &Path, args: &[&str]) -> Output {
+    binary()
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap()
+}
+
+/// What a finished child wrote to stderr.
+pub fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
 /// Writes `config` into `dir` and returns its path.
 pub fn write_config(dir: &Path, config: &str) -> PathBuf {
     let path = dir.join("config.toml");
@@ -70,6 +92,19 @@ pub fn write_config(dir: &Path, config: &str) -> PathBuf {
 }
 
 impl ChildServer {
+    /// Starts `serve` on config text in a temporary folder, kept as long as the
+    /// returned `TempDir`.
+    pub async fn start_with(config: &str) -> (ChildServer, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_config(dir.path(), config);
+        (ChildServer::start(&path).await, dir)
+    }
+
+    /// Requests to this server, as [`crate::helpers::TestApp`]'s.
+    pub fn caller(&self) -> crate::helpers::Caller<'_> {
+        crate::helpers::Caller::at(&self.address)
+    }
+
     /// Starts `serve` on the config and waits for the log line that gives its address.
     pub async fn start(config: &Path) -> ChildServer {
         ChildServer::start_logging(config, "info").await

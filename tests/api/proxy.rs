@@ -5,13 +5,11 @@
 use reqwest::{Client, StatusCode};
 
 use crate::helpers::{ADMIN, READER, config_with};
-use crate::process::{ChildServer, write_config};
+use crate::process::ChildServer;
 
 async fn start(server: &str) -> (ChildServer, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
     let auth = "[auth]\nfree_failures = 1\nfirst_delay_ms = 3600000\nmax_delay_ms = 3600000";
-    let path = write_config(dir.path(), &config_with(server, auth));
-    (ChildServer::start(&path).await, dir)
+    ChildServer::start_with(&config_with(server, auth)).await
 }
 
 async fn get(server: &ChildServer, path: &str, forwarded: &str, password: &str) -> StatusCode {

@@ -3,7 +3,7 @@
 
 use reqwest::StatusCode;
 
-use crate::helpers::{DEFAULT_POLICIES, cheap_hash, config_text};
+use crate::helpers::{DEFAULT_POLICIES, cheap_hash, config_text, edit, within_a_minute};
 use crate::process::{ChildServer, write_config};
 
 fn users(admin_password: &str, extra: &str) -> String {
@@ -13,21 +13,9 @@ fn users(admin_password: &str, extra: &str) -> String {
     )
 }
 
-/// A generous deadline: a reload that never logs fails the test instead of hanging it.
-async fn within_a_minute<T>(future: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(std::time::Duration::from_secs(60), future)
-        .await
-        .expect("no answer within a minute")
-}
-
 async fn status(server: &ChildServer, user: &str, password: &str) -> StatusCode {
-    reqwest::Client::new()
-        .get(format!("{}/v3/images", server.address))
-        .basic_auth(user, Some(password))
-        .send()
-        .await
-        .unwrap()
-        .status()
+    let (status, _) = server.caller().user(user, password).get("/v3/images").await;
+    StatusCode::from_u16(status).unwrap()
 }
 
 #[tokio::test]
@@ -75,8 +63,11 @@ async fn sighup_swaps_users_and_keeps_the_old_config_when_the_new_is_bad() {
         "[[users]]\nname = \"newbie\"\npassword_hash = \"{}\"\nroles = []\n",
         cheap_hash("nb-pw")
     );
-    let text = config_text(DEFAULT_POLICIES, &users("new-pw", &newbie_without_roles))
-        .replace("127.0.0.1:0", "127.0.0.1:1");
+    let text = edit(
+        &config_text(DEFAULT_POLICIES, &users("new-pw", &newbie_without_roles)),
+        "127.0.0.1:0",
+        "127.0.0.1:1",
+    );
     write_config(dir.path(), &text);
     server.signal("HUP");
     server.wait_for_log("only after a restart").await;
@@ -94,7 +85,7 @@ async fn a_reload_to_a_config_without_users_is_refused_and_the_old_users_stay() 
     for empty in ["", &config_text(DEFAULT_POLICIES, "")] {
         write_config(dir.path(), empty);
         server.signal("HUP");
-        let line = within_a_minute(server.wait_for_log("config reload")).await;
+        let line = within_a_minute("a reload", server.wait_for_log("config reload")).await;
         assert!(
             line.contains("refused") && line.contains("no users"),
             "{line}"
@@ -154,7 +145,7 @@ async fn login_in_progress(
         id.to_owned(),
     ));
     let line = format!("verifying the credentials of user '{user}'");
-    within_a_minute(server.wait_for_log(&line)).await;
+    within_a_minute(&line, server.wait_for_log(&line)).await;
     login
 }
 
@@ -175,7 +166,7 @@ async fn a_reload_during_a_login_refuses_the_old_credentials_at_once() {
     let login = login_in_progress(&mut server, "victim", "old-pw", "ami-1").await;
     write_config(dir.path(), &config_text(DEFAULT_POLICIES, &users("pw", "")));
     server.signal("HUP");
-    within_a_minute(server.wait_for_log("config reloaded")).await;
+    within_a_minute("the reload", server.wait_for_log("config reloaded")).await;
     assert_eq!(login.await.unwrap(), 401, "the login the reload overtook");
     assert_eq!(create_as(&server, "victim", "old-pw", "ami-2").await, 401);
     assert_eq!(status(&server, "admin", "pw").await, 200);
@@ -186,7 +177,7 @@ async fn a_reload_during_a_login_refuses_the_old_credentials_at_once() {
         &config_text(DEFAULT_POLICIES, &users("pw", &victim)),
     );
     server.signal("HUP");
-    within_a_minute(server.wait_for_log("config reloaded")).await;
+    within_a_minute("the reload", server.wait_for_log("config reloaded")).await;
     let login = login_in_progress(&mut server, "victim", "old-pw", "ami-3").await;
     let rotated = format!(
         "[[users]]\nname = \"victim\"\npassword_hash = \"{}\"\nroles = [\"reader\"]\n",
@@ -197,7 +188,7 @@ async fn a_reload_during_a_login_refuses_the_old_credentials_at_once() {
         &config_text(DEFAULT_POLICIES, &users("pw", &rotated)),
     );
     server.signal("HUP");
-    within_a_minute(server.wait_for_log("config reloaded")).await;
+    within_a_minute("the reload", server.wait_for_log("config reloaded")).await;
     assert_eq!(login.await.unwrap(), 401, "the login the reload overtook");
     assert_eq!(create_as(&server, "victim", "old-pw", "ami-4").await, 401);
     assert_eq!(status(&server, "victim", "new-pw").await, 200);

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::helpers::{DEFAULT_POLICIES, config_text, default_users};
+use crate::helpers::{DEFAULT_POLICIES, config_text, default_users, edit};
 use crate::process::{ChildServer, serve_refused, write_config};
 
 /// A self-signed certificate for 127.0.0.1 and localhost: (cert PEM, key PEM).
@@ -21,7 +21,8 @@ fn write_pair(dir: &Path, pair: &(String, String)) -> (PathBuf, PathBuf) {
 }
 
 fn tls_config() -> String {
-    config_text(DEFAULT_POLICIES, &default_users()).replace(
+    edit(
+        &config_text(DEFAULT_POLICIES, &default_users()),
         "data_dir = \"data\"",
         "data_dir = \"data\"\ntls_cert = \"server.crt\"\ntls_key = \"server.key\"",
     )
@@ -92,7 +93,8 @@ fn a_bad_pair_at_start_is_a_config_error() {
         "{said}"
     );
 
-    let only_cert = config_text(DEFAULT_POLICIES, &default_users()).replace(
+    let only_cert = edit(
+        &config_text(DEFAULT_POLICIES, &default_users()),
         "data_dir = \"data\"",
         "data_dir = \"data\"\ntls_cert = \"server.crt\"",
     );

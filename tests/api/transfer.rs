@@ -1,25 +1,8 @@
 //! `export` and `import`: JSON lines, all-or-nothing, exact round trip, and refusal of
 //! a data dir that a running server holds.
 
-use std::path::Path;
-use std::process::Output;
-
 use crate::helpers::{DEFAULT_POLICIES, config_text, default_users};
-use crate::process::{ChildServer, binary, write_config};
-
-fn run(config: &Path, args: &[&str]) -> Output {
-    binary()
-        .arg("--config")
-        .arg(config)
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap()
-}
-
-fn stderr(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
-}
+use crate::process::{ChildServer, run, stderr, write_config};
 
 const LINES: &str = r#"{"id":"ami-2","provider":"ec2","remote_user":"ubuntu","name":"Ubuntu"}
 {"id":"イメージ","provider":"openstack","remote_user":"centos","name":"名前 \"quoted\" \\ back"}
