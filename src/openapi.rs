@@ -36,6 +36,10 @@ use crate::routes::{self, IdMessage, TABLE, Updated};
 )]
 struct ApiDoc;
 
+/// `*`, or quoted entity tags (strong or `W/`) separated by commas; an empty list
+/// matches nothing (412).
+const IF_MATCH_PATTERN: &str = r#"^\s*(\*|((W/)?"[^",]*"(\s*,\s*(W/)?"[^",]*")*)?)\s*$"#;
+
 fn http_method(method: &str) -> utoipa::openapi::path::HttpMethod {
     use utoipa::openapi::path::HttpMethod;
     match method {
@@ -79,6 +83,18 @@ pub fn document(providers: &[String]) -> Value {
         }
         // The answers every route shares are added here rather than repeated in each
         // handler's annotation.
+        // An entity tag is quoted; a bare one is a 400 (see `http::headers::if_match`).
+        // (The header is optional; `null` is no value it can have.)
+        if let Some(parameters) = operation
+            .get_mut("parameters")
+            .and_then(Value::as_array_mut)
+        {
+            for parameter in parameters {
+                if parameter["name"] == "If-Match" {
+                    parameter["schema"] = json!({"type": "string", "pattern": IF_MATCH_PATTERN});
+                }
+            }
+        }
         if route.path != "/metrics" {
             operation["responses"]["406"] = error("Accept rules out application/json");
         }

@@ -140,6 +140,8 @@ mod tests {
             "{err}"
         );
         assert!(if_match(Some(b"\"a\", b")).is_err());
+        // An empty list matches no ETag: 412, as RFC 9110 has it.
+        assert_eq!(if_match(Some(b"")), Ok(Some(Precondition::EtagIn(vec![]))));
     }
 
     #[test]
