@@ -1479,22 +1479,36 @@ fn now_rfc3339() -> String {
 }
 
 fn rfc3339(t: time::OffsetDateTime) -> String {
-    let t = t.to_offset(time::UtcOffset::UTC);
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
-        t.year(),
-        u8::from(t.month()),
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second(),
-        t.microsecond()
-    )
+    const AUDIT_TIME: &[time::format_description::BorrowedFormatItem<'_>] = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z"
+    );
+    t.to_offset(time::UtcOffset::UTC)
+        .format(AUDIT_TIME)
+        .expect("a date-time has every component the format names")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn audit_times_have_a_fixed_width_with_microseconds() {
+        use time::macros::datetime;
+        assert_eq!(
+            rfc3339(datetime!(2026-01-02 03:04:05.000007 UTC)),
+            "2026-01-02T03:04:05.000007Z"
+        );
+        assert_eq!(
+            rfc3339(datetime!(2026-11-28 23:59:59 UTC)),
+            "2026-11-28T23:59:59.000000Z"
+        );
+        // Another offset is written as the same instant in UTC.
+        assert_eq!(
+            rfc3339(datetime!(2026-01-01 01:30:00.5 +02:00)),
+            "2025-12-31T23:30:00.500000Z"
+        );
+        assert_eq!(now_rfc3339().len(), "YYYY-MM-DDTHH:MM:SS.ffffffZ".len());
+    }
 
     fn image(id: &str) -> Image {
         let body = format!(r#"{{"id":"{id}","provider":"ec2","remote_user":"u"}}"#);
