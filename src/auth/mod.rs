@@ -10,8 +10,10 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+
+use parking_lot::RwLock;
 use std::time::{Duration, Instant};
 
 use actix_web::web;
@@ -149,7 +151,7 @@ impl<V: Clone> ProofCache<V> {
     /// The value proven under `epoch` in the last `VERIFIED_TTL`; a proof of another
     /// epoch is a miss.
     fn get(&self, key: &[u8; 32], epoch: u64) -> Option<V> {
-        let entries = self.entries.read().unwrap_or_else(|p| p.into_inner());
+        let entries = self.entries.read();
         let proof = entries.get(key)?;
         (proof.epoch == epoch && proof.at.elapsed() < VERIFIED_TTL).then(|| proof.value.clone())
     }
@@ -158,7 +160,7 @@ impl<V: Clone> ProofCache<V> {
     /// has been replaced meanwhile. The epoch is read under the cache's write lock, so
     /// a `replace` either comes first (nothing is inserted) or clears the entry after.
     fn insert(&self, key: [u8; 32], epoch: u64, value: V, current_epoch: impl FnOnce() -> u64) {
-        let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
+        let mut entries = self.entries.write();
         if current_epoch() != epoch {
             return;
         }
@@ -173,10 +175,7 @@ impl<V: Clone> ProofCache<V> {
     }
 
     fn clear(&self) {
-        self.entries
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .clear();
+        self.entries.write().clear();
     }
 }
 
@@ -233,17 +232,17 @@ impl Authenticator {
     }
 
     fn table(&self) -> Table {
-        self.table.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.table.read().clone()
     }
 
     fn epoch(&self) -> u64 {
-        self.table.read().unwrap_or_else(|p| p.into_inner()).epoch
+        self.table.read().epoch
     }
 
     /// Switches to a new access table at once, in a new epoch: every proof of the old
     /// one stops counting, also one that a verification still running adds later.
     pub fn replace(&self, access: Access) {
-        let mut table = self.table.write().unwrap_or_else(|p| p.into_inner());
+        let mut table = self.table.write();
         table.epoch += 1;
         table.access = Arc::new(access);
         drop(table);

@@ -10,7 +10,9 @@
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, mpsc};
+
+use parking_lot::Mutex;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -598,7 +600,7 @@ impl Store {
             _slot: slot,
         };
         {
-            let writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+            let writer = self.writer.lock();
             let (sender, _) = writer.as_ref().ok_or(StoreError::Closed)?;
             // Not sent: the writer is gone, and the change was never applied.
             sender.send(job).map_err(|_| self.stopped())?;
@@ -812,7 +814,7 @@ impl Store {
 
     /// Stops the writer after the changes already queued, and flushes.
     pub fn shutdown(&self) -> Result<(), StoreError> {
-        let writer = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let writer = self.writer.lock().take();
         if let Some((sender, handle)) = writer {
             drop(sender);
             let _ = handle.join();
@@ -1030,7 +1032,7 @@ impl Writer {
             #[cfg(test)]
             let pause = Arc::clone(&self.pause);
             #[cfg(test)]
-            let _paused = pause.lock().unwrap_or_else(|p| p.into_inner());
+            let _paused = pause.lock();
             if let Err(reason) = self.write_batch(batch) {
                 self.health.fail(reason);
                 break;
@@ -1589,7 +1591,7 @@ mod tests {
         let mut store = Store::open(dir.path(), 8).unwrap();
         store.queue = Arc::new(Semaphore::new(2));
         let store = Arc::new(store);
-        let held = store.pause.lock().unwrap();
+        let held = store.pause.lock();
         runtime().block_on(async {
             let local = tokio::task::LocalSet::new();
             local
