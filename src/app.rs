@@ -3,7 +3,9 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
+
+use parking_lot::RwLock;
 use std::time::Duration;
 
 use actix_web::web::Bytes;
@@ -238,7 +240,7 @@ impl PageCache {
 
     /// The page under `key` if it was made at `generation`.
     pub fn get(&self, key: &str, generation: u64) -> Option<CachedPage> {
-        let pages = self.pages.read().unwrap_or_else(|p| p.into_inner());
+        let pages = self.pages.read();
         pages
             .get(key)
             .filter(|page| page.generation == generation)
@@ -246,7 +248,7 @@ impl PageCache {
     }
 
     pub fn put(&self, key: String, page: CachedPage) {
-        let mut pages = self.pages.write().unwrap_or_else(|p| p.into_inner());
+        let mut pages = self.pages.write();
         if pages.len() >= Self::MAX_PAGES && !pages.contains_key(&key) {
             pages.retain(|_, p| p.generation == page.generation);
             if pages.len() >= Self::MAX_PAGES {
@@ -275,6 +277,6 @@ mod tests {
         for i in 0..PageCache::MAX_PAGES * 2 {
             cache.put(format!("k{i}"), page(3));
         }
-        assert!(cache.pages.read().unwrap().len() <= PageCache::MAX_PAGES);
+        assert!(cache.pages.read().len() <= PageCache::MAX_PAGES);
     }
 }

@@ -193,6 +193,9 @@ struct SecondsClock {
     text: String,
 }
 
+const LOG_TIME: &[time::format_description::BorrowedFormatItem<'_>] =
+    time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]Z");
+
 thread_local! {
     static TIMESTAMP: std::cell::RefCell<SecondsClock> =
         const { std::cell::RefCell::new(SecondsClock { second: i64::MIN, text: String::new() }) };
@@ -204,15 +207,9 @@ impl SecondsClock {
         let second = now.unix_timestamp();
         if second != self.second {
             self.second = second;
-            self.text = format!(
-                "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
-                now.year(),
-                u8::from(now.month()),
-                now.day(),
-                now.hour(),
-                now.minute(),
-                now.second()
-            );
+            self.text = now
+                .format(LOG_TIME)
+                .expect("a date-time has every component the format names");
         }
         &self.text
     }
@@ -280,6 +277,21 @@ fn dropped_warning(dropped: u64, bound: usize) -> String {
 mod tests {
     use super::*;
     use std::sync::Mutex;
+
+    #[test]
+    fn the_log_clock_prints_whole_seconds_in_utc() {
+        let mut clock = SecondsClock {
+            second: i64::MIN,
+            text: String::new(),
+        };
+        let text = clock.now().to_owned();
+        let parsed =
+            time::OffsetDateTime::parse(&text, &time::format_description::well_known::Rfc3339)
+                .expect("RFC 3339");
+        assert_eq!(text.len(), "YYYY-MM-DDTHH:MM:SSZ".len(), "{text}");
+        assert!(text.ends_with('Z'), "{text}");
+        assert_eq!(parsed.nanosecond(), 0, "{text}");
+    }
 
     /// A log reader that stops reading until it is let go: a full pipe.
     struct Stalled {

@@ -4,7 +4,9 @@
 //! and the pair in use stays.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
+
+use parking_lot::RwLock;
 
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
@@ -42,7 +44,7 @@ impl Certificates {
     /// Reads the pair again; on any error the pair in use stays.
     pub fn reload(&self, cert: &Path, key: &Path) -> Result<(), TlsError> {
         let next = Arc::new(certified_key(cert, key)?);
-        *self.current.write().unwrap_or_else(|p| p.into_inner()) = next;
+        *self.current.write() = next;
         Ok(())
     }
 
@@ -65,12 +67,7 @@ impl Certificates {
 
 impl ResolvesServerCert for Certificates {
     fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(
-            self.current
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone(),
-        )
+        Some(self.current.read().clone())
     }
 }
 
@@ -129,7 +126,7 @@ mod tests {
         let (cert_a, key_a) = pair(dir.path(), "a");
         let (cert_b, key_b) = pair(dir.path(), "b");
         let certificates = Certificates::load(&cert_a, &key_a).unwrap();
-        let in_use = |c: &Certificates| c.current.read().unwrap().cert[0].clone();
+        let in_use = |c: &Certificates| c.current.read().cert[0].clone();
         let first = in_use(&certificates);
 
         let mismatch = certificates.reload(&cert_a, &key_b).unwrap_err();

@@ -13,9 +13,9 @@
 //! to `max_delay`; an attempt whose turn is further away than `max_delay` is refused
 //! at once. A success forgets the pair, and so does a quiet `quiet_window`.
 
+use parking_lot::{Mutex, MutexGuard};
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
@@ -82,7 +82,7 @@ impl Throttle {
     }
 
     fn entries(&self) -> MutexGuard<'_, HashMap<Key, Entry>> {
-        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+        self.entries.lock()
     }
 
     /// Resolves when some attempt finishes. Create (and enable) it before calling

@@ -52,6 +52,11 @@ pub fn is_identity_encoding(content_encoding: &[u8]) -> bool {
 
 /// The entity tags of an `If-Match` or `If-None-Match` value, or `None` for `*`.
 /// Weak tags keep their `W/` prefix, so they never equal a strong tag.
+// Hand-written, not actix's `IfMatch` / `IfNoneMatch` / `EntityTag`: their list parser
+// (actix-http's `from_comma_delimited`) silently drops every item that is not a valid
+// tag, so `If-Match: abc123` would be an empty list, a 412 that reads as a lost race,
+// instead of the 400 that says to quote it; and `Precondition` is a domain type, which
+// holds no actix type.
 fn entity_tags(value: &str) -> Option<Vec<String>> {
     if value.trim() == "*" {
         return None;
@@ -142,6 +147,20 @@ mod tests {
         assert!(if_match(Some(b"\"a\", b")).is_err());
         // An empty list matches no ETag: 412, as RFC 9110 has it.
         assert_eq!(if_match(Some(b"")), Ok(Some(Precondition::EtagIn(vec![]))));
+    }
+
+    /// Why `if_match` is hand-written: actix's parser takes a bare tag for no tag.
+    #[test]
+    fn actix_if_match_drops_a_bare_tag_silently() {
+        use actix_web::http::header::{Header, IfMatch};
+        let request = actix_web::test::TestRequest::default()
+            .insert_header(("if-match", "abc123"))
+            .to_http_request();
+        let parsed = IfMatch::parse(&request);
+        assert!(
+            matches!(&parsed, Ok(IfMatch::Items(tags)) if tags.is_empty()),
+            "{parsed:?}"
+        );
     }
 
     #[test]

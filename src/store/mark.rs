@@ -11,7 +11,9 @@
 
 use std::io::Write;
 use std::path::Path;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
+
+use parking_lot::{Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -146,7 +148,7 @@ impl MarkKeeper {
     /// Called after a flush succeeded: `changes` are durable in the store.
     pub fn made_durable(&self, changes: u64) {
         let (lock, wake) = &*self.progress;
-        let mut progress = lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut progress = lock.lock();
         if changes > progress.durable {
             progress.durable = changes;
             wake.notify_one();
@@ -157,10 +159,10 @@ impl MarkKeeper {
     pub fn close(&self) {
         {
             let (lock, wake) = &*self.progress;
-            lock.lock().unwrap_or_else(|p| p.into_inner()).closed = true;
+            lock.lock().closed = true;
             wake.notify_one();
         }
-        let thread = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let thread = self.thread.lock().take();
         if let Some(thread) = thread {
             let _ = thread.join();
         }
@@ -176,13 +178,13 @@ impl Drop for MarkKeeper {
 fn keep(dir: &Path, progress: &(Mutex<Progress>, Condvar)) {
     let (lock, wake) = progress;
     let mut failing = false;
-    let mut state = lock.lock().unwrap_or_else(|p| p.into_inner());
+    let mut state = lock.lock();
     loop {
         if state.durable > state.written {
             let target = state.durable;
             drop(state);
             let result = write(dir, target);
-            state = lock.lock().unwrap_or_else(|p| p.into_inner());
+            state = lock.lock();
             match result {
                 Ok(()) => {
                     state.written = target;
@@ -203,10 +205,7 @@ fn keep(dir: &Path, progress: &(Mutex<Progress>, Condvar)) {
                     if state.closed {
                         return;
                     }
-                    state = wake
-                        .wait_timeout(state, Duration::from_secs(1))
-                        .unwrap_or_else(|p| p.into_inner())
-                        .0;
+                    wake.wait_for(&mut state, Duration::from_secs(1));
                     continue;
                 }
             }
@@ -214,7 +213,7 @@ fn keep(dir: &Path, progress: &(Mutex<Progress>, Condvar)) {
         if state.closed {
             return;
         }
-        state = wake.wait(state).unwrap_or_else(|p| p.into_inner());
+        wake.wait(&mut state);
     }
 }
 

@@ -10,7 +10,9 @@
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, mpsc};
+
+use parking_lot::Mutex;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -598,7 +600,7 @@ impl Store {
             _slot: slot,
         };
         {
-            let writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+            let writer = self.writer.lock();
             let (sender, _) = writer.as_ref().ok_or(StoreError::Closed)?;
             // Not sent: the writer is gone, and the change was never applied.
             sender.send(job).map_err(|_| self.stopped())?;
@@ -812,7 +814,7 @@ impl Store {
 
     /// Stops the writer after the changes already queued, and flushes.
     pub fn shutdown(&self) -> Result<(), StoreError> {
-        let writer = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let writer = self.writer.lock().take();
         if let Some((sender, handle)) = writer {
             drop(sender);
             let _ = handle.join();
@@ -1030,7 +1032,7 @@ impl Writer {
             #[cfg(test)]
             let pause = Arc::clone(&self.pause);
             #[cfg(test)]
-            let _paused = pause.lock().unwrap_or_else(|p| p.into_inner());
+            let _paused = pause.lock();
             if let Err(reason) = self.write_batch(batch) {
                 self.health.fail(reason);
                 break;
@@ -1479,22 +1481,36 @@ fn now_rfc3339() -> String {
 }
 
 fn rfc3339(t: time::OffsetDateTime) -> String {
-    let t = t.to_offset(time::UtcOffset::UTC);
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
-        t.year(),
-        u8::from(t.month()),
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second(),
-        t.microsecond()
-    )
+    const AUDIT_TIME: &[time::format_description::BorrowedFormatItem<'_>] = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z"
+    );
+    t.to_offset(time::UtcOffset::UTC)
+        .format(AUDIT_TIME)
+        .expect("a date-time has every component the format names")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn audit_times_have_a_fixed_width_with_microseconds() {
+        use time::macros::datetime;
+        assert_eq!(
+            rfc3339(datetime!(2026-01-02 03:04:05.000007 UTC)),
+            "2026-01-02T03:04:05.000007Z"
+        );
+        assert_eq!(
+            rfc3339(datetime!(2026-11-28 23:59:59 UTC)),
+            "2026-11-28T23:59:59.000000Z"
+        );
+        // Another offset is written as the same instant in UTC.
+        assert_eq!(
+            rfc3339(datetime!(2026-01-01 01:30:00.5 +02:00)),
+            "2025-12-31T23:30:00.500000Z"
+        );
+        assert_eq!(now_rfc3339().len(), "YYYY-MM-DDTHH:MM:SS.ffffffZ".len());
+    }
 
     fn image(id: &str) -> Image {
         let body = format!(r#"{{"id":"{id}","provider":"ec2","remote_user":"u"}}"#);
@@ -1575,7 +1591,7 @@ mod tests {
         let mut store = Store::open(dir.path(), 8).unwrap();
         store.queue = Arc::new(Semaphore::new(2));
         let store = Arc::new(store);
-        let held = store.pause.lock().unwrap();
+        let held = store.pause.lock();
         runtime().block_on(async {
             let local = tokio::task::LocalSet::new();
             local

@@ -6,7 +6,6 @@
 use std::cell::{Cell, RefCell};
 use std::fs::{File, OpenOptions};
 use std::io::ErrorKind;
-use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::panic::{AssertUnwindSafe, PanicHookInfo};
 use std::path::Path;
@@ -44,15 +43,12 @@ pub fn prepare(dir: &Path) -> Result<File, StoreError> {
         .truncate(false)
         .open(dir.join(LOCK_FILE))
         .map_err(|e| io_error(dir, &e))?;
-    // SAFETY: the descriptor is open for as long as `lock` lives; flock only locks it.
-    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
-        return Ok(lock);
-    }
-    let err = std::io::Error::last_os_error();
-    if err.kind() == ErrorKind::WouldBlock {
-        Err(StoreError::InUse(dir.to_owned()))
-    } else {
-        Err(io_error(dir, &err))
+    // flock(2), exclusive, non-blocking. Called by path: std's own `File::try_lock` is
+    // newer than the crate's rust-version.
+    match fs4::FileExt::try_lock(&lock) {
+        Ok(()) => Ok(lock),
+        Err(fs4::TryLockError::WouldBlock) => Err(StoreError::InUse(dir.to_owned())),
+        Err(fs4::TryLockError::Error(err)) => Err(io_error(dir, &err)),
     }
 }
 

@@ -14,8 +14,10 @@
 mod tls;
 
 use std::future::Future;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -496,11 +498,7 @@ impl PgStore {
     /// Closes the pool and stops the store's runtime; what is in flight fails.
     pub fn shutdown(&self) {
         self.inner.pool.close();
-        let runtime = self
-            .runtime
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
+        let runtime = self.runtime.lock().take();
         if let Some(runtime) = runtime {
             runtime.shutdown_background();
         }
