@@ -22,12 +22,13 @@ use base64::Engine;
 use hmac::digest::KeyInit;
 use hmac::{Hmac, Mac};
 use rand::RngCore;
-use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use self::throttle::{Admission, Key, Throttle};
 use crate::config::AuthConfig;
 use crate::domain::access::{Access, User};
+use crate::domain::change::sha256;
+use sha2::Sha256;
 
 pub mod throttle;
 
@@ -115,10 +116,6 @@ pub fn verify_password(password: &[u8], hash: &str) -> bool {
     PasswordHash::new(hash)
         .map(|parsed| Argon2::default().verify_password(password, &parsed).is_ok())
         .unwrap_or(false)
-}
-
-pub fn sha256(bytes: &[u8]) -> [u8; 32] {
-    Sha256::digest(bytes).into()
 }
 
 /// The access table in force and its epoch: how many times it was replaced.
