@@ -783,20 +783,6 @@ impl Store {
         Ok(self.db.size_on_disk()?)
     }
 
-    /// Reads every page of the catalog and the audit trail once, so that sled holds
-    /// their index in memory from the start instead of growing it during the first
-    /// whole-catalog listing. Returns the number of entries read.
-    pub fn warm(&self) -> Result<u64, StoreError> {
-        let mut entries = 0;
-        for tree in [&self.images, &self.audit] {
-            for item in tree.iter().keys() {
-                item?;
-                entries += 1;
-            }
-        }
-        Ok(entries)
-    }
-
     /// Whether the store still answers reads.
     pub fn is_healthy(&self) -> bool {
         self.read(|| self.db.get(FORMAT_KEY))
@@ -1280,10 +1266,7 @@ impl Writer {
                     tally.write(meta)?;
                     Ok(tally)
                 });
-            let tally = result.map_err(|e| match e {
-                TransactionError::Abort(e) => e,
-                TransactionError::Storage(e) => StoreError::Engine(e),
-            })?;
+            let tally = result.map_err(from_transaction)?;
             self.set_tally(tally);
         }
         Ok(())
@@ -1329,10 +1312,7 @@ impl Writer {
                 tally.write(meta)?;
                 Ok((outcomes, tally))
             });
-        result.map_err(|e| match e {
-            TransactionError::Abort(e) => e,
-            TransactionError::Storage(e) => StoreError::Engine(e),
-        })
+        result.map_err(from_transaction)
     }
 }
 
@@ -1445,11 +1425,16 @@ fn undo_interrupted_import(
             meta.remove(IMPORT_KEY)?;
             Ok::<_, ConflictableTransactionError<StoreError>>(())
         })
-        .map_err(|e| match e {
-            TransactionError::Abort(e) => e,
-            TransactionError::Storage(e) => StoreError::Engine(e),
-        })?;
+        .map_err(from_transaction)?;
     Ok(Some(removed))
+}
+
+/// A transaction's failure as the store's: a change refused inside it, or the engine.
+fn from_transaction(e: TransactionError<StoreError>) -> StoreError {
+    match e {
+        TransactionError::Abort(e) => e,
+        TransactionError::Storage(e) => StoreError::Engine(e),
+    }
 }
 
 fn abort<T>(err: StoreError) -> Result<T, ConflictableTransactionError<StoreError>> {
