@@ -36,8 +36,8 @@ use crate::tls::Certificates;
 /// ```
 ///
 /// ```
-/// fn ops(state: &image_catalog::app::AppState) -> (bool, actix_web::web::Bytes) {
-///     (state.health(), state.openapi())
+/// fn ops(state: &image_catalog::app::AppState) -> actix_web::web::Bytes {
+///     state.openapi()
 /// }
 /// ```
 pub struct AppState {
@@ -106,28 +106,31 @@ impl AppState {
         self.store.shutdown()
     }
 
-    pub fn data_dir(&self) -> &std::path::Path {
-        &self.config.server.data_dir
+    /// Where the catalog lives, for the start-up line: the data dir, or the database.
+    pub fn store_location(&self) -> String {
+        match (&self.config.store.postgres, self.store.data_dir()) {
+            (Some(pg), _) => format!("PostgreSQL at {}", pg.url.masked()),
+            (None, Some(dir)) => format!("data in {}", dir.display()),
+            (None, None) => "data in the store".into(),
+        }
     }
 
-    /// Whether the server can serve: what `/healthz` says.
-    pub fn health(&self) -> bool {
-        self.store.is_healthy()
+    /// Whether the server can serve: what `/healthz` says; why not, if not.
+    pub async fn health(&self) -> Result<(), crate::store::StoreError> {
+        self.store.health().await
     }
 
-    /// The Prometheus text of `/metrics`.
-    pub fn metrics_text(&self) -> Result<Vec<u8>, prometheus::Error> {
-        let (audit_records, audit_bytes) = self.store.audit_size();
-        let size_on_disk = self
+    /// The Prometheus text of `/metrics`. Figures the store cannot give now (a
+    /// database that is down) are left out rather than failing the whole page.
+    pub async fn metrics_text(&self) -> Result<Vec<u8>, prometheus::Error> {
+        let store = self
             .store
-            .size_on_disk()
-            .inspect_err(|e| log::warn!("cannot read the store's size for /metrics: {e}"))
+            .stats()
+            .await
+            .inspect_err(|e| log::warn!("cannot read the store's figures for /metrics: {e}"))
             .ok();
         self.metrics.render(&StoreStats {
-            images: self.store.image_count(),
-            audit_records,
-            audit_bytes,
-            size_on_disk,
+            store,
             password_verifications: self.auth.password_verifications(),
         })
     }

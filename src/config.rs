@@ -114,10 +114,96 @@ pub struct AuthConfig {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoreConfig {
+    /// The embedded store's cache.
     pub cache_mb: u64,
     /// `serve --accept-data-loss`: start on a store behind its high-water mark. Never
     /// read from the file.
     pub accept_data_loss: bool,
+    /// `backend = "postgres"`: where the catalog lives instead of the data dir.
+    pub postgres: Option<PostgresConfig>,
+    /// Keys set in the file that this backend ignores, and other things to warn of.
+    pub notes: Vec<String>,
+}
+
+/// The variable that, when set, gives the database URL in place of `[store] url`.
+pub const DATABASE_URL_VAR: &str = "IMAGE_CATALOG_DATABASE_URL";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PostgresConfig {
+    pub url: DatabaseUrl,
+    /// To open a connection, and to wait for one from the pool.
+    pub connect_timeout: Duration,
+    /// Each statement, at most.
+    pub statement_timeout: Duration,
+    /// Connections this node opens at most.
+    pub pool_size: usize,
+}
+
+/// A database URL, which may hold a password: shown only with the password masked.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DatabaseUrl(String);
+
+impl DatabaseUrl {
+    pub fn new(url: String) -> DatabaseUrl {
+        DatabaseUrl(url)
+    }
+
+    /// The URL itself, password and all: for the database client only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether the URL carries a password (`user:password@`, or `password=`).
+    pub fn has_password(&self) -> bool {
+        self.masked() != self.0
+    }
+
+    /// The URL with any password replaced by `***`, fit for a log or a message.
+    pub fn masked(&self) -> String {
+        let url = &self.0;
+        if let Some(rest) = url
+            .strip_prefix("postgres://")
+            .or_else(|| url.strip_prefix("postgresql://"))
+        {
+            let scheme = &url[..url.len() - rest.len()];
+            let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+            let (authority, tail) = rest.split_at(authority_end);
+            let masked_tail = mask_password_pairs(tail, '&');
+            return match authority.rsplit_once('@') {
+                Some((userinfo, host)) => match userinfo.split_once(':') {
+                    Some((user, _)) => format!("{scheme}{user}:***@{host}{masked_tail}"),
+                    None => format!("{scheme}{authority}{masked_tail}"),
+                },
+                None => format!("{scheme}{authority}{masked_tail}"),
+            };
+        }
+        mask_password_pairs(url, ' ')
+    }
+}
+
+/// `password=...` pairs, split by `separator`, with their value masked.
+fn mask_password_pairs(text: &str, separator: char) -> String {
+    text.split(separator)
+        .map(|pair| {
+            let (prefix, pair) = match pair.find('?') {
+                Some(i) if separator == '&' => pair.split_at(i + 1),
+                _ => ("", pair),
+            };
+            match pair.split_once('=') {
+                Some((key, _)) if key.trim().eq_ignore_ascii_case("password") => {
+                    format!("{prefix}{key}=***")
+                }
+                _ => format!("{prefix}{pair}"),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(&separator.to_string())
+}
+
+impl std::fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", self.masked())
+    }
 }
 
 #[derive(Deserialize)]
@@ -147,7 +233,7 @@ fn default_providers() -> Vec<String> {
 #[serde(deny_unknown_fields, default)]
 struct RawServer {
     bind: String,
-    data_dir: PathBuf,
+    data_dir: Option<PathBuf>,
     max_body_bytes: usize,
     client_request_timeout_ms: u64,
     client_disconnect_timeout_ms: u64,
@@ -167,7 +253,7 @@ impl Default for RawServer {
     fn default() -> Self {
         RawServer {
             bind: "127.0.0.1:8080".into(),
-            data_dir: "data".into(),
+            data_dir: None,
             max_body_bytes: 65536,
             client_request_timeout_ms: 5000,
             client_disconnect_timeout_ms: 1000,
@@ -217,13 +303,118 @@ struct RawAudit {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct RawStore {
-    cache_mb: u64,
+    backend: String,
+    /// Not defaulted here, so that one set with postgres can be warned about.
+    cache_mb: Option<u64>,
+    url: Option<String>,
+    connect_timeout_ms: u64,
+    statement_timeout_ms: u64,
+    pool_size: usize,
 }
 
 impl Default for RawStore {
     fn default() -> Self {
-        RawStore { cache_mb: 32 }
+        RawStore {
+            backend: "sled".into(),
+            cache_mb: None,
+            url: None,
+            connect_timeout_ms: 5000,
+            statement_timeout_ms: 5000,
+            pool_size: 16,
+        }
     }
+}
+
+const DEFAULT_CACHE_MB: u64 = 32;
+
+/// `[store]` as the server uses it. `env_url` is [`DATABASE_URL_VAR`], if set.
+fn check_store(
+    raw: RawStore,
+    data_dir_set: bool,
+    env_url: Option<String>,
+) -> Result<StoreConfig, String> {
+    let mut notes = Vec::new();
+    let cache_mb = raw.cache_mb.unwrap_or(DEFAULT_CACHE_MB);
+    if cache_mb == 0 {
+        return Err("[store] cache_mb must be at least 1".into());
+    }
+    let postgres = match raw.backend.as_str() {
+        "sled" => {
+            if raw.url.is_some() {
+                notes.push(
+                    "[store] url is ignored: backend is \"sled\" (set backend = \"postgres\" \
+                     to use the database)"
+                        .to_string(),
+                );
+            }
+            if env_url.is_some() {
+                notes.push(format!(
+                    "{DATABASE_URL_VAR} is set but ignored: [store] backend is \"sled\""
+                ));
+            }
+            None
+        }
+        "postgres" => {
+            let from_file = raw.url.clone().map(DatabaseUrl::new);
+            if let Some(url) = &from_file
+                && url.has_password()
+            {
+                notes.push(format!(
+                    "[store] url holds a password in the config file; give the URL in the \
+                     {DATABASE_URL_VAR} variable instead (it overrides url), or use a \
+                     .pgpass file, so the password need not sit in config.toml"
+                ));
+            }
+            let url = env_url.map(DatabaseUrl::new).or(from_file).ok_or_else(|| {
+                format!(
+                    "[store] backend = \"postgres\" needs url = \"postgres://user@host:port/dbname\" \
+                     or the {DATABASE_URL_VAR} variable"
+                )
+            })?;
+            if data_dir_set {
+                notes.push(
+                    "[server] data_dir is ignored: the catalog is in PostgreSQL ([store] \
+                     backend = \"postgres\")"
+                        .to_string(),
+                );
+            }
+            if raw.cache_mb.is_some() {
+                notes.push(
+                    "[store] cache_mb is ignored: it sizes the embedded store's cache, and \
+                     backend is \"postgres\""
+                        .to_string(),
+                );
+            }
+            for (name, value) in [
+                ("connect_timeout_ms", raw.connect_timeout_ms),
+                ("statement_timeout_ms", raw.statement_timeout_ms),
+                ("pool_size", raw.pool_size as u64),
+            ] {
+                if value == 0 {
+                    return Err(format!("[store] {name} must be at least 1"));
+                }
+            }
+            Some(PostgresConfig {
+                url,
+                connect_timeout: Duration::from_millis(raw.connect_timeout_ms),
+                statement_timeout: Duration::from_millis(raw.statement_timeout_ms),
+                pool_size: raw.pool_size,
+            })
+        }
+        other => {
+            return Err(format!(
+                "[store] backend '{}' is unknown; it is \"sled\" (the default, in the data \
+                 dir) or \"postgres\"",
+                other.escape_debug()
+            ));
+        }
+    };
+    Ok(StoreConfig {
+        cache_mb,
+        accept_data_loss: false,
+        postgres,
+        notes,
+    })
 }
 
 #[derive(Deserialize)]
@@ -237,13 +428,17 @@ struct RawUser {
 }
 
 impl Config {
+    /// Reads the config file; [`DATABASE_URL_VAR`], when set, gives the database URL.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.display().to_string(),
             source,
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
-        Config::parse(&text, base).map_err(|message| ConfigError::Invalid {
+        let env_url = std::env::var(DATABASE_URL_VAR)
+            .ok()
+            .filter(|url| !url.is_empty());
+        Config::parse_with(&text, base, env_url).map_err(|message| ConfigError::Invalid {
             path: path.display().to_string(),
             message,
         })
@@ -251,6 +446,11 @@ impl Config {
 
     /// Parses config text; relative paths in it are resolved against `base`.
     pub fn parse(text: &str, base: &Path) -> Result<Config, String> {
+        Config::parse_with(text, base, None)
+    }
+
+    /// As [`Config::parse`], with the database URL of the environment, if any.
+    pub fn parse_with(text: &str, base: &Path, env_url: Option<String>) -> Result<Config, String> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| e.to_string())?;
         let providers = check_providers(raw.providers)?;
         let server = raw.server;
@@ -301,9 +501,7 @@ impl Config {
                 return Err(format!("[server] {name} must be at least 1"));
             }
         }
-        if raw.store.cache_mb == 0 {
-            return Err("[store] cache_mb must be at least 1".into());
-        }
+        let store = check_store(raw.store, server.data_dir.is_some(), env_url)?;
         let audit = match raw.audit.keep_days {
             Some(0) => {
                 return Err(
@@ -333,7 +531,7 @@ impl Config {
             providers,
             server: ServerConfig {
                 bind: server.bind,
-                data_dir: base.join(server.data_dir),
+                data_dir: base.join(server.data_dir.unwrap_or_else(|| "data".into())),
                 max_body_bytes: server.max_body_bytes,
                 client_request_timeout: Duration::from_millis(server.client_request_timeout_ms),
                 client_disconnect_timeout: Duration::from_millis(
@@ -349,10 +547,7 @@ impl Config {
                 trusted_proxies,
                 max_connections_per_proxy: server.max_connections_per_proxy,
             },
-            store: StoreConfig {
-                cache_mb: raw.store.cache_mb,
-                accept_data_loss: false,
-            },
+            store,
             audit,
             auth,
             access,
@@ -432,6 +627,7 @@ impl Config {
     /// cost an argon2 verification each.)
     pub fn warnings(&self, path: &Path) -> Vec<String> {
         let mut warnings = permission_warnings(path);
+        warnings.extend(self.store.notes.iter().cloned());
         if self.server.tls.is_none() && !is_loopback(&self.server.bind) {
             warnings.push(format!(
                 "bind {} is reachable from other machines over plain HTTP: passwords and \

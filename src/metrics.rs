@@ -14,11 +14,9 @@ pub const UNMATCHED: &str = "unmatched";
 
 /// What `/metrics` shows of the store, read when it is rendered.
 pub struct StoreStats {
-    pub images: u64,
-    pub audit_records: u64,
-    pub audit_bytes: u64,
-    /// `None` when it could not be read.
-    pub size_on_disk: Option<u64>,
+    /// `None` when the store could not say (a database that is down): the gauges
+    /// then keep their last values.
+    pub store: Option<crate::store::Stats>,
     /// argon2 password verifications run since start.
     pub password_verifications: u64,
 }
@@ -127,11 +125,13 @@ impl Metrics {
     /// The text exposition, with the store's gauges as of `stats`.
     pub fn render(&self, stats: &StoreStats) -> Result<Vec<u8>, prometheus::Error> {
         let gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
-        self.images.set(gauge(stats.images));
-        self.audit_records.set(gauge(stats.audit_records));
-        self.audit_bytes.set(gauge(stats.audit_bytes));
-        if let Some(bytes) = stats.size_on_disk {
-            self.store_bytes.set(gauge(bytes));
+        if let Some(store) = &stats.store {
+            self.images.set(gauge(store.images));
+            self.audit_records.set(gauge(store.audit_records));
+            self.audit_bytes.set(gauge(store.audit_bytes));
+            if let Some(bytes) = store.size_on_disk {
+                self.store_bytes.set(gauge(bytes));
+            }
         }
         // Raised by the difference only by the render that saw it first, so that two
         // renders at once do not count the same drops twice.

@@ -44,7 +44,10 @@ pub struct Application {
 impl Application {
     /// Binds `config.server.bind`, opens the store and builds the server, not yet
     /// running. `config_path` is what SIGHUP re-reads.
-    pub fn build(config: Config, config_path: Option<PathBuf>) -> Result<Application, StartError> {
+    pub async fn build(
+        config: Config,
+        config_path: Option<PathBuf>,
+    ) -> Result<Application, StartError> {
         let listener =
             limits::listen(&config.server.bind, config.server.backlog).map_err(|source| {
                 StartError::Bind {
@@ -62,11 +65,7 @@ impl Application {
             .as_ref()
             .map(|files| Certificates::load(&files.cert, &files.key))
             .transpose()?;
-        let store = Store::open_with(
-            &config.server.data_dir,
-            config.store.cache_mb,
-            config.store.accept_data_loss,
-        )?;
+        let store = Store::open(&config.store, &config.server.data_dir).await?;
         store.keep_audit_for(config.audit.keep);
         let openapi = serde_json::to_vec(&crate::openapi::document(&config.providers))
             .unwrap_or_default()

@@ -39,7 +39,7 @@ fn rename(name: &str) -> ImagePatch {
 }
 
 fn etag(json: &[u8]) -> String {
-    Record::from(sled::IVec::from(json)).etag()
+    Record::from(bytes::Bytes::copy_from_slice(json)).etag()
 }
 
 fn options(batch_writes: bool) -> PgOptions {

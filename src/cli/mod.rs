@@ -204,19 +204,21 @@ fn serve(
         } else {
             "http"
         };
-        let app = Application::build(config, Some(config_path)).map_err(|e| match e {
-            // A certificate that does not load is a config to fix, not a restart.
-            crate::startup::StartError::Tls(_) => CliError::Usage(e.to_string()),
-            crate::startup::StartError::Store(e) => CliError::from(e),
-            e => CliError::Runtime(e.to_string()),
-        })?;
+        let app = Application::build(config, Some(config_path))
+            .await
+            .map_err(|e| match e {
+                // A certificate that does not load is a config to fix, not a restart.
+                crate::startup::StartError::Tls(_) => CliError::Usage(e.to_string()),
+                crate::startup::StartError::Store(e) => CliError::from(e),
+                e => CliError::Runtime(e.to_string()),
+            })?;
         // Listening for signals before saying where we listen: a SIGHUP sent as soon
         // as the address is known must reload, not kill with the default action.
         let signals = Signals::listen();
         log::info!(
-            "image-catalog listening on {scheme}://{} (data in {})",
+            "image-catalog listening on {scheme}://{} ({})",
             app.address(),
-            app.state().data_dir().display()
+            app.state().store_location()
         );
         std::thread::spawn(move || warn_demo_passwords(&demo_check));
         actix_web::rt::spawn(handle_signals(signals, app.state(), app.handle()));

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::io::{BufRead, BufReader, BufWriter, IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 
+use futures_util::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::CliError;
@@ -15,10 +16,23 @@ use crate::store::{Store, StoreError};
 /// How many bad lines are listed before the rest are only counted.
 const MAX_LISTED_ERRORS: usize = 50;
 
-fn open_store(config_path: &Path, data_dir: Option<PathBuf>) -> Result<(Config, Store), CliError> {
+/// A runtime for the store's async interface: the CLI's own work is one thread.
+fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::Runtime(e.to_string()))
+}
+
+fn open_store(
+    runtime: &tokio::runtime::Runtime,
+    config_path: &Path,
+    data_dir: Option<PathBuf>,
+) -> Result<(Config, Store), CliError> {
     let config = Config::load(config_path)?;
     let dir = data_dir.unwrap_or_else(|| config.server.data_dir.clone());
-    let store = Store::open(&dir, config.store.cache_mb).map_err(|e| match e {
+    let opened = runtime.block_on(Store::open(&config.store, &dir));
+    let store = opened.map_err(|e| match e {
         StoreError::InUse(_) => CliError::Runtime(format!(
             "{e}; export and import need it stopped. To back up a running server, save \
              what GET /v3/images returns (curl -u USER {}/v3/images > backup.json): \
@@ -52,13 +66,20 @@ fn progress(length: u64, what: &str) -> ProgressBar {
 }
 
 pub fn export(config_path: &Path, data_dir: Option<PathBuf>) -> Result<(), CliError> {
-    let (_, store) = open_store(config_path, data_dir)?;
-    let bar = progress(store.image_count(), "exporting");
+    let runtime = runtime()?;
+    let (_, store) = open_store(&runtime, config_path, data_dir)?;
+    let stats = runtime
+        .block_on(store.stats())
+        .map_err(|e| CliError::Runtime(e.to_string()))?;
+    let bar = progress(stats.images, "exporting");
     let stdout = std::io::stdout();
     let mut out = BufWriter::new(stdout.lock());
     let failed = |e: std::io::Error| CliError::Runtime(format!("cannot write the export: {e}"));
     let mut count = 0u64;
-    for record in store.list_from(None, None) {
+    // The embedded store reads on a blocking thread of this runtime.
+    let _context = runtime.enter();
+    let mut records = store.list_stream(None, None);
+    while let Some(record) = runtime.block_on(records.next()) {
         let record = record.map_err(|e| CliError::Runtime(e.to_string()))?;
         out.write_all(&record).map_err(failed)?;
         out.write_all(b"\n").map_err(failed)?;
@@ -72,7 +93,8 @@ pub fn export(config_path: &Path, data_dir: Option<PathBuf>) -> Result<(), CliEr
 }
 
 pub fn import(config_path: &Path, file: &Path, data_dir: Option<PathBuf>) -> Result<(), CliError> {
-    let (config, store) = open_store(config_path, data_dir)?;
+    let runtime = runtime()?;
+    let (config, store) = open_store(&runtime, config_path, data_dir)?;
     let (reader, size): (Box<dyn Read>, u64) = if file == Path::new("-") {
         (Box::new(std::io::stdin()), 0)
     } else {
@@ -85,14 +107,19 @@ pub fn import(config_path: &Path, file: &Path, data_dir: Option<PathBuf>) -> Res
     let mut images = Vec::new();
     let mut seen: HashMap<ImageId, String> = HashMap::new();
     let mut errors = Vec::new();
-    let mut check =
-        |label: String, record: &[u8]| match check_line(record, &config.providers, &store, &seen) {
-            Ok(image) => {
-                seen.insert(image.id.clone(), label);
-                images.push(image);
-            }
-            Err(why) => errors.push(format!("{label}: {why}")),
-        };
+    let mut check = |label: String, record: &[u8]| match check_line(
+        record,
+        &config.providers,
+        &runtime,
+        &store,
+        &seen,
+    ) {
+        Ok(image) => {
+            seen.insert(image.id.clone(), label);
+            images.push(image);
+        }
+        Err(why) => errors.push(format!("{label}: {why}")),
+    };
     let cannot_read =
         |e: std::io::Error| CliError::Runtime(format!("cannot read {}: {e}", file.display()));
     let mut input = BufReader::new(bar.wrap_read(reader));
@@ -152,10 +179,6 @@ pub fn import(config_path: &Path, file: &Path, data_dir: Option<PathBuf>) -> Res
     }
     let count = images.len();
     let user = format!("import:{}", file.display());
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .map_err(|e| CliError::Runtime(e.to_string()))?;
     runtime
         .block_on(store.import(images, &user))
         .map_err(|e| match e {
@@ -175,6 +198,7 @@ pub fn import(config_path: &Path, file: &Path, data_dir: Option<PathBuf>) -> Res
 fn check_line(
     line: &[u8],
     providers: &[String],
+    runtime: &tokio::runtime::Runtime,
     store: &Store,
     seen: &HashMap<ImageId, String>,
 ) -> Result<Image, String> {
@@ -182,7 +206,11 @@ fn check_line(
     if let Some(first) = seen.get(&image.id) {
         return Err(format!("id '{}' repeats {first}", image.id));
     }
-    if store.get(&image.id).map_err(|e| e.to_string())?.is_some() {
+    if runtime
+        .block_on(store.get(&image.id))
+        .map_err(|e| e.to_string())?
+        .is_some()
+    {
         return Err(format!(
             "an image with id '{}' is already in the store",
             image.id

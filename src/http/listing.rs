@@ -5,10 +5,11 @@
 use std::collections::BTreeMap;
 
 use actix_web::web::Bytes;
-use futures_util::StreamExt;
+use futures_util::{Stream, StreamExt};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
 
 use crate::error::ApiError;
+use crate::store::{Listing, StoreError};
 
 pub const MAX_LIMIT: usize = 1000;
 /// Roughly how many bytes each streamed chunk holds.
@@ -112,33 +113,18 @@ pub fn json_array<T: AsRef<[u8]>>(items: &[T]) -> Vec<u8> {
 
 /// A 200 whose body is one JSON array of `items`, streamed as they are read.
 ///
-/// The items are read on a blocking thread, a couple of chunks ahead of the client:
-/// a whole-catalog scan (or one that filters most items out) never holds an actix
-/// worker, and memory stays flat however big the catalog. A failure before the first
-/// chunk is an error response; later, the response can only be cut short.
-pub async fn streamed_array<I, T, E>(items: I) -> Result<actix_web::HttpResponse, ApiError>
-where
-    I: Iterator<Item = Result<T, E>> + Send + 'static,
-    T: AsRef<[u8]>,
-    E: std::fmt::Display,
-{
-    let (chunks, mut received) = tokio::sync::mpsc::channel::<Result<Bytes, ApiError>>(2);
-    actix_web::rt::task::spawn_blocking(move || {
-        for chunk in JsonArrayChunks::new(items) {
-            // The client has gone: stop reading.
-            if chunks.blocking_send(chunk).is_err() {
-                break;
-            }
-        }
-    });
-    let first = received
-        .recv()
+/// The store reads the items off the request workers (a blocking thread, or the
+/// database's own runtime) a little ahead of the client: memory stays flat however big
+/// the catalog. A failure before the first chunk is an error response; later, the
+/// response can only be cut short.
+pub async fn streamed_array(items: Listing) -> Result<actix_web::HttpResponse, ApiError> {
+    let mut chunks = json_array_chunks(items);
+    let first = chunks
+        .next()
         .await
         .unwrap_or(Err(ApiError::StoreUnavailable))?;
-    let rest = futures_util::stream::unfold(received, |mut received| async move {
-        received.recv().await.map(|chunk| (chunk, received))
-    });
-    let body = futures_util::stream::once(std::future::ready(Ok::<_, ApiError>(first))).chain(rest);
+    let body =
+        futures_util::stream::once(std::future::ready(Ok::<_, ApiError>(first))).chain(chunks);
     Ok(actix_web::HttpResponse::Ok()
         .content_type("application/json")
         .streaming(body))
@@ -152,66 +138,62 @@ pub fn streamed_head() -> actix_web::HttpResponse {
         .streaming(futures_util::stream::empty::<Result<Bytes, ApiError>>())
 }
 
-/// Turns an iterator of pre-serialized items into the chunks of one JSON array.
-pub struct JsonArrayChunks<I> {
-    items: I,
-    started: bool,
-    done: bool,
-}
-
-impl<I> JsonArrayChunks<I> {
-    pub fn new(items: I) -> Self {
-        JsonArrayChunks {
-            items,
-            started: false,
-            done: false,
-        }
+/// Pre-serialized items as the chunks of one JSON array, each of about `CHUNK_BYTES`.
+fn json_array_chunks(
+    items: impl Stream<Item = Result<Bytes, StoreError>> + Unpin,
+) -> impl Stream<Item = Result<Bytes, ApiError>> + Unpin {
+    struct State<S> {
+        items: S,
+        started: bool,
+        done: bool,
     }
-}
-
-impl<I, T, E> Iterator for JsonArrayChunks<I>
-where
-    I: Iterator<Item = Result<T, E>>,
-    T: AsRef<[u8]>,
-    E: std::fmt::Display,
-{
-    type Item = Result<Bytes, ApiError>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        if self.done {
-            return None;
-        }
-        let mut chunk = Vec::with_capacity(CHUNK_BYTES + 512);
-        if !self.started {
-            chunk.push(b'[');
-        }
-        while chunk.len() < CHUNK_BYTES {
-            match self.items.next() {
-                Some(Ok(item)) => {
-                    if self.started {
-                        chunk.push(b',');
+    let state = State {
+        items,
+        started: false,
+        done: false,
+    };
+    Box::pin(futures_util::stream::unfold(
+        state,
+        |mut state| async move {
+            if state.done {
+                return None;
+            }
+            let mut chunk = Vec::with_capacity(CHUNK_BYTES + 512);
+            if !state.started {
+                chunk.push(b'[');
+            }
+            while chunk.len() < CHUNK_BYTES {
+                match state.items.next().await {
+                    Some(Ok(item)) => {
+                        if state.started {
+                            chunk.push(b',');
+                        }
+                        state.started = true;
+                        chunk.extend_from_slice(&item);
                     }
-                    self.started = true;
-                    chunk.extend_from_slice(item.as_ref());
-                }
-                Some(Err(e)) => {
-                    // Headers are gone already: the only honest signal left is to cut
-                    // the response short, so the client sees invalid JSON, not a
-                    // silently truncated list.
-                    log::error!("listing aborted mid-stream: {e}");
-                    self.done = true;
-                    return Some(Err(ApiError::StoreUnavailable));
-                }
-                None => {
-                    self.done = true;
-                    chunk.push(b']');
-                    break;
+                    Some(Err(e)) => {
+                        state.done = true;
+                        if !state.started {
+                            // Nothing sent yet: the client gets the error as a response.
+                            return Some((Err(ApiError::from(e)), state));
+                        }
+                        // Headers are gone already: the only honest signal left is to cut
+                        // the response short, so the client sees invalid JSON, not a
+                        // silently truncated list.
+                        log::error!("listing aborted mid-stream: {e}");
+                        return Some((Err(ApiError::StoreUnavailable), state));
+                    }
+                    None => {
+                        state.done = true;
+                        chunk.push(b']');
+                        break;
+                    }
                 }
             }
-        }
-        self.started = true;
-        Some(Ok(Bytes::from(chunk)))
-    }
+            state.started = true;
+            Some((Ok(Bytes::from(chunk)), state))
+        },
+    ))
 }
 
 #[cfg(test)]
@@ -219,7 +201,16 @@ mod tests {
     use super::*;
 
     fn collect(items: Vec<Result<&'static str, String>>) -> String {
-        JsonArrayChunks::new(items.into_iter())
+        let items = futures_util::stream::iter(items.into_iter().map(|item| {
+            item.map(|s| Bytes::from_static(s.as_bytes()))
+                .map_err(StoreError::Corrupt)
+        }));
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let chunks: Vec<_> = runtime.block_on(json_array_chunks(items).collect());
+        chunks
+            .into_iter()
             .map(|c| String::from_utf8(c.unwrap().to_vec()).unwrap())
             .collect()
     }

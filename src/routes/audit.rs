@@ -59,10 +59,10 @@ pub(crate) async fn list(
         if req.method() == Method::HEAD {
             return Ok(listing::streamed_head());
         }
-        return listing::streamed_array(auth.store().audit_from(before)).await;
+        return listing::streamed_array(auth.store().audit_stream(before)).await;
     };
     let limit = listing::parse_limit(limit)?;
-    let page = auth.store().audit_page(before, limit)?;
+    let page = auth.store().audit_page(before, limit).await?;
     let mut response = HttpResponse::Ok();
     if page.more
         && let Some(last) = page.records.last()

@@ -118,12 +118,12 @@ pub(crate) async fn list(
         if req.method() == Method::HEAD {
             return Ok(listing::streamed_head());
         }
-        return listing::streamed_array(auth.store().list_from(marker.as_ref(), provider)).await;
+        return listing::streamed_array(auth.store().list_stream(marker.as_ref(), provider)).await;
     };
     let limit = listing::parse_limit(limit)?;
     // Read the generation first: a page built while a write lands is then filed
     // under the older generation and never served.
-    let generation = auth.store().generation();
+    let generation = auth.store().generation().await?;
     let key = format!(
         "{}\0{}\0{limit}",
         provider.as_ref().map_or("", |p| p.as_str()),
@@ -221,7 +221,8 @@ pub(crate) async fn show(
     let id = path_id(&req)?;
     let record = auth
         .store()
-        .get(&id)?
+        .get(&id)
+        .await?
         .ok_or_else(|| ApiError::unknown_image(id.as_str()))?;
     let etag = record.etag();
     let if_none_match = req.headers().get(IF_NONE_MATCH).map(|v| v.as_bytes());
@@ -233,7 +234,7 @@ pub(crate) async fn show(
     Ok(HttpResponse::Ok()
         .content_type("application/json")
         .insert_header((ETAG, etag))
-        .body(record.json().to_vec()))
+        .body(record.json().clone()))
 }
 
 /// Update an image

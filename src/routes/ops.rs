@@ -32,12 +32,12 @@ pub struct Health {
     )
 )]
 pub(crate) async fn health(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    if state.health() {
-        let body = serde_json::to_vec(&Health { status: "ok" }).unwrap_or_default();
-        Ok(json_response(body))
-    } else {
-        Err(ApiError::StoreUnavailable)
-    }
+    state.health().await.map_err(|e| {
+        log::warn!("/healthz: {e}");
+        ApiError::from(e)
+    })?;
+    let body = serde_json::to_vec(&Health { status: "ok" }).unwrap_or_default();
+    Ok(json_response(body))
 }
 
 /// Metrics
@@ -55,7 +55,7 @@ pub(crate) async fn health(state: web::Data<AppState>) -> Result<HttpResponse, A
     )
 )]
 pub(crate) async fn metrics(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let text = state.metrics_text().map_err(|e| {
+    let text = state.metrics_text().await.map_err(|e| {
         log::error!("rendering metrics failed: {e}");
         ApiError::StoreUnavailable
     })?;

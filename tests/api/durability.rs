@@ -237,7 +237,8 @@ async fn an_unknown_store_format_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let config = serve_config(dir.path());
     {
-        let store = image_catalog::store::Store::open(&dir.path().join("data"), 8).unwrap();
+        let store =
+            image_catalog::store::embedded::SledStore::open(&dir.path().join("data"), 8).unwrap();
         store.set_format_version_for_tests("7").unwrap();
     }
     let (code, stderr) = serve_refused(&config);

@@ -340,7 +340,7 @@ async fn ids_stored_before_the_rule_stay_readable_and_deletable() {
     let dir = tempfile::tempdir().unwrap();
     {
         // As written by a version that did not refuse invisible characters.
-        let store = Store::open(&dir.path().join("data"), 8).unwrap();
+        let store = Store::open_embedded(&dir.path().join("data"), 8).unwrap();
         let image: Image = serde_json::from_value(json!({
             "id": legacy, "provider": "ec2", "remote_user": "u\u{200b}", "name": "n\u{202e}"
         }))

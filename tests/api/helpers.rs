@@ -143,7 +143,9 @@ pub async fn spawn_app_in(dir: TempDir, config: &str) -> TestApp {
     let path = dir.path().join("config.toml");
     std::fs::write(&path, config).unwrap();
     let config = Config::load(&path).expect("test config is valid");
-    let app = Application::build(config, Some(path.clone())).expect("server starts");
+    let app = Application::build(config, Some(path.clone()))
+        .await
+        .expect("server starts");
     let address = format!("http://{}", app.address());
     let state = app.state();
     tokio::spawn(app.run_until_stopped());

@@ -215,7 +215,7 @@ fn big_catalog(dir: &std::path::Path, count: usize) {
             Image::from_json(json.as_bytes(), &providers).unwrap()
         })
         .collect();
-    let store = Store::open(dir, 8).unwrap();
+    let store = Store::open_embedded(dir, 8).unwrap();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()

@@ -565,7 +565,7 @@ fn seq_bound(before: Option<u64>) -> i64 {
 }
 
 fn record_of(json: Vec<u8>) -> Record {
-    Record::from(sled::IVec::from(json))
+    Record::from(Bytes::from(json))
 }
 
 /// The stored record, if it exists and meets the precondition.

@@ -18,7 +18,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crate::store::StoreError;
-use crate::store::open::{damaged, data_dir_error};
+use crate::store::embedded::open::{damaged, data_dir_error};
 
 /// Beside sled's files: the count as text, one line.
 pub const MARK_FILE: &str = "high-water-mark";
@@ -29,7 +29,7 @@ pub fn read(dir: &Path) -> Result<Option<u64>, StoreError> {
     let text = match std::fs::read_to_string(&path) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(crate::store::open::io_error(dir, &e)),
+        Err(e) => return Err(crate::store::embedded::open::io_error(dir, &e)),
     };
     text.trim().parse().map(Some).map_err(|_| {
         damaged(
@@ -83,7 +83,7 @@ pub fn check(dir: &Path, store: u64, accept_data_loss: bool) -> Result<u64, Stor
             if !accept_data_loss {
                 return Err(StoreError::BehindMark {
                     dir: dir.to_owned(),
-                    user: crate::store::open::user_name(),
+                    user: crate::store::embedded::open::user_name(),
                     store,
                     mark,
                 });
@@ -138,7 +138,7 @@ impl MarkKeeper {
         let thread = std::thread::Builder::new()
             .name("store-mark".into())
             .spawn(move || keep(&folder, &shared))
-            .map_err(|e| StoreError::Engine(e.into()))?;
+            .map_err(StoreError::Io)?;
         Ok(MarkKeeper {
             progress,
             thread: Mutex::new(Some(thread)),
