@@ -339,8 +339,16 @@ async fn ids_stored_before_the_rule_stay_readable_and_deletable() {
     let legacy = "ami-\u{200b}123";
     let dir = tempfile::tempdir().unwrap();
     {
-        // As written by a version that did not refuse invisible characters.
-        let store = Store::open_embedded(&dir.path().join("data"), 8).unwrap();
+        // As written by a version that did not refuse invisible characters, in the
+        // store the test config names.
+        let config = image_catalog::config::Config::parse(
+            &config_text(DEFAULT_POLICIES, &default_users()),
+            dir.path(),
+        )
+        .unwrap();
+        let store = Store::open(&config.store, &config.server.data_dir)
+            .await
+            .unwrap();
         let image: Image = serde_json::from_value(json!({
             "id": legacy, "provider": "ec2", "remote_user": "u\u{200b}", "name": "n\u{202e}"
         }))

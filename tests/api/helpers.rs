@@ -76,6 +76,7 @@ read_audit   = ["admin"]
 "#;
 
 pub fn config_text(policies: &str, users: &str) -> String {
+    let store = store_section();
     format!(
         r#"
 providers = ["ec2", "openstack", "static"]
@@ -86,11 +87,45 @@ data_dir = "data"
 max_body_bytes = {MAX_BODY}
 
 [store]
-cache_mb = 8
+{store}
 {policies}
 {users}
 "#
     )
+}
+
+/// Whether this run of the suite is on PostgreSQL: `tests/api/main.rs` runs the suite
+/// on the embedded store, and `tests/api_postgres.rs` runs the same modules (less
+/// those about sled itself) on a private PostgreSQL.
+pub fn on_postgres() -> bool {
+    crate::ON_POSTGRES && postgres_database().is_some()
+}
+
+/// The database of the running test: each test runs on a thread of its own, and
+/// every config it writes (a restart, a reload) names the same database.
+fn postgres_database() -> Option<String> {
+    use std::cell::RefCell;
+    thread_local! {
+        static DATABASE: RefCell<Option<String>> = const { RefCell::new(None) };
+    }
+    if !crate::ON_POSTGRES {
+        return None;
+    }
+    DATABASE.with(|db| {
+        let mut db = db.borrow_mut();
+        if db.is_none() {
+            *db = crate::pg::database().map(|test_db| test_db.url);
+        }
+        db.clone()
+    })
+}
+
+/// `[store]` of the test configs.
+fn store_section() -> String {
+    match postgres_database() {
+        Some(url) => format!("backend = \"postgres\"\nurl = {url:?}"),
+        None => "cache_mb = 8".into(),
+    }
 }
 
 /// The default test config with its data in `data`.

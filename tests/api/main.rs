@@ -1,5 +1,14 @@
 //! Black-box tests: each starts the real server on 127.0.0.1:0 with a temporary config
 //! and data dir (see `helpers::spawn_app`) and talks to it over HTTP.
+//!
+//! This target runs the suite on the embedded store; `tests/api_postgres.rs` runs the
+//! same modules, less those about sled itself, on PostgreSQL.
+
+/// Which store `helpers::config_text` configures.
+const ON_POSTGRES: bool = false;
+
+#[path = "../support/postgres.rs"]
+mod pg;
 
 mod audit;
 mod auth;
@@ -10,6 +19,7 @@ mod damage;
 mod disk_full;
 mod durability;
 mod edges;
+mod embedded;
 mod errors;
 mod helpers;
 mod hostile;
