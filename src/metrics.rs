@@ -4,8 +4,8 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// Route label of requests that matched no route, so that random paths cannot grow
@@ -30,6 +30,8 @@ pub struct Metrics {
     store_bytes: IntGauge,
     audit_records: IntGauge,
     audit_bytes: IntGauge,
+    store_up: IntGauge,
+    database_connections: IntGaugeVec,
     log_lines_dropped: IntCounter,
     /// The dropped-lines count `log_lines_dropped` has been raised to.
     log_lines_dropped_seen: AtomicU64,
@@ -69,6 +71,19 @@ impl Metrics {
             "audit_bytes",
             "Bytes of the audit trail's records (their JSON), part of store_size_bytes",
         )?;
+        let store_up = IntGauge::new(
+            "store_up",
+            "1 when the store answered as these metrics were read, 0 when it did not",
+        )?;
+        let database_connections = IntGaugeVec::new(
+            Opts::new(
+                "database_connections",
+                "This node's connections to PostgreSQL, by state (open, idle)",
+            ),
+            &["state"],
+        )?;
+        registry.register(Box::new(store_up.clone()))?;
+        registry.register(Box::new(database_connections.clone()))?;
         registry.register(Box::new(audit_records.clone()))?;
         registry.register(Box::new(audit_bytes.clone()))?;
         registry.register(Box::new(requests.clone()))?;
@@ -96,6 +111,8 @@ impl Metrics {
             store_bytes,
             audit_records,
             audit_bytes,
+            store_up,
+            database_connections,
             log_lines_dropped,
             log_lines_dropped_seen: AtomicU64::new(0),
             password_verifications,
@@ -125,7 +142,16 @@ impl Metrics {
     /// The text exposition, with the store's gauges as of `stats`.
     pub fn render(&self, stats: &StoreStats) -> Result<Vec<u8>, prometheus::Error> {
         let gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        self.store_up.set(i64::from(stats.store.is_some()));
         if let Some(store) = &stats.store {
+            if let Some((open, idle)) = store.connections {
+                self.database_connections
+                    .with_label_values(&["open"])
+                    .set(gauge(open));
+                self.database_connections
+                    .with_label_values(&["idle"])
+                    .set(gauge(idle));
+            }
             self.images.set(gauge(store.images));
             self.audit_records.set(gauge(store.audit_records));
             self.audit_bytes.set(gauge(store.audit_bytes));

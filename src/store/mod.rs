@@ -177,6 +177,8 @@ pub struct Stats {
     pub audit_bytes: u64,
     /// The embedded store's files; `None` for a database (its size is the DBA's).
     pub size_on_disk: Option<u64>,
+    /// This node's connections to the database, open and idle; `None` for sled.
+    pub connections: Option<(u64, u64)>,
 }
 
 /// The catalog's store. Each method keeps the promise docs/contract.md states for it,
@@ -320,15 +322,18 @@ impl Store {
                         .size_on_disk()
                         .inspect_err(|e| log::warn!("cannot read the store's size: {e}"))
                         .ok(),
+                    connections: None,
                 })
             }
             Store::Postgres(s) => {
                 let counters = s.counters().await?;
+                let (open, idle) = s.pool_status();
                 Ok(Stats {
                     images: counters.images,
                     audit_records: counters.audit_records,
                     audit_bytes: counters.audit_bytes,
                     size_on_disk: None,
+                    connections: Some((open as u64, idle as u64)),
                 })
             }
         }

@@ -119,7 +119,11 @@ async fn metrics_count_requests_failures_and_images() {
         Some(1.0)
     );
     assert_eq!(metric(&text, "image_catalog_images "), Some(2.0));
-    if !on_postgres() {
+    assert_eq!(metric(&text, "image_catalog_store_up "), Some(1.0));
+    if on_postgres() {
+        let open = metric(&text, r#"image_catalog_database_connections{state="open"}"#);
+        assert!(open.is_some_and(|n| n >= 1.0), "{text}");
+    } else {
         // The embedded store's files; a database's size is its own to report.
         assert!(metric(&text, "image_catalog_store_size_bytes").unwrap() > 0.0);
     }
