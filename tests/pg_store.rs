@@ -475,7 +475,13 @@ async fn the_full_list_streams_in_batches() {
     };
     let store = connect(&db.url, true).await;
     let batch: Vec<Image> = (0..1203).map(|i| image(&format!("img-{i:05}"))).collect();
-    assert_eq!(store.import(batch, "import:test").await.unwrap(), 1203);
+    assert_eq!(
+        store
+            .import(batch, Vec::new(), "import:test")
+            .await
+            .unwrap(),
+        1203
+    );
     let mut stream = Box::pin(store.list_stream(None, None));
     let first = stream.next().await.unwrap().unwrap();
     assert_eq!(
@@ -521,14 +527,20 @@ async fn import_is_all_or_nothing() {
         .unwrap();
     let mut batch: Vec<Image> = (0..2010).map(|i| image(&format!("new-{i:05}"))).collect();
     batch.push(image("taken"));
-    let err = store.import(batch, "import:file").await.unwrap_err();
+    let err = store
+        .import(batch, Vec::new(), "import:file")
+        .await
+        .unwrap_err();
     assert!(
         matches!(err, StoreError::Conflict(ref i) if i == "taken"),
         "{err}"
     );
     let mut twice: Vec<Image> = (0..5).map(|i| image(&format!("dup-{i}"))).collect();
     twice.push(image("dup-2"));
-    let err = store.import(twice, "import:file").await.unwrap_err();
+    let err = store
+        .import(twice, Vec::new(), "import:file")
+        .await
+        .unwrap_err();
     assert!(
         matches!(err, StoreError::Conflict(ref i) if i == "dup-2"),
         "{err}"
@@ -541,7 +553,13 @@ async fn import_is_all_or_nothing() {
         "no audit of it either"
     );
     let batch: Vec<Image> = (0..1500).map(|i| image(&format!("ok-{i:05}"))).collect();
-    assert_eq!(store.import(batch, "import:file").await.unwrap(), 1500);
+    assert_eq!(
+        store
+            .import(batch, Vec::new(), "import:file")
+            .await
+            .unwrap(),
+        1500
+    );
     let counters = store.counters().await.unwrap();
     assert_eq!(counters.images, 1501);
     assert_eq!(counters.audit_records, 1501);
@@ -574,9 +592,16 @@ async fn an_audit_trail_moves_in_with_its_seqs() {
             status: 200,
         })
         .collect();
-    assert_eq!(store.import_audit(records.clone()).await.unwrap(), 3);
+    assert_eq!(
+        store
+            .import(Vec::new(), records.clone(), "import:f")
+            .await
+            .unwrap(),
+        0,
+        "no images"
+    );
     let again = store
-        .import_audit(records[1..2].to_vec())
+        .import(Vec::new(), records[1..2].to_vec(), "import:f")
         .await
         .unwrap_err();
     assert!(again.to_string().contains("seq 7"), "{again}");
@@ -589,6 +614,113 @@ async fn an_audit_trail_moves_in_with_its_seqs() {
     assert_eq!(seqs, [10, 9, 7, 3]);
     assert_eq!(audit(&page)[1], records[2], "kept as it was");
     assert_eq!(store.audit_size().await.unwrap().0, 4);
+}
+
+#[tokio::test]
+async fn images_and_their_trail_land_in_one_transaction() {
+    let Some(db) = postgres::database() else {
+        return;
+    };
+    let store = connect(&db.url, true).await;
+    let old = |seqs: std::ops::Range<u64>| -> Vec<AuditRecord> {
+        seqs.map(|seq| AuditRecord {
+            seq,
+            time: "2025-01-01T00:00:00.000000Z".into(),
+            user: "old".into(),
+            method: "POST".into(),
+            id: format!("i{seq}"),
+            status: 200,
+        })
+        .collect()
+    };
+    store
+        .apply(Change::Create(image("taken")), "a")
+        .await
+        .unwrap();
+    // An id present refuses the trail too.
+    let err = store
+        .import(
+            vec![image("fresh"), image("taken")],
+            old(5..2010),
+            "import:f",
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err}");
+    // A trail moved in alone, far ahead.
+    assert_eq!(
+        store
+            .import(Vec::new(), old(3000..3001), "import:f")
+            .await
+            .unwrap(),
+        0
+    );
+    // A trail that would interleave with the one here (seq 3000 lies between its
+    // seqs) refuses the images too, and so does a seq out of range.
+    let with_seqs = |seqs: &[u64]| -> Vec<AuditRecord> {
+        seqs.iter()
+            .map(|&seq| AuditRecord {
+                seq,
+                ..old(5..6).remove(0)
+            })
+            .collect()
+    };
+    for (seqs, words) in [
+        (&[0u64, 3][..], "seq 0 is out of range"),
+        (&[2, 3005], "seq 3000"),
+    ] {
+        let err = store
+            .import(vec![image("fresh")], with_seqs(seqs), "import:f")
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains(words), "{seqs:?}: {err}");
+    }
+    assert_eq!(store.image_count().await.unwrap(), 1);
+    assert_eq!(store.audit_size().await.unwrap().0, 2, "nothing of either");
+    // Both at once: the trail keeps its seqs, the images' records come after it.
+    let imported = store
+        .import(
+            vec![image("fresh"), image("other")],
+            old(5..2010),
+            "import:f",
+        )
+        .await
+        .unwrap();
+    assert_eq!(imported, 2);
+    let newest: Vec<(u64, String, String)> = audit(&store.audit_page(None, 3).await.unwrap().0)
+        .into_iter()
+        .map(|r| (r.seq, r.method, r.id))
+        .collect();
+    assert_eq!(
+        newest,
+        [
+            (3002, "IMPORT".into(), "other".into()),
+            (3001, "IMPORT".into(), "fresh".into()),
+            (3000, "POST".into(), "i3000".into()),
+        ]
+    );
+    let oldest: Vec<u64> = store
+        .audit_ascending(None)
+        .take(3)
+        .map(|r| {
+            serde_json::from_slice::<AuditRecord>(&r.unwrap())
+                .unwrap()
+                .seq
+        })
+        .collect()
+        .await;
+    assert_eq!(oldest, [1, 5, 6], "oldest first");
+    let counters = store.counters().await.unwrap();
+    assert_eq!(
+        (counters.images, counters.audit_records),
+        (3, 1 + 1 + 2005 + 2)
+    );
+    let total: u64 = store
+        .audit_stream(None)
+        .map(|r| r.unwrap().len() as u64)
+        .fold(0, |a, b| async move { a + b })
+        .await;
+    assert_eq!(counters.audit_bytes, total);
 }
 
 #[tokio::test]
@@ -607,7 +739,7 @@ async fn audit_retention_prunes_old_records_but_never_reuses_a_seq() {
             status: 200,
         })
         .collect();
-    store.import_audit(old).await.unwrap();
+    store.import(Vec::new(), old, "import:f").await.unwrap();
     store
         .apply(Change::Create(image("new")), "u")
         .await

@@ -71,14 +71,22 @@ pub enum Command {
     NewToken,
     /// Validate config.toml and show what each user may do.
     CheckConfig,
-    /// Write every image as a JSON line to stdout (the server must be stopped).
+    /// Write every image as a JSON line to stdout. On sled the server must be
+    /// stopped; on PostgreSQL it may run while nodes serve, but each image is as its
+    /// batch was read, not a snapshot of one moment (stop the writers for an exact copy).
     Export {
         /// Data folder, instead of [server] data_dir (relative to the working folder).
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// After the images, write the audit trail: one record per line as /v3/audit
+        /// shows it, oldest first (import moves it in with its seqs).
+        #[arg(long)]
+        with_audit: bool,
     },
-    /// Load images from JSON lines: every line is checked first, and nothing is
-    /// imported if any is bad (the server must be stopped).
+    /// Load images (and audit records, from `export --with-audit`) from JSON lines:
+    /// every line is checked first, and all of it lands in one atomic step or nothing
+    /// does. On sled the server must be stopped; on PostgreSQL it is one transaction
+    /// and may run while nodes serve.
     Import {
         /// The JSON-lines file, as written by `export`; `-` reads stdin.
         file: PathBuf,
@@ -175,7 +183,10 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             write_stdout(&out)
         }
         Command::CheckConfig => check_config(&cli.config),
-        Command::Export { data_dir } => transfer::export(&cli.config, data_dir),
+        Command::Export {
+            data_dir,
+            with_audit,
+        } => transfer::export(&cli.config, data_dir, with_audit),
         Command::Import { file, data_dir } => transfer::import(&cli.config, &file, data_dir),
     }
 }

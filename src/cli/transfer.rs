@@ -1,5 +1,9 @@
 //! `export` and `import`: the catalog as JSON lines, one image per line, exactly as the
-//! API shows it, so an export imports back to the same catalog.
+//! API shows it, so an export imports back to the same catalog. With `--with-audit`,
+//! the audit trail follows the images, one record per line as `/v3/audit` shows it,
+//! oldest first; `import` tells a record by its `"seq"` (an image has none) and moves
+//! it in with its seq, in the same atomic step as the images. So moving a catalog from
+//! one store to another (sled to PostgreSQL) is `export --with-audit`, then `import`.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, BufWriter, IsTerminal, Read, Write};
@@ -10,6 +14,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use super::CliError;
 use crate::config::Config;
+use crate::domain::change::AuditRecord;
 use crate::domain::image::{Image, ImageId};
 use crate::store::{Store, StoreError};
 
@@ -30,6 +35,13 @@ fn open_store(
     data_dir: Option<PathBuf>,
 ) -> Result<(Config, Store), CliError> {
     let config = Config::load(config_path)?;
+    if config.store.postgres.is_some() && data_dir.is_some() {
+        return Err(CliError::Usage(
+            "--data-dir is the embedded store's (sled), but [store] backend is \"postgres\": \
+             leave it out, or use a config whose backend is \"sled\""
+                .into(),
+        ));
+    }
     let dir = data_dir.unwrap_or_else(|| config.server.data_dir.clone());
     let opened = runtime.block_on(Store::open(&config.store, &dir));
     let store = opened.map_err(|e| match e {
@@ -65,13 +77,18 @@ fn progress(length: u64, what: &str) -> ProgressBar {
     bar
 }
 
-pub fn export(config_path: &Path, data_dir: Option<PathBuf>) -> Result<(), CliError> {
+pub fn export(
+    config_path: &Path,
+    data_dir: Option<PathBuf>,
+    with_audit: bool,
+) -> Result<(), CliError> {
     let runtime = runtime()?;
     let (_, store) = open_store(&runtime, config_path, data_dir)?;
     let stats = runtime
         .block_on(store.stats())
         .map_err(|e| CliError::Runtime(e.to_string()))?;
-    let bar = progress(stats.images, "exporting");
+    let total = stats.images + if with_audit { stats.audit_records } else { 0 };
+    let bar = progress(total, "exporting");
     let stdout = std::io::stdout();
     let mut out = BufWriter::new(stdout.lock());
     let failed = |e: std::io::Error| CliError::Runtime(format!("cannot write the export: {e}"));
@@ -86,9 +103,25 @@ pub fn export(config_path: &Path, data_dir: Option<PathBuf>) -> Result<(), CliEr
         count += 1;
         bar.inc(1);
     }
+    let mut audited = 0u64;
+    if with_audit {
+        // Oldest first, after the images: the trail reads as it was written.
+        let mut records = store.audit_ascending(None);
+        while let Some(record) = runtime.block_on(records.next()) {
+            let record = record.map_err(|e| CliError::Runtime(e.to_string()))?;
+            out.write_all(&record).map_err(failed)?;
+            out.write_all(b"\n").map_err(failed)?;
+            audited += 1;
+            bar.inc(1);
+        }
+    }
     out.flush().map_err(failed)?;
     bar.finish_and_clear();
-    log::info!("exported {count} images");
+    if with_audit {
+        log::info!("exported {count} images and {audited} audit records");
+    } else {
+        log::info!("exported {count} images");
+    }
     Ok(())
 }
 
@@ -105,20 +138,28 @@ pub fn import(config_path: &Path, file: &Path, data_dir: Option<PathBuf>) -> Res
     };
     let bar = progress(size, "checking");
     let mut images = Vec::new();
+    let mut trail = Vec::new();
     let mut seen: HashMap<ImageId, String> = HashMap::new();
+    let mut seen_seqs: HashMap<u64, String> = HashMap::new();
     let mut errors = Vec::new();
-    let mut check = |label: String, record: &[u8]| match check_line(
-        record,
-        &config.providers,
-        &runtime,
-        &store,
-        &seen,
-    ) {
-        Ok(image) => {
-            seen.insert(image.id.clone(), label);
-            images.push(image);
+    let mut check = |label: String, record: &[u8], may_be_audit: bool| {
+        if may_be_audit && is_audit_record(record) {
+            match check_audit_line(record, &seen_seqs) {
+                Ok(record) => {
+                    seen_seqs.insert(record.seq, label);
+                    trail.push(record);
+                }
+                Err(why) => errors.push(format!("{label}: {why}")),
+            }
+            return;
         }
-        Err(why) => errors.push(format!("{label}: {why}")),
+        match check_line(record, &config.providers, &runtime, &store, &seen) {
+            Ok(image) => {
+                seen.insert(image.id.clone(), label);
+                images.push(image);
+            }
+            Err(why) => errors.push(format!("{label}: {why}")),
+        }
     };
     let cannot_read =
         |e: std::io::Error| CliError::Runtime(format!("cannot read {}: {e}", file.display()));
@@ -141,9 +182,11 @@ pub fn import(config_path: &Path, file: &Path, data_dir: Option<PathBuf>) -> Res
                 ))
             })?;
         for (index, record) in array.iter().enumerate() {
+            // An online backup holds images only.
             check(
                 format!("image {} of the array", index + 1),
                 record.get().as_bytes(),
+                false,
             );
         }
     } else {
@@ -153,7 +196,7 @@ pub fn import(config_path: &Path, file: &Path, data_dir: Option<PathBuf>) -> Res
             if line.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
-            check(format!("line {}", index + 1), line);
+            check(format!("line {}", index + 1), line, true);
         }
     }
     bar.finish_and_clear();
@@ -178,19 +221,100 @@ pub fn import(config_path: &Path, file: &Path, data_dir: Option<PathBuf>) -> Res
         )));
     }
     let count = images.len();
+    let span = trail
+        .iter()
+        .map(|r| r.seq)
+        .min()
+        .zip(trail.iter().map(|r| r.seq).max());
+    let audited = trail.len();
     let user = format!("import:{}", file.display());
     runtime
-        .block_on(store.import(images, &user))
+        .block_on(store.import(images, trail, &user))
         .map_err(|e| match e {
             // Its message says what remains and what undoes it.
             StoreError::ImportInterrupted { .. } => CliError::Runtime(e.to_string()),
+            StoreError::OutcomeUnknown(_) => CliError::Runtime(format!(
+                "{e}: the import is all or nothing, so either all of {} is in the store or \
+                 none of it; `export` shows which",
+                file.display()
+            )),
             e => CliError::Runtime(format!("{e}; nothing was imported")),
         })?;
     store
         .shutdown()
         .map_err(|e| CliError::Runtime(e.to_string()))?;
-    eprintln!("imported {count} images from {}", file.display());
+    match span {
+        Some((low, high)) => eprintln!(
+            "imported {count} images and {audited} audit records (seqs {low} to {high}) from {}",
+            file.display()
+        ),
+        None => eprintln!("imported {count} images from {}", file.display()),
+    }
     Ok(())
+}
+
+/// Whether a line is an audit record rather than an image: it has a `"seq"` (an image
+/// never has one). Anything else, unreadable lines too, is checked as an image.
+fn is_audit_record(line: &[u8]) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Probe {
+        seq: Option<serde::de::IgnoredAny>,
+    }
+    serde_json::from_slice::<Probe>(line).is_ok_and(|probe| probe.seq.is_some())
+}
+
+/// One audit record as `/v3/audit` shows it, every field, nothing else.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuditLine {
+    seq: u64,
+    time: String,
+    user: String,
+    method: String,
+    id: String,
+    status: u16,
+}
+
+/// An audit line checked: its fields, its seq (unique in the file, and one that
+/// PostgreSQL can hold), its time in the trail's fixed format (retention compares it).
+fn check_audit_line(line: &[u8], seen: &HashMap<u64, String>) -> Result<AuditRecord, String> {
+    let AuditLine {
+        seq,
+        time,
+        user,
+        method,
+        id,
+        status,
+    } = serde_json::from_slice(line).map_err(|e| format!("not an audit record: {e}"))?;
+    if seq == 0 || seq >= i64::MAX as u64 {
+        return Err(format!("audit seq {seq} is out of range"));
+    }
+    if let Some(first) = seen.get(&seq) {
+        return Err(format!("audit seq {seq} repeats {first}"));
+    }
+    if !is_audit_time(&time) {
+        return Err(format!(
+            "audit time '{time}' is not in the form 2026-01-02T03:04:05.000006Z"
+        ));
+    }
+    Ok(AuditRecord {
+        seq,
+        time,
+        user,
+        method,
+        id,
+        status,
+    })
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.ffffffZ`, as the store writes it.
+fn is_audit_time(time: &str) -> bool {
+    const FORM: &[u8] = b"dddd-dd-ddTdd:dd:dd.ddddddZ";
+    time.len() == FORM.len()
+        && time.bytes().zip(FORM).all(|(b, &f)| match f {
+            b'd' => b.is_ascii_digit(),
+            other => b == other,
+        })
 }
 
 /// One line checked as the API checks a create body, plus what only a whole file

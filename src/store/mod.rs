@@ -232,21 +232,21 @@ impl Store {
         }
     }
 
-    /// Creates all `images` with their audit records in one atomic step, or none of
-    /// them if any id exists already (`Conflict`).
-    pub async fn import(&self, images: Vec<Image>, user: &str) -> Result<u64, StoreError> {
+    /// Moves in `trail` (audit records from another store, seqs kept) and creates all
+    /// `images`, each with an audit record (method `IMPORT`) whose seq follows the
+    /// highest of the trail and of the store, in one atomic step: all of it lands, or
+    /// none of it if an id exists already (`Conflict`) or the trail overlaps the one
+    /// here (a seq already present, or a record between its lowest and highest seq).
+    /// Resolves with the number of images, once all of it is durable.
+    pub async fn import(
+        &self,
+        images: Vec<Image>,
+        trail: Vec<AuditRecord>,
+        user: &str,
+    ) -> Result<u64, StoreError> {
         match self {
-            Store::Embedded(s) => s.import(images, user).await,
-            Store::Postgres(s) => s.import(images, user).await,
-        }
-    }
-
-    /// Adds audit records as they are, seqs kept (a trail moved from another store),
-    /// in one atomic step; a seq already present refuses them all.
-    pub async fn import_audit(&self, records: Vec<AuditRecord>) -> Result<u64, StoreError> {
-        match self {
-            Store::Embedded(s) => s.import_audit(records).await,
-            Store::Postgres(s) => s.import_audit(records).await,
+            Store::Embedded(s) => s.import(images, trail, user).await,
+            Store::Postgres(s) => s.import(images, trail, user).await,
         }
     }
 
@@ -298,6 +298,14 @@ impl Store {
         match self {
             Store::Embedded(s) => off_the_workers(s.audit_from(before)),
             Store::Postgres(s) => s.audit_stream(before).boxed(),
+        }
+    }
+
+    /// Every audit record after `after`, oldest first, with flat memory.
+    pub fn audit_ascending(&self, after: Option<u64>) -> Listing {
+        match self {
+            Store::Embedded(s) => off_the_workers(s.audit_after(after)),
+            Store::Postgres(s) => s.audit_ascending(after).boxed(),
         }
     }
 
@@ -383,6 +391,21 @@ impl Store {
             Store::Postgres(_) => None,
         }
     }
+}
+
+/// An imported trail refused: the store's trail holds `seq`, within `low..=high`.
+pub(crate) fn trail_overlaps(seq: u64, low: u64, high: u64) -> StoreError {
+    StoreError::Invalid(ValidationError(format!(
+        "the audit trail here already holds a record with seq {seq}, and the imported \
+         trail spans seqs {low} to {high}: the two would overlap"
+    )))
+}
+
+/// An imported trail refused: it gives `seq` twice.
+pub(crate) fn trail_repeats(seq: u64) -> StoreError {
+    StoreError::Invalid(ValidationError(format!(
+        "the imported audit trail holds seq {seq} twice"
+    )))
 }
 
 fn pg_options(config: &crate::config::PostgresConfig) -> PgOptions {

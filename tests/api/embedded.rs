@@ -21,7 +21,9 @@ fn big_catalog(dir: &std::path::Path, count: usize) {
         .enable_time()
         .build()
         .unwrap();
-    runtime.block_on(store.import(images, "test")).unwrap();
+    runtime
+        .block_on(store.import(images, Vec::new(), "test"))
+        .unwrap();
     store.shutdown().unwrap();
 }
 

@@ -24,7 +24,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot, watch};
 
 use crate::domain::change::{AuditRecord, Change, Precondition};
 use crate::domain::image::{Image, ImageId, Provider};
-use crate::store::{Applied, Page, Record, StoreError};
+use crate::store::{Applied, Page, Record, StoreError, trail_overlaps, trail_repeats};
 
 pub mod mark;
 mod open;
@@ -70,8 +70,12 @@ const IMPORT_CHUNK: usize = 1000;
 /// What the writer thread is asked to do.
 enum Work {
     Change(Change),
-    /// Many creates in one atomic step: all land, or none.
-    Import(Vec<Image>),
+    /// An audit trail moved in with its seqs, then many creates, in one atomic step:
+    /// all land, or none.
+    Import {
+        images: Vec<Image>,
+        trail: Vec<AuditRecord>,
+    },
     /// Makes the writer panic, to test that its death is watched.
     #[cfg(test)]
     Crash,
@@ -452,24 +456,20 @@ fn open_and_verify(dir: &Path, db: sled::Db) -> Result<Opened, StoreError> {
 }
 
 impl SledStore {
-    /// Creates all `images` with their audit records in one atomic step, or none of
-    /// them if any id exists already (`Conflict`); resolves once they are on disk.
-    pub async fn import(&self, images: Vec<Image>, user: &str) -> Result<u64, StoreError> {
-        match self.submit(Work::Import(images), user).await? {
+    /// Moves in `trail` (seqs kept) and creates all `images` with their audit records,
+    /// in one atomic step (see `Store::import`); resolves once all of it is on disk.
+    pub async fn import(
+        &self,
+        images: Vec<Image>,
+        trail: Vec<AuditRecord>,
+        user: &str,
+    ) -> Result<u64, StoreError> {
+        match self.submit(Work::Import { images, trail }, user).await? {
             Applied::Imported(count) => Ok(count),
             _ => Err(StoreError::Corrupt(
                 "the writer answered an import oddly".into(),
             )),
         }
-    }
-
-    /// Adds audit records as they are, seqs kept.
-    pub async fn import_audit(&self, records: Vec<AuditRecord>) -> Result<u64, StoreError> {
-        // TODO(i12): the writer's ImportAudit work.
-        let _ = records;
-        Err(StoreError::Engine(
-            "importing an audit trail into sled is not built yet".into(),
-        ))
     }
 
     async fn submit(&self, work: Work, user: &str) -> Result<Applied, StoreError> {
@@ -649,6 +649,22 @@ impl SledStore {
         self.vouched(items)
     }
 
+    /// Every audit record after `after`, oldest first, read lazily.
+    pub fn audit_after(
+        &self,
+        after: Option<u64>,
+    ) -> impl Iterator<Item = Result<Bytes, StoreError>> + Send + 'static {
+        let start = match after {
+            Some(seq) => Bound::Excluded(IVec::from(&seq.to_be_bytes())),
+            None => Bound::Unbounded,
+        };
+        let items = self
+            .audit
+            .range::<IVec, _>((start, Bound::Unbounded))
+            .map(|item| item.map(|(_, value)| value));
+        self.vouched(items)
+    }
+
     /// A number that changes whenever the catalog may have changed, so that what was
     /// derived from it can be reused while it stays the same.
     pub fn generation(&self) -> u64 {
@@ -696,6 +712,15 @@ impl SledStore {
     /// The data dir.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The marker of an import under way, if any.
+    #[cfg(test)]
+    fn meta_import_marker(&self) -> Option<IVec> {
+        self.db
+            .open_tree(META_TREE)
+            .and_then(|meta| meta.get(IMPORT_KEY))
+            .unwrap()
     }
 
     /// Overwrites the recorded format version: lets tests build a store from another
@@ -1052,13 +1077,13 @@ impl Writer {
             }
         }
         for job in imports {
-            let Work::Import(images) = &job.work else {
+            let Work::Import { images, trail } = &job.work else {
                 continue;
             };
             let result = if failure.is_some() {
                 Err(StoreError::Stopped("an earlier commit failed".into()))
             } else {
-                match self.import(images, &job.user) {
+                match self.import(images, trail, &job.user) {
                     Err(ImportFailed::Undone(e)) => Err(e),
                     Err(ImportFailed::Stuck(e)) => {
                         failure = Some(e.to_string());
@@ -1102,18 +1127,37 @@ impl Writer {
     /// All or nothing all the same: a durable marker names the import while it runs,
     /// and an import that fails part way is undone, here or, if the store cannot
     /// write any more, at the next open (see [`undo_interrupted_import`]).
-    fn import(&mut self, batch: &[Image], user: &str) -> Result<Applied, ImportFailed> {
+    ///
+    /// The trail goes in first (its own chunks, seqs kept), so that the images' records
+    /// take seqs after its highest. It must not overlap the trail here (see
+    /// [`Writer::check_trail`]): then the marker's seq range names exactly what the
+    /// trail added, and an undo removes that and nothing else.
+    fn import(
+        &mut self,
+        batch: &[Image],
+        trail: &[AuditRecord],
+        user: &str,
+    ) -> Result<Applied, ImportFailed> {
         let stuck = |e: StoreError| ImportFailed::Stuck(e);
+        let span = self.check_trail(trail).map_err(ImportFailed::Undone)?;
+        let first_seq = match span {
+            Some((_, high)) => self.tally.next_seq.max(high + 1),
+            None => self.tally.next_seq,
+        };
         let marker = serde_json::to_vec(&ImportMarker {
-            first_seq: self.tally.next_seq,
+            first_seq,
             user: user.to_owned(),
+            trail: span,
         })
         .unwrap_or_default();
         self.meta
             .insert(IMPORT_KEY, marker)
             .map_err(|e| stuck(e.into()))?;
         self.db.flush().map_err(|e| stuck(e.into()))?;
-        match self.import_chunks(batch, user) {
+        let imported = self
+            .import_trail(trail)
+            .and_then(|()| self.import_chunks(batch, user));
+        match imported {
             Ok(()) => {
                 let interrupted = |e: sled::Error| {
                     ImportFailed::Stuck(StoreError::ImportInterrupted {
@@ -1140,6 +1184,63 @@ impl Writer {
                 }
             }
         }
+    }
+
+    /// The lowest and highest seq of `trail` (`None` when it is empty), once it is
+    /// known to fit: no seq 0, none twice, and no record here between its lowest and
+    /// highest seq (a seq already present would be given twice; one between would
+    /// interleave two trails, and an undo could not tell them apart).
+    fn check_trail(&self, trail: &[AuditRecord]) -> Result<Option<(u64, u64)>, StoreError> {
+        let mut seqs: Vec<u64> = trail.iter().map(|r| r.seq).collect();
+        seqs.sort_unstable();
+        let (Some(&low), Some(&high)) = (seqs.first(), seqs.last()) else {
+            return Ok(None);
+        };
+        if low == 0 || high >= i64::MAX as u64 {
+            let seq = if low == 0 { low } else { high };
+            return Err(StoreError::Invalid(crate::domain::image::ValidationError(
+                format!("audit seq {seq} is out of range"),
+            )));
+        }
+        if let Some(pair) = seqs.windows(2).find(|pair| pair[0] == pair[1]) {
+            return Err(trail_repeats(pair[0]));
+        }
+        if let Some(item) = self
+            .audit
+            .range(low.to_be_bytes()..=high.to_be_bytes())
+            .next()
+        {
+            let (key, _) = item?;
+            return Err(trail_overlaps(u64_from_bytes(&key)?, low, high));
+        }
+        Ok(Some((low, high)))
+    }
+
+    /// Inserts `trail` as it is, seqs kept, in transactions of `IMPORT_CHUNK` records;
+    /// the next seq moves past its highest.
+    fn import_trail(&mut self, trail: &[AuditRecord]) -> Result<(), StoreError> {
+        for chunk in trail.chunks(IMPORT_CHUNK) {
+            let records: Vec<(u64, Vec<u8>)> = chunk
+                .iter()
+                .map(|r| (r.seq, serde_json::to_vec(r).unwrap_or_default()))
+                .collect();
+            let result = (&self.audit, &self.meta).transaction(|(audit, meta)| {
+                let mut tally = Tally::read(meta)?;
+                for (seq, json) in &records {
+                    if audit.insert(&seq.to_be_bytes(), json.as_slice())?.is_some() {
+                        return abort(trail_repeats(*seq));
+                    }
+                    tally.audit_records += 1;
+                    tally.audit_bytes += json.len() as u64;
+                    tally.next_seq = tally.next_seq.max(seq + 1);
+                }
+                tally.write(meta)?;
+                Ok(tally)
+            });
+            let tally = result.map_err(from_transaction)?;
+            self.set_tally(tally);
+        }
+        Ok(())
     }
 
     fn import_chunks(&mut self, batch: &[Image], user: &str) -> Result<(), StoreError> {
@@ -1283,8 +1384,13 @@ enum ImportFailed {
 /// Kept in the meta tree, flushed, while an import runs.
 #[derive(Serialize, Deserialize)]
 struct ImportMarker {
+    /// The seq of the first image's record.
     first_seq: u64,
     user: String,
+    /// The lowest and highest seq of the trail it moves in, if any: every record in
+    /// that range is the import's (it was refused if any was there before).
+    #[serde(default)]
+    trail: Option<(u64, u64)>,
 }
 
 const IMPORT_KEY: &[u8] = b"import_in_progress";
@@ -1292,9 +1398,10 @@ const IMPORT_METHOD: &str = "IMPORT";
 
 /// Removes what an interrupted import left: its audit records (from the marker's first
 /// seq on, by that import's user) name exactly the images it created, in the same
-/// transactions. Returns how many images were removed; `None` when no import was
-/// interrupted. Imports run with the data dir locked against servers, so nothing else
-/// wrote after the marker.
+/// transactions; the trail it moved in is every record in the marker's trail range.
+/// Returns how many images were removed; `None` when no import was interrupted.
+/// Imports run with the data dir locked against servers, so nothing else wrote after
+/// the marker.
 fn undo_interrupted_import(
     images: &Tree,
     audit: &Tree,
@@ -1309,6 +1416,15 @@ fn undo_interrupted_import(
     let mut bytes = 0u64;
     let mut batch_images = sled::Batch::default();
     let mut batch_audit = sled::Batch::default();
+    let mut trail_removed = 0u64;
+    if let Some((low, high)) = marker.trail {
+        for item in audit.range(low.to_be_bytes()..=high.to_be_bytes()) {
+            let (key, value) = item?;
+            batch_audit.remove(key);
+            trail_removed += 1;
+            bytes += value.len() as u64;
+        }
+    }
     for item in audit.range(marker.first_seq.to_be_bytes()..) {
         let (key, value) = item?;
         let record: AuditRecord =
@@ -1328,7 +1444,7 @@ fn undo_interrupted_import(
             // The seqs it took stay taken: a seq is never given twice.
             let mut tally = Tally::read(meta)?;
             tally.images = tally.images.saturating_sub(removed);
-            tally.audit_records = tally.audit_records.saturating_sub(removed);
+            tally.audit_records = tally.audit_records.saturating_sub(removed + trail_removed);
             tally.audit_bytes = tally.audit_bytes.saturating_sub(bytes);
             tally.write(meta)?;
             meta.remove(IMPORT_KEY)?;
@@ -1548,7 +1664,7 @@ mod tests {
             .map(|i| image(&format!("new-{i:05}")))
             .collect();
         batch.push(image("taken"));
-        let err = block_on(store.import(batch, "import:file")).unwrap_err();
+        let err = block_on(store.import(batch, Vec::new(), "import:file")).unwrap_err();
         assert!(matches!(err, StoreError::Conflict(_)), "{err}");
         assert_eq!(store.image_count(), 1);
         assert_eq!(store.list_from(None, None).count(), 1);
@@ -1576,6 +1692,7 @@ mod tests {
             let marker = serde_json::to_vec(&ImportMarker {
                 first_seq: 2,
                 user: "import:f".into(),
+                trail: None,
             })
             .unwrap();
             writer.meta.insert(IMPORT_KEY, marker).unwrap();
@@ -1588,6 +1705,166 @@ mod tests {
         assert_eq!(store.list_from(None, None).count(), 1);
         assert_eq!(store.image_count(), 1);
         assert_eq!(store.audit_from(None).count(), 1);
+    }
+
+    fn trail(seqs: &[u64]) -> Vec<AuditRecord> {
+        seqs.iter()
+            .map(|&seq| AuditRecord {
+                seq,
+                time: "2025-01-01T00:00:00.000000Z".into(),
+                user: "old".into(),
+                method: "POST".into(),
+                id: format!("i{seq}"),
+                status: 200,
+            })
+            .collect()
+    }
+
+    fn seqs_of(store: &SledStore) -> Vec<u64> {
+        store
+            .audit_after(None)
+            .map(|r| {
+                serde_json::from_slice::<AuditRecord>(&r.unwrap())
+                    .unwrap()
+                    .seq
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_trail_moves_in_with_its_seqs_before_the_images_records() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = SledStore::open(dir.path(), 8).unwrap();
+            let moved = trail(&[3, 7, 9]);
+            let images = vec![image("m-1"), image("m-2")];
+            assert_eq!(
+                block_on(store.import(images, moved.clone(), "import:f")).unwrap(),
+                2
+            );
+            assert_eq!(seqs_of(&store), [3, 7, 9, 10, 11]);
+            let kept: Vec<AuditRecord> = store
+                .audit_after(None)
+                .take(3)
+                .map(|r| serde_json::from_slice(&r.unwrap()).unwrap())
+                .collect();
+            assert_eq!(kept, moved, "kept as they were");
+            let newest: AuditRecord =
+                serde_json::from_slice(&store.audit_page(None, 1).unwrap().records[0]).unwrap();
+            assert_eq!(
+                (newest.seq, newest.method.as_str(), newest.id.as_str()),
+                (11, "IMPORT", "m-2")
+            );
+            let bytes: u64 = store
+                .audit_from(None)
+                .map(|r| r.unwrap().len() as u64)
+                .sum();
+            assert_eq!(store.audit_size(), (5, bytes));
+            assert_eq!(store.image_count(), 2);
+        }
+        // The tally and the next seq are kept on disk, and the open's read-through
+        // agrees with them.
+        let store = reopen(dir.path());
+        block_on(store.apply(Change::Create(image("after")), "u")).unwrap();
+        assert_eq!(seqs_of(&store), [3, 7, 9, 10, 11, 12]);
+        assert_eq!(store.audit_size().0, 6);
+    }
+
+    #[test]
+    fn a_trail_that_overlaps_the_one_here_refuses_everything() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path(), 8).unwrap();
+        for id in ["a", "b"] {
+            block_on(store.apply(Change::Create(image(id)), "u")).unwrap();
+        }
+        block_on(store.import(Vec::new(), trail(&[10]), "import:f")).unwrap();
+        assert_eq!(seqs_of(&store), [1, 2, 10]);
+        let before = (store.audit_size(), seqs_of(&store));
+        for (seqs, words) in [
+            (vec![2u64, 5], "seq 2"),
+            // Seq 10 lies between them: the two trails would interleave.
+            (vec![4, 12], "seq 10"),
+            (vec![8, 8], "seq 8 twice"),
+            (vec![0, 8], "seq 0 is out of range"),
+        ] {
+            let err =
+                block_on(store.import(vec![image("new")], trail(&seqs), "import:f")).unwrap_err();
+            assert!(err.to_string().contains(words), "{seqs:?}: {err}");
+            assert_eq!((store.audit_size(), seqs_of(&store)), before, "{seqs:?}");
+            assert_eq!(store.image_count(), 2);
+            assert!(store.meta_import_marker().is_none());
+        }
+        // After the seqs here: fine.
+        block_on(store.import(vec![image("new")], trail(&[5, 6]), "import:f")).unwrap();
+        assert_eq!(seqs_of(&store), [1, 2, 5, 6, 10, 11]);
+    }
+
+    #[test]
+    fn an_import_refused_by_an_id_takes_its_trail_back_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path(), 8).unwrap();
+        block_on(store.apply(Change::Create(image("taken")), "u")).unwrap();
+        let long: Vec<u64> = (10..10 + 2 * IMPORT_CHUNK as u64 + 5).collect();
+        let err = block_on(store.import(
+            vec![image("fresh"), image("taken")],
+            trail(&long),
+            "import:f",
+        ))
+        .unwrap_err();
+        assert!(matches!(err, StoreError::Conflict(_)), "{err}");
+        assert_eq!(seqs_of(&store), [1]);
+        let bytes: u64 = store
+            .audit_from(None)
+            .map(|r| r.unwrap().len() as u64)
+            .sum();
+        assert_eq!(store.audit_size(), (1, bytes));
+        assert_eq!(store.image_count(), 1);
+        // The same trail may be tried again: its seqs are free.
+        block_on(store.import(vec![image("fresh")], trail(&long), "import:f")).unwrap();
+        assert_eq!(store.audit_size().0, 1 + long.len() as u64 + 1);
+    }
+
+    #[test]
+    fn an_interrupted_import_with_a_trail_is_undone_at_the_next_open() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = SledStore::open(dir.path(), 8).unwrap();
+            block_on(store.apply(Change::Create(image("kept")), "a")).unwrap();
+            let mut writer = writer_of(&store);
+            // As if the process died after the marker, the trail and one chunk of
+            // images reached the disk. The trail holds an IMPORT record of the same
+            // user naming the kept image: only the range says it is the trail's.
+            let mut moved = trail(&[5, 6]);
+            moved[1].method = IMPORT_METHOD.into();
+            moved[1].user = "import:f".into();
+            moved[1].id = "kept".into();
+            let marker = serde_json::to_vec(&ImportMarker {
+                first_seq: 7,
+                user: "import:f".into(),
+                trail: Some((5, 6)),
+            })
+            .unwrap();
+            writer.meta.insert(IMPORT_KEY, marker).unwrap();
+            writer.import_trail(&moved).unwrap();
+            let batch: Vec<Image> = (0..3).map(|i| image(&format!("half-{i}"))).collect();
+            writer.import_chunks(&batch, "import:f").unwrap();
+            store.db.flush().unwrap();
+            assert_eq!(seqs_of(&store), [1, 5, 6, 7, 8, 9]);
+        }
+        let store = reopen(dir.path());
+        assert_eq!(seqs_of(&store), [1]);
+        assert_eq!(store.image_count(), 1);
+        assert!(
+            store
+                .get(&ImageId::parse("kept").unwrap())
+                .unwrap()
+                .is_some()
+        );
+        let bytes: u64 = store
+            .audit_from(None)
+            .map(|r| r.unwrap().len() as u64)
+            .sum();
+        assert_eq!(store.audit_size(), (1, bytes));
     }
 
     /// A second writer on the store's trees, for driving the writer's steps directly.

@@ -28,7 +28,9 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::domain::image::{Image, ImageId, Provider, ValidationError};
-use crate::store::{Applied, AuditRecord, Change, Precondition, Record, StoreError};
+use crate::store::{
+    Applied, AuditRecord, Change, Precondition, Record, StoreError, trail_overlaps, trail_repeats,
+};
 
 pub use tls::Verify;
 
@@ -310,21 +312,20 @@ impl PgStore {
         })
     }
 
-    /// Creates all `images` with their audit records (method `IMPORT`) in one
-    /// transaction, or none of them if any id exists already (`Conflict`).
-    pub async fn import(&self, images: Vec<Image>, user: &str) -> Result<u64, StoreError> {
+    /// Moves in `trail` (audit records from another store, seqs kept) and creates all
+    /// `images` with their audit records (method `IMPORT`, seqs after the highest of
+    /// the trail and of the database), in one transaction: all of it, or nothing if an
+    /// id exists already (`Conflict`) or the trail overlaps the one here (a seq
+    /// already present, or a record between its lowest and highest seq).
+    pub async fn import(
+        &self,
+        images: Vec<Image>,
+        trail: Vec<AuditRecord>,
+        user: &str,
+    ) -> Result<u64, StoreError> {
         let inner = self.inner.clone();
         let user = user.to_owned();
-        self.run(async move { inner.import(images, user).await })
-            .await
-    }
-
-    /// Adds audit records as they are, seqs kept (moving a trail from another store),
-    /// in one transaction; a seq already present refuses them all. Later changes take
-    /// seqs after the highest one.
-    pub async fn import_audit(&self, records: Vec<AuditRecord>) -> Result<u64, StoreError> {
-        let inner = self.inner.clone();
-        self.run(async move { inner.import_audit(records).await })
+        self.run(async move { inner.import(images, trail, user).await })
             .await
     }
 
@@ -421,6 +422,29 @@ impl PgStore {
         batched(seq_bound(before), move |before: i64| {
             let inner = inner.clone();
             let fetch = handle.spawn(async move { inner.audit_before(before, STREAM_BATCH).await });
+            async move {
+                let rows = fetch.await.map_err(|_| StoreError::Closed)??;
+                let last = rows.last().map(|(seq, _)| *seq);
+                let full = rows.len() as i64 == STREAM_BATCH;
+                Ok((
+                    rows.into_iter().map(|(_, json)| json).collect(),
+                    last.filter(|_| full),
+                ))
+            }
+        })
+    }
+
+    /// Every audit record after `after`, oldest first, in keyset batches.
+    pub fn audit_ascending(
+        &self,
+        after: Option<u64>,
+    ) -> impl Stream<Item = Result<Bytes, StoreError>> + Send + 'static {
+        let inner = self.inner.clone();
+        let handle = self.handle.clone();
+        let start = after.map_or(0, |seq| i64::try_from(seq).unwrap_or(i64::MAX));
+        batched(start, move |after: i64| {
+            let inner = inner.clone();
+            let fetch = handle.spawn(async move { inner.audit_after(after, STREAM_BATCH).await });
             async move {
                 let rows = fetch.await.map_err(|_| StoreError::Closed)??;
                 let last = rows.last().map(|(seq, _)| *seq);
@@ -962,6 +986,19 @@ impl Inner {
             .collect())
     }
 
+    async fn audit_after(&self, after: i64, limit: i64) -> Result<Vec<(i64, Bytes)>, StoreError> {
+        let rows = self
+            .read(
+                "SELECT seq, json FROM audit WHERE seq > $1 ORDER BY seq LIMIT $2",
+                vec![Box::new(after), Box::new(limit)],
+            )
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|row| (row.get::<_, i64>(0), Bytes::from(row.get::<_, Vec<u8>>(1))))
+            .collect())
+    }
+
     async fn counters(&self) -> Result<Counters, StoreError> {
         let rows = self
             .read(
@@ -1251,9 +1288,29 @@ impl Inner {
         Ok(rows.into_iter().next().map(|row| row.get::<_, Vec<u8>>(0)))
     }
 
-    async fn import(&self, images: Vec<Image>, user: String) -> Result<u64, StoreError> {
+    async fn import(
+        &self,
+        images: Vec<Image>,
+        trail: Vec<AuditRecord>,
+        user: String,
+    ) -> Result<u64, StoreError> {
+        let mut seqs = Vec::with_capacity(trail.len());
+        for record in &trail {
+            match i64::try_from(record.seq) {
+                Ok(seq) if seq > 0 => seqs.push(seq),
+                _ => {
+                    return Err(StoreError::Invalid(ValidationError(format!(
+                        "audit seq {} is out of range",
+                        record.seq
+                    ))));
+                }
+            }
+        }
         let mut client = self.client().await.map_err(Broken::into_error)?;
-        match self.import_on(&mut client, &images, &user).await {
+        match self
+            .import_on(&mut client, &images, &trail, &seqs, &user)
+            .await
+        {
             Ok(Ok(count)) => Ok(count),
             Ok(Err(refused)) => Err(refused),
             Err(broken) => {
@@ -1267,10 +1324,13 @@ impl Inner {
         &self,
         client: &mut Object,
         images: &[Image],
+        trail: &[AuditRecord],
+        seqs: &[i64],
         user: &str,
     ) -> Result<Result<u64, StoreError>, Broken> {
         let tx = self.bounded(client.transaction()).await?;
-        // Every image first, then every audit record: the counter row is locked last.
+        // Every image first, then the audit: the counter row is locked last, as every
+        // writer takes it.
         let insert = self
             .bounded(tx.prepare_cached(
                 "INSERT INTO images (id, provider, json) \
@@ -1297,6 +1357,11 @@ impl Inner {
                 return Ok(Err(StoreError::Conflict(taken)));
             }
         }
+        // The trail before the images' records, so that those take seqs after it.
+        if let Err(refused) = self.trail_in(&tx, trail, seqs).await? {
+            let _ = self.bounded(tx.rollback()).await;
+            return Ok(Err(refused));
+        }
         for chunk in images.chunks(IMPORT_CHUNK) {
             let mut audit = AuditBatch::default();
             for image in chunk {
@@ -1308,39 +1373,34 @@ impl Inner {
         Ok(Ok(images.len() as u64))
     }
 
-    async fn import_audit(&self, records: Vec<AuditRecord>) -> Result<u64, StoreError> {
-        let mut client = self.client().await.map_err(Broken::into_error)?;
-        match self.import_audit_on(&mut client, &records).await {
-            Ok(Ok(count)) => Ok(count),
-            Ok(Err(refused)) => Err(refused),
-            Err(broken) => {
-                drop(Object::take(client));
-                Err(broken.into_error())
-            }
-        }
-    }
-
-    async fn import_audit_on(
+    /// Inserts `trail` as it is, seqs kept, moving the counters, in `tx`; refused if it
+    /// overlaps the trail here: a seq already present, or one between its lowest and
+    /// highest seq (the two trails would interleave).
+    async fn trail_in(
         &self,
-        client: &mut Object,
-        records: &[AuditRecord],
-    ) -> Result<Result<u64, StoreError>, Broken> {
-        let mut seqs = Vec::with_capacity(records.len());
-        for record in records {
-            match i64::try_from(record.seq) {
-                Ok(seq) if seq > 0 => seqs.push(seq),
-                _ => {
-                    return Ok(Err(StoreError::Invalid(ValidationError(format!(
-                        "audit seq {} is out of range",
-                        record.seq
-                    )))));
-                }
-            }
-        }
-        let tx = self.bounded(client.transaction()).await?;
+        tx: &deadpool_postgres::Transaction<'_>,
+        trail: &[AuditRecord],
+        seqs: &[i64],
+    ) -> Result<Result<(), StoreError>, Broken> {
+        let (Some(&low), Some(&high)) = (seqs.iter().min(), seqs.iter().max()) else {
+            return Ok(Ok(()));
+        };
         // The counter row first: no change may take a seq while the trail moves in.
         self.bounded(tx.execute("SELECT 1 FROM counters WHERE id = 1 FOR UPDATE", &[]))
             .await?;
+        let present = self
+            .bounded(tx.query(
+                "SELECT seq FROM audit WHERE seq BETWEEN $1 AND $2 ORDER BY seq LIMIT 1",
+                &[&low, &high],
+            ))
+            .await?;
+        if let Some(row) = present.first() {
+            return Ok(Err(trail_overlaps(
+                row.get::<_, i64>(0) as u64,
+                low as u64,
+                high as u64,
+            )));
+        }
         let insert = self
             .bounded(tx.prepare_cached(
                 "INSERT INTO audit (seq, time, json) \
@@ -1349,7 +1409,7 @@ impl Inner {
             ))
             .await?;
         let mut bytes = 0i64;
-        for (chunk, seq_chunk) in records.chunks(IMPORT_CHUNK).zip(seqs.chunks(IMPORT_CHUNK)) {
+        for (chunk, seq_chunk) in trail.chunks(IMPORT_CHUNK).zip(seqs.chunks(IMPORT_CHUNK)) {
             let times: Vec<&str> = chunk.iter().map(|r| r.time.as_str()).collect();
             let jsons: Vec<Vec<u8>> = chunk
                 .iter()
@@ -1360,30 +1420,26 @@ impl Inner {
                 .bounded(tx.query(&insert, &[&seq_chunk, &times, &jsons]))
                 .await?;
             if rows.len() != chunk.len() {
+                // Only a seq given twice in the trail itself can land here.
                 let landed: std::collections::HashSet<i64> =
                     rows.iter().map(|row| row.get::<_, i64>(0)).collect();
                 let mut seen = std::collections::HashSet::new();
-                let taken = seq_chunk
+                let twice = seq_chunk
                     .iter()
                     .find(|seq| !landed.contains(*seq) || !seen.insert(**seq))
                     .copied()
                     .unwrap_or_default();
-                let _ = self.bounded(tx.rollback()).await;
-                return Ok(Err(StoreError::Invalid(ValidationError(format!(
-                    "the audit trail already holds a record with seq {taken}; nothing was imported"
-                )))));
+                return Ok(Err(trail_repeats(twice as u64)));
             }
         }
-        let max = seqs.iter().copied().max().unwrap_or(0);
         self.bounded(tx.execute(
             "UPDATE counters SET next_seq = greatest(next_seq, $1::bigint + 1), \
              generation = generation + 1, audit_records = audit_records + $2, \
              audit_bytes = audit_bytes + $3 WHERE id = 1",
-            &[&max, &(records.len() as i64), &bytes],
+            &[&high, &(trail.len() as i64), &bytes],
         ))
         .await?;
-        self.commit(tx).await?;
-        Ok(Ok(records.len() as u64))
+        Ok(Ok(()))
     }
 
     /// Removes audit records past the retention, a chunk per transaction.
