@@ -1307,3 +1307,21 @@ async fn probe_reports_the_schema_and_changes_nothing() {
     assert!(matches!(err, StoreError::Unavailable(_)), "{err}");
     assert!(!err.to_string().contains(&db.password), "{err}");
 }
+
+#[tokio::test]
+async fn existing_names_the_ids_the_catalog_holds() {
+    let Some(db) = postgres::database() else {
+        return;
+    };
+    let store = connect(&db.url, true).await;
+    for name in ["a", "b"] {
+        store
+            .apply(Change::Create(image(name)), "admin")
+            .await
+            .unwrap();
+    }
+    let mut found = store.existing(&[id("a"), id("c"), id("b")]).await.unwrap();
+    found.sort_by(|x, y| x.as_str().cmp(y.as_str()));
+    assert_eq!(found, vec![id("a"), id("b")]);
+    assert!(store.existing(&[]).await.unwrap().is_empty());
+}

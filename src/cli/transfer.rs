@@ -18,6 +18,9 @@ use crate::domain::change::AuditRecord;
 use crate::domain::image::{Image, ImageId};
 use crate::store::{Store, StoreError};
 
+/// Ids asked for at once when looking for ones the store holds already.
+const EXISTING_CHUNK: usize = 1000;
+
 /// How many bad lines are listed before the rest are only counted.
 const MAX_LISTED_ERRORS: usize = 50;
 
@@ -153,7 +156,7 @@ pub fn import(config_path: &Path, file: &Path, data_dir: Option<PathBuf>) -> Res
             }
             return;
         }
-        match check_line(record, &config.providers, &runtime, &store, &seen) {
+        match check_line(record, &config.providers, &seen) {
             Ok(image) => {
                 seen.insert(image.id.clone(), label);
                 images.push(image);
@@ -200,6 +203,20 @@ pub fn import(config_path: &Path, file: &Path, data_dir: Option<PathBuf>) -> Res
         }
     }
     bar.finish_and_clear();
+    // Ids the store holds already, asked a chunk at a time: one round trip per
+    // chunk rather than per image.
+    let ids: Vec<ImageId> = images.iter().map(|image| image.id.clone()).collect();
+    for chunk in ids.chunks(EXISTING_CHUNK) {
+        let present = runtime
+            .block_on(store.existing(chunk))
+            .map_err(|e| CliError::Runtime(format!("{e}; nothing was imported")))?;
+        for id in present {
+            let label = seen.get(&id).cloned().unwrap_or_default();
+            errors.push(format!(
+                "{label}: an image with id '{id}' is already in the store"
+            ));
+        }
+    }
     if !errors.is_empty() {
         let mut report = errors
             .iter()
@@ -317,28 +334,16 @@ fn is_audit_time(time: &str) -> bool {
         })
 }
 
-/// One line checked as the API checks a create body, plus what only a whole file
-/// can tell: repeated ids, and ids the store already holds.
+/// One line checked as the API checks a create body, plus a repeated id (ids the
+/// store holds already are asked for all at once, after).
 fn check_line(
     line: &[u8],
     providers: &[String],
-    runtime: &tokio::runtime::Runtime,
-    store: &Store,
     seen: &HashMap<ImageId, String>,
 ) -> Result<Image, String> {
     let image = Image::from_json(line, providers).map_err(|e| e.to_string())?;
     if let Some(first) = seen.get(&image.id) {
         return Err(format!("id '{}' repeats {first}", image.id));
-    }
-    if runtime
-        .block_on(store.get(&image.id))
-        .map_err(|e| e.to_string())?
-        .is_some()
-    {
-        return Err(format!(
-            "an image with id '{}' is already in the store",
-            image.id
-        ));
     }
     Ok(image)
 }

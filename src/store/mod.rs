@@ -258,6 +258,22 @@ impl Store {
         }
     }
 
+    /// Which of `ids` the catalog holds (an import names each clash before it starts).
+    pub async fn existing(&self, ids: &[ImageId]) -> Result<Vec<ImageId>, StoreError> {
+        match self {
+            Store::Embedded(s) => {
+                let mut found = Vec::new();
+                for id in ids {
+                    if s.get(id)?.is_some() {
+                        found.push(id.clone());
+                    }
+                }
+                Ok(found)
+            }
+            Store::Postgres(s) => s.existing(ids).await,
+        }
+    }
+
     /// Up to `limit` images after `after` (exclusive), in id byte order.
     pub async fn list_page(
         &self,

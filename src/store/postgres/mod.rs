@@ -345,6 +345,28 @@ impl PgStore {
         .await
     }
 
+    /// Which of `ids` the catalog holds, in one round trip.
+    pub async fn existing(&self, ids: &[ImageId]) -> Result<Vec<ImageId>, StoreError> {
+        let inner = self.inner.clone();
+        let wanted: Vec<String> = ids.iter().map(|id| id.as_str().to_owned()).collect();
+        let rows = self
+            .run(async move {
+                inner
+                    .read(
+                        "SELECT id FROM images WHERE id = ANY($1::text[])",
+                        vec![Box::new(wanted)],
+                    )
+                    .await
+            })
+            .await?;
+        rows.into_iter()
+            .map(|row| {
+                ImageId::parse_existing(row.get::<_, &str>(0))
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))
+            })
+            .collect()
+    }
+
     /// Up to `limit` images after `after` (exclusive), in id byte order; `more` says
     /// whether any follow.
     pub async fn list_page(
