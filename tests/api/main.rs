@@ -16,9 +16,12 @@ mod hostile;
 mod images;
 mod listing;
 mod operations;
+#[path = "../support/postgres.rs"]
+mod postgres;
 mod process;
 mod proxy;
 mod reload;
 mod secrets;
+mod store_config;
 mod tls;
 mod transfer;
