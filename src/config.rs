@@ -453,8 +453,8 @@ fn check_store(
             {
                 notes.push(format!(
                     "[store] url holds a password in the config file; give the URL in the \
-                     {DATABASE_URL_VAR} variable instead (it overrides url), or use a \
-                     .pgpass file, so the password need not sit in config.toml"
+                     {DATABASE_URL_VAR} variable instead (it overrides url), so the \
+                     password need not sit in config.toml"
                 ));
             }
             let from_env = env_url.is_some();

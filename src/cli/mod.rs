@@ -357,7 +357,7 @@ fn check_config(path: &std::path::Path) -> Result<(), CliError> {
     let config = Config::load(path)?;
     let mut warnings = config.warnings(path);
     let store = match &config.store.postgres {
-        None => format!("store: sled, data in {}", config.server.data_dir.display()),
+        None => format!("store: sled in {}", config.server.data_dir.display()),
         Some(pg) => {
             let at = format!("store: postgres at {}", pg.url.masked());
             match probe_database(pg)? {

@@ -96,7 +96,7 @@ fn check_config_names_the_sled_store_and_its_folder() {
     let said = String::from_utf8(output.stdout).unwrap();
     assert_eq!(
         line(&said, "store: "),
-        format!("store: sled, data in {}", dir.path().join("data").display())
+        format!("store: sled in {}", dir.path().join("data").display())
     );
 }
 
