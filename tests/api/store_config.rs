@@ -349,3 +349,46 @@ async fn serve_on_postgres_shows_the_masked_url_and_never_logs_the_password() {
     );
     assert_hidden(&all, &db.password);
 }
+
+#[test]
+fn check_config_reaches_postgres_over_verified_tls_and_warns_of_a_bad_certificate() {
+    let Some(cluster) = postgres::shared() else {
+        return;
+    };
+    let db = cluster.database();
+    // The test server's certificate names localhost.
+    let url = |ca: &Path| {
+        cluster
+            .url_with(
+                &db.name,
+                &format!("sslmode=verify-full&sslrootcert={}", ca.display()),
+            )
+            .replace("@127.0.0.1:", "@localhost:")
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), &pg_config(None));
+
+    let good = url(&cluster.ca_file);
+    let output = check_config(&path, Some(&good));
+    let all = all_of(&output);
+    assert_eq!(output.status.code(), Some(0), "{all}");
+    assert_hidden(&all, &db.password);
+    assert!(
+        all.contains(&format!(
+            "store: postgres at {}: reachable, no schema yet",
+            with_password(&good, &db.password, "***")
+        )),
+        "{all}"
+    );
+
+    let output = check_config(&path, Some(&url(&cluster.other_ca_file)));
+    let all = all_of(&output);
+    assert_eq!(output.status.code(), Some(0), "{all}");
+    assert_hidden(&all, &db.password);
+    let said = String::from_utf8(output.stdout).unwrap();
+    let warning = line(&said, "warning: store: postgres at ");
+    assert!(
+        warning.contains(": unreachable: ") && warning.to_lowercase().contains("certificate"),
+        "says why: {warning}"
+    );
+}
