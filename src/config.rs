@@ -158,46 +158,138 @@ impl DatabaseUrl {
         self.masked() != self.0
     }
 
-    /// The URL with any password replaced by `***`, fit for a log or a message.
+    /// The URL with any password replaced by `***`, fit for a log or a message: the
+    /// one in `user:password@` (however it is written: percent-encoded, or with a raw
+    /// `@`, `/` or `?` in it), `password=` query words, and the `password` of a
+    /// `key=value` string. Where the text is ambiguous, more is hidden, never less.
     pub fn masked(&self) -> String {
         let url = &self.0;
-        if let Some(rest) = url
-            .strip_prefix("postgres://")
-            .or_else(|| url.strip_prefix("postgresql://"))
-        {
-            let scheme = &url[..url.len() - rest.len()];
-            let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-            let (authority, tail) = rest.split_at(authority_end);
-            let masked_tail = mask_password_pairs(tail, '&');
-            return match authority.rsplit_once('@') {
-                Some((userinfo, host)) => match userinfo.split_once(':') {
-                    Some((user, _)) => format!("{scheme}{user}:***@{host}{masked_tail}"),
-                    None => format!("{scheme}{authority}{masked_tail}"),
-                },
-                None => format!("{scheme}{authority}{masked_tail}"),
-            };
+        let scheme = ["postgres://", "postgresql://"].into_iter().find(|scheme| {
+            url.get(..scheme.len())
+                .is_some_and(|start| start.eq_ignore_ascii_case(scheme))
+        });
+        match scheme {
+            Some(scheme) => {
+                let (scheme, rest) = url.split_at(scheme.len());
+                format!("{scheme}{}", mask_userinfo(&mask_query_passwords(rest)))
+            }
+            None => mask_key_values(url),
         }
-        mask_password_pairs(url, ' ')
     }
 }
 
-/// `password=...` pairs, split by `separator`, with their value masked.
-fn mask_password_pairs(text: &str, separator: char) -> String {
-    text.split(separator)
-        .map(|pair| {
-            let (prefix, pair) = match pair.find('?') {
-                Some(i) if separator == '&' => pair.split_at(i + 1),
-                _ => ("", pair),
-            };
-            match pair.split_once('=') {
-                Some((key, _)) if key.trim().eq_ignore_ascii_case("password") => {
-                    format!("{prefix}{key}=***")
-                }
-                _ => format!("{prefix}{pair}"),
+/// `user:password@host...` with the password masked. As the database client reads
+/// it, the credentials run to the first `@`; a password with a raw `@` in it runs to
+/// the last `@` before the path, so that one is masked up to.
+fn mask_userinfo(rest: &str) -> String {
+    let Some(first_at) = rest.find('@') else {
+        return rest.to_owned();
+    };
+    let authority_end = rest[first_at..]
+        .find(['/', '?'])
+        .map_or(rest.len(), |i| first_at + i);
+    let userinfo_end = rest[..authority_end].rfind('@').unwrap_or(first_at);
+    let (userinfo, host) = rest.split_at(userinfo_end);
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{user}:***{host}"),
+        None => rest.to_owned(),
+    }
+}
+
+/// Every `password=value` that follows a `?` or `&`, with the value masked up to the
+/// next `&`. A key may be percent-encoded (the client decodes it).
+fn mask_query_passwords(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut i = 0;
+    let mut at_key = false;
+    while let Some(c) = text[i..].chars().next() {
+        if at_key {
+            let key_end = text[i..]
+                .find(['=', '&', '?'])
+                .map_or(text.len(), |j| i + j);
+            if text[key_end..].starts_with('=') && is_password_key(&text[i..key_end]) {
+                out.push_str(&text[i..=key_end]);
+                out.push_str("***");
+                i = text[key_end..]
+                    .find('&')
+                    .map_or(text.len(), |j| key_end + j);
+                at_key = false;
+                continue;
             }
-        })
-        .collect::<Vec<_>>()
-        .join(&separator.to_string())
+        }
+        out.push(c);
+        i += c.len_utf8();
+        at_key = c == '?' || c == '&';
+    }
+    out
+}
+
+fn is_password_key(key: &str) -> bool {
+    percent_encoding::percent_decode_str(key)
+        .decode_utf8_lossy()
+        .trim()
+        .eq_ignore_ascii_case("password")
+}
+
+/// A `key=value` connection string (`host=db user=u password='a b'`) with the
+/// password's value masked, read as the database client reads it: blanks around `=`,
+/// values in single quotes, backslash escapes. After a `password` keyword, the next
+/// value is masked even when the `=` is missing.
+fn mask_key_values(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    loop {
+        let blank = rest.len() - rest.trim_start().len();
+        out.push_str(&rest[..blank]);
+        rest = &rest[blank..];
+        if rest.is_empty() {
+            return out;
+        }
+        let key_end = rest
+            .find(|c: char| c.is_whitespace() || c == '=')
+            .unwrap_or(rest.len());
+        let (key, after) = rest.split_at(key_end);
+        out.push_str(key);
+        let gap = after.len() - after.trim_start().len();
+        let mut value = &after[gap..];
+        let mut separator = &after[..gap];
+        if let Some(stripped) = value.strip_prefix('=') {
+            let blank = stripped.len() - stripped.trim_start().len();
+            separator = &after[..gap + 1 + blank];
+            value = &stripped[blank..];
+        } else if !key.trim().eq_ignore_ascii_case("password") {
+            // A word without `=` (the client refuses it); go on from the next one.
+            rest = after;
+            continue;
+        }
+        let value_len = value_length(value);
+        out.push_str(separator);
+        if key.trim().eq_ignore_ascii_case("password") {
+            out.push_str("***");
+        } else {
+            out.push_str(&value[..value_len]);
+        }
+        rest = &value[value_len..];
+    }
+}
+
+/// The length of the value at the start of `text`: a quoted one up to its closing
+/// quote (all of `text` if there is none), a bare one up to a blank.
+fn value_length(text: &str) -> usize {
+    let quoted = text.starts_with('\'');
+    let mut escaped = false;
+    for (i, c) in text.char_indices().skip(usize::from(quoted)) {
+        if escaped {
+            escaped = false;
+        } else if c == '\\' {
+            escaped = true;
+        } else if quoted && c == '\'' {
+            return i + 1;
+        } else if !quoted && c.is_whitespace() {
+            return i;
+        }
+    }
+    text.len()
 }
 
 impl std::fmt::Debug for DatabaseUrl {
@@ -335,11 +427,11 @@ fn check_store(
 ) -> Result<StoreConfig, String> {
     let mut notes = Vec::new();
     let cache_mb = raw.cache_mb.unwrap_or(DEFAULT_CACHE_MB);
-    if cache_mb == 0 {
-        return Err("[store] cache_mb must be at least 1".into());
-    }
     let postgres = match raw.backend.as_str() {
         "sled" => {
+            if cache_mb == 0 {
+                return Err("[store] cache_mb must be at least 1".into());
+            }
             if raw.url.is_some() {
                 notes.push(
                     "[store] url is ignored: backend is \"sled\" (set backend = \"postgres\" \
@@ -361,14 +453,28 @@ fn check_store(
             {
                 notes.push(format!(
                     "[store] url holds a password in the config file; give the URL in the \
-                     {DATABASE_URL_VAR} variable instead (it overrides url), or use a \
-                     .pgpass file, so the password need not sit in config.toml"
+                     {DATABASE_URL_VAR} variable instead (it overrides url), so the \
+                     password need not sit in config.toml"
                 ));
             }
+            let from_env = env_url.is_some();
             let url = env_url.map(DatabaseUrl::new).or(from_file).ok_or_else(|| {
                 format!(
                     "[store] backend = \"postgres\" needs url = \"postgres://user@host:port/dbname\" \
                      or the {DATABASE_URL_VAR} variable"
+                )
+            })?;
+            let source = if from_env {
+                DATABASE_URL_VAR
+            } else {
+                "[store] url"
+            };
+            crate::store::postgres::check_url(url.expose()).map_err(|why| {
+                let masked = url.masked();
+                format!(
+                    "{source} '{masked}' is not a usable database URL ({}); write it as \
+                     postgres://user@host:port/dbname?sslmode=require",
+                    hide_unshown(&why, &masked)
                 )
             })?;
             if data_dir_set {
@@ -415,6 +521,29 @@ fn check_store(
         postgres,
         notes,
     })
+}
+
+/// `message` with each quoted word (in backquotes or single quotes) that `shown`
+/// does not hold replaced by `***`: a parser's message may quote a piece of the URL,
+/// and that piece may be part of the password.
+fn hide_unshown(message: &str, shown: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(open) = rest.find(['`', '\'']) {
+        let quote = rest[open..].chars().next().unwrap_or('`');
+        out.push_str(&rest[..=open]);
+        rest = &rest[open + 1..];
+        let Some(close) = rest.find(quote) else {
+            out.push_str(if shown.contains(rest) { rest } else { "***" });
+            return out;
+        };
+        let word = &rest[..close];
+        out.push_str(if shown.contains(word) { word } else { "***" });
+        out.push(quote);
+        rest = &rest[close + 1..];
+    }
+    out.push_str(rest);
+    out
 }
 
 #[derive(Deserialize)]
@@ -1016,6 +1145,290 @@ roles = ["reader"]
                 err.contains(expected),
                 "{err:?} should contain {expected:?}"
             );
+        }
+    }
+
+    fn store_of(store: &str, env_url: Option<&str>) -> Result<Config, String> {
+        Config::parse_with(
+            &with_user(store),
+            Path::new("/etc/ic"),
+            env_url.map(str::to_owned),
+        )
+    }
+
+    const PG: &str = "[store]\nbackend = \"postgres\"\n";
+
+    #[test]
+    fn sled_is_the_default_and_takes_no_url() {
+        let config = store_of("", None).unwrap();
+        assert_eq!(config.store.postgres, None);
+        assert!(config.store.notes.is_empty(), "{:?}", config.store.notes);
+        assert!(config.warnings(Path::new("/nonexistent")).is_empty());
+
+        let config = store_of(
+            "[store]\nbackend = \"sled\"\nurl = \"postgres://u@h/db\"",
+            Some("postgres://u:secret@h/db"),
+        )
+        .unwrap();
+        assert_eq!(config.store.postgres, None);
+        let notes = &config.store.notes;
+        assert_eq!(notes.len(), 2, "{notes:?}");
+        assert!(notes[0].contains("[store] url is ignored"), "{notes:?}");
+        assert!(
+            notes[1].contains("IMAGE_CATALOG_DATABASE_URL is set but ignored"),
+            "{notes:?}"
+        );
+        assert!(!notes.concat().contains("secret"));
+        assert_eq!(
+            config.warnings(Path::new("/nonexistent")),
+            *notes,
+            "the notes are warnings"
+        );
+
+        let err = store_of("[store]\ncache_mb = 0", None).unwrap_err();
+        assert!(err.contains("cache_mb must be at least 1"), "{err}");
+    }
+
+    #[test]
+    fn postgres_reads_its_keys_and_defaults() {
+        let config = store_of(
+            &format!(
+                "{PG}url = \"postgres://cat@db.internal:5432/catalog?sslmode=require\"\n\
+                 connect_timeout_ms = 1500\nstatement_timeout_ms = 2500\npool_size = 4"
+            ),
+            None,
+        )
+        .unwrap();
+        let pg = config.store.postgres.unwrap();
+        assert_eq!(
+            pg.url.expose(),
+            "postgres://cat@db.internal:5432/catalog?sslmode=require"
+        );
+        assert_eq!(pg.connect_timeout, Duration::from_millis(1500));
+        assert_eq!(pg.statement_timeout, Duration::from_millis(2500));
+        assert_eq!(pg.pool_size, 4);
+        assert!(config.store.notes.is_empty(), "{:?}", config.store.notes);
+
+        let pg = store_of(&format!("{PG}url = \"postgres://h/db\""), None)
+            .unwrap()
+            .store
+            .postgres
+            .unwrap();
+        assert_eq!(pg.connect_timeout, Duration::from_secs(5));
+        assert_eq!(pg.statement_timeout, Duration::from_secs(5));
+        assert_eq!(pg.pool_size, 16);
+    }
+
+    #[test]
+    fn the_variable_overrides_the_file() {
+        let file = format!("{PG}url = \"postgres://file@h/db\"");
+        let url = |config: Config| config.store.postgres.unwrap().url;
+        assert_eq!(
+            url(store_of(&file, None).unwrap()).expose(),
+            "postgres://file@h/db"
+        );
+        let config = store_of(&file, Some("postgres://env:secret@h/db")).unwrap();
+        assert!(
+            config.store.notes.is_empty(),
+            "a password in the variable is where it belongs: {:?}",
+            config.store.notes
+        );
+        assert_eq!(url(config).expose(), "postgres://env:secret@h/db");
+        // The variable alone is enough.
+        let config = store_of(PG, Some("host=h user=env dbname=db")).unwrap();
+        assert_eq!(url(config).expose(), "host=h user=env dbname=db");
+    }
+
+    #[test]
+    fn postgres_warnings() {
+        let secret = "s3cr%40t-word";
+        let config = store_of(
+            &format!(
+                "[server]\ndata_dir = \"/var/lib/ic\"\n{PG}url = \"postgres://cat:{secret}@h/db\"\n\
+                 cache_mb = 0"
+            ),
+            None,
+        )
+        .unwrap();
+        let notes = &config.store.notes;
+        assert_eq!(notes.len(), 3, "{notes:?}");
+        assert!(
+            notes[0].contains("holds a password") && notes[0].contains(DATABASE_URL_VAR),
+            "names the variable: {notes:?}"
+        );
+        assert!(notes[1].contains("data_dir is ignored"), "{notes:?}");
+        assert!(
+            notes[2].contains("cache_mb is ignored"),
+            "a key the backend ignores is not refused: {notes:?}"
+        );
+        let all = notes.concat();
+        assert!(!all.contains("s3cr") && !all.contains("t-word"), "{all}");
+        assert!(
+            !format!("{config:?}").contains("s3cr"),
+            "Debug masks the URL"
+        );
+
+        // The password in a query word or key=value string is a password too.
+        for url in [
+            "postgres://cat@h/db?password=secret",
+            "host=h user=cat password=secret",
+        ] {
+            let config = store_of(&format!("{PG}url = \"{url}\""), None).unwrap();
+            assert_eq!(config.store.notes.len(), 1, "{url}");
+            assert!(config.store.notes[0].contains("holds a password"));
+        }
+    }
+
+    #[test]
+    fn postgres_refusals() {
+        let cases = [
+            (PG.to_string(), "needs url"),
+            (
+                format!("{PG}url = \"postgres://h/db\"\nconnect_timeout_ms = 0"),
+                "connect_timeout_ms must be at least 1",
+            ),
+            (
+                format!("{PG}url = \"postgres://h/db\"\nstatement_timeout_ms = 0"),
+                "statement_timeout_ms must be at least 1",
+            ),
+            (
+                format!("{PG}url = \"postgres://h/db\"\npool_size = 0"),
+                "pool_size must be at least 1",
+            ),
+            (
+                "[store]\nbackend = \"mysql\"".to_string(),
+                "backend 'mysql' is unknown",
+            ),
+            (
+                format!("{PG}url = \"postgres://h/db\"\ncache = 1"),
+                "unknown field",
+            ),
+            (format!("{PG}url = \"\""), "not a usable database URL"),
+            (
+                format!("{PG}url = \"postgres://cat:secret@h:port/db\""),
+                "[store] url 'postgres://cat:***@h:port/db' is not a usable database URL",
+            ),
+            (
+                format!("{PG}url = \"postgres://cat:secret@h/db?sslmode=sometimes\""),
+                "is not a usable database URL",
+            ),
+            (
+                format!("{PG}url = \"user=cat password=secret\""),
+                "names no host",
+            ),
+            (
+                format!("{PG}url = \"host=h password=secret mood=calm\""),
+                "unknown option `mood`",
+            ),
+        ];
+        for (text, expected) in cases {
+            let err = store_of(&text, None).unwrap_err();
+            assert!(
+                err.contains(expected),
+                "{err:?} should contain {expected:?}"
+            );
+            assert!(!err.contains("secret"), "{err}");
+        }
+        // The variable's URL is checked as well, and named.
+        let err = store_of(PG, Some("postgres://cat:secret@h:port/db")).unwrap_err();
+        assert!(
+            err.starts_with("IMAGE_CATALOG_DATABASE_URL 'postgres://cat:***@h:port/db'"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn quoted_words_that_the_masked_url_hides_stay_hidden() {
+        assert_eq!(
+            hide_unshown("unknown option `pw` near 'x' and `db`", "host=db"),
+            "unknown option `***` near '***' and `db`"
+        );
+        assert_eq!(hide_unshown("open `quote", "host"), "open `***");
+    }
+
+    #[test]
+    fn masked_hides_every_spelling_of_a_password() {
+        let cases = [
+            (
+                "postgres://u:secret@h:5432/db",
+                "postgres://u:***@h:5432/db",
+            ),
+            (
+                "postgresql://u:s%40c%2Fret@h/db?sslmode=require",
+                "postgresql://u:***@h/db?sslmode=require",
+            ),
+            ("POSTGRES://u:secret@h/db", "POSTGRES://u:***@h/db"),
+            // Raw characters that end an authority elsewhere.
+            ("postgres://u:se@cret@h/db", "postgres://u:***@h/db"),
+            ("postgres://u:se/cret@h/db", "postgres://u:***@h/db"),
+            ("postgres://u:se?cret@h/db", "postgres://u:***@h/db"),
+            ("postgres://u:@h/db", "postgres://u:***@h/db"),
+            (
+                "postgres://u:secret@[::1]:5432,h2:5433/db",
+                "postgres://u:***@[::1]:5432,h2:5433/db",
+            ),
+            // Query words.
+            (
+                "postgres://u@h/db?sslmode=require&password=secret&application_name=x",
+                "postgres://u@h/db?sslmode=require&password=***&application_name=x",
+            ),
+            (
+                "postgres://h/db?password=secret",
+                "postgres://h/db?password=***",
+            ),
+            (
+                "postgres://h/db?PASSWORD=secret",
+                "postgres://h/db?PASSWORD=***",
+            ),
+            (
+                "postgres://h/db?pass%77ord=secret",
+                "postgres://h/db?pass%77ord=***",
+            ),
+            (
+                "postgres://h:5/db?password=se@cret",
+                "postgres://h:5/db?password=***",
+            ),
+            (
+                "postgres://u:one@h/db?password=two",
+                "postgres://u:***@h/db?password=***",
+            ),
+            // key=value strings.
+            (
+                "host=h user=u password=secret dbname=d",
+                "host=h user=u password=*** dbname=d",
+            ),
+            (
+                "host=h password = 'se cret' dbname=d",
+                "host=h password = *** dbname=d",
+            ),
+            ("password='it\\'s secret' host=h", "password=*** host=h"),
+            ("password=se\\ cret host=h", "password=*** host=h"),
+            ("host=h password secret", "host=h password ***"),
+            ("host=h Password=secret", "host=h Password=***"),
+        ];
+        for (url, expected) in cases {
+            let url = DatabaseUrl::new(url.to_owned());
+            assert_eq!(url.masked(), expected, "{:?}", url.expose());
+            assert!(url.has_password(), "{expected}");
+            assert!(!format!("{url:?}").contains("secret"));
+        }
+    }
+
+    #[test]
+    fn masked_leaves_a_url_without_password_as_it_is() {
+        for url in [
+            "postgres://h/db",
+            "postgres://u@h:5432/db",
+            "postgresql://u@h/db?sslmode=verify-full&sslrootcert=/etc/ic/ca.pem",
+            "postgres://u@h/db?application_name=a@b&options=-c%20x%3Dy",
+            "postgres://u@h/db?passwordless=1",
+            "host=h user=u dbname=d sslmode=require",
+            "host=h application_name='a b' user=u",
+            "",
+        ] {
+            let database = DatabaseUrl::new(url.to_owned());
+            assert_eq!(database.masked(), url);
+            assert!(!database.has_password(), "{url}");
         }
     }
 

@@ -209,6 +209,7 @@ fn serve(
         log::warn!("{warning}");
     }
     let demo_check = config.clone();
+    let database = config.store.postgres.as_ref().map(|pg| pg.url.masked());
     actix_web::rt::System::new().block_on(async move {
         let scheme = if config.server.tls.is_some() {
             "https"
@@ -220,7 +221,10 @@ fn serve(
             .map_err(|e| match e {
                 // A certificate that does not load is a config to fix, not a restart.
                 crate::startup::StartError::Tls(_) => CliError::Usage(e.to_string()),
-                crate::startup::StartError::Store(e) => CliError::from(e),
+                crate::startup::StartError::Store(e) => match &database {
+                    Some(at) => database_failed_at_start(at, e),
+                    None => CliError::from(e),
+                },
                 e => CliError::Runtime(e.to_string()),
             })?;
         // Listening for signals before saying where we listen: a SIGHUP sent as soon
@@ -239,6 +243,26 @@ fn serve(
         log::info!("stopped cleanly");
         Ok(())
     })
+}
+
+/// Why `serve` cannot start on the database at `at` (masked): unreachable is exit 1,
+/// so that a supervisor starts it again; a schema it cannot read is exit 3.
+fn database_failed_at_start(at: &str, error: crate::store::StoreError) -> CliError {
+    use crate::store::StoreError;
+    match error {
+        StoreError::Unavailable(why) => CliError::Runtime(format!(
+            "cannot start on the database at {at}: {why}; image-catalog exits 1 so \
+             that its supervisor starts it again (systemd: Restart=on-failure)"
+        )),
+        e => {
+            let message = format!("cannot start on the database at {at}: {e}");
+            if e.needs_operator() {
+                CliError::NeedsOperator(message)
+            } else {
+                CliError::Runtime(message)
+            }
+        }
+    }
 }
 
 /// The signals the server reacts to, listened for from the moment this exists.
@@ -343,6 +367,27 @@ fn print_lines(lines: &[String]) -> Result<(), CliError> {
 fn check_config(path: &std::path::Path) -> Result<(), CliError> {
     let config = Config::load(path)?;
     let mut warnings = config.warnings(path);
+    let store = match &config.store.postgres {
+        None => format!("store: sled in {}", config.server.data_dir.display()),
+        Some(pg) => {
+            let at = format!("store: postgres at {}", pg.url.masked());
+            match probe_database(pg)? {
+                Ok(Some((major, minor))) => format!("{at}: reachable, schema {major}.{minor}"),
+                Ok(None) => {
+                    format!("{at}: reachable, no schema yet (the first start creates it)")
+                }
+                Err(why) => {
+                    // A warning, not a refusal: a reload check must still work while
+                    // the database is down.
+                    warnings.push(format!(
+                        "{at}: unreachable: {why}; `serve` cannot start until it is \
+                         reachable (a running server answers 503 meanwhile)"
+                    ));
+                    format!("{at}: unreachable")
+                }
+            }
+        }
+    };
     warnings.extend(demo_password_users(&config).into_iter().map(|name| {
         format!(
             "user '{name}' still has the documented demo password; set a new one with \
@@ -353,11 +398,11 @@ fn check_config(path: &std::path::Path) -> Result<(), CliError> {
     out.extend(warnings.iter().map(|w| format!("warning: {w}")));
     out.extend([
         format!(
-            "bind {}, data_dir {}, providers {}",
+            "bind {}, providers {}",
             config.server.bind,
-            config.server.data_dir.display(),
             config.providers.join(", ")
         ),
+        store,
         String::new(),
     ]);
     let users = config.access.users();
@@ -401,6 +446,43 @@ fn check_config(path: &std::path::Path) -> Result<(), CliError> {
     }
     print_table(&rows, &mut out);
     print_lines(&out)
+}
+
+/// How long `check-config` waits for the database, at most, to connect and to answer.
+const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Whether the database can be reached, and the schema it holds (`None`: none yet);
+/// why not, if it cannot. A schema this build cannot read is an error (exit 3).
+fn probe_database(
+    pg: &crate::config::PostgresConfig,
+) -> Result<Result<Option<(i32, i32)>, String>, CliError> {
+    use crate::store::StoreError;
+    use crate::store::postgres::{PgOptions, PgStore};
+    let options = PgOptions {
+        connect_timeout: pg.connect_timeout.min(PROBE_TIMEOUT),
+        statement_timeout: pg.statement_timeout.min(PROBE_TIMEOUT),
+        pool_size: 1,
+        batch_writes: false,
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::Runtime(format!("cannot start a runtime: {e}")))?;
+    // Connecting and reading the version, each bounded; a margin over both.
+    let limit = PROBE_TIMEOUT * 3;
+    let found = runtime.block_on(async {
+        tokio::time::timeout(limit, PgStore::probe(pg.url.expose(), options)).await
+    });
+    match found {
+        Ok(Ok(schema)) => Ok(Ok(schema)),
+        Ok(Err(StoreError::Unavailable(why))) => Ok(Err(why)),
+        Ok(Err(e)) if e.needs_operator() => Err(CliError::NeedsOperator(format!(
+            "the database at {}: {e}",
+            pg.url.masked()
+        ))),
+        Ok(Err(e)) => Ok(Err(e.to_string())),
+        Err(_) => Ok(Err(format!("no answer within {} s", limit.as_secs()))),
+    }
 }
 
 fn print_table(rows: &[Vec<String>], out: &mut Vec<String>) {

@@ -119,6 +119,7 @@ impl StoreError {
                 | StoreError::Damaged { .. }
                 | StoreError::BehindMark { .. }
                 | StoreError::UnknownFormat { .. }
+                | StoreError::IncompatibleSchema(_)
         )
     }
 }

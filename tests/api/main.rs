@@ -30,5 +30,6 @@ mod process;
 mod proxy;
 mod reload;
 mod secrets;
+mod store_config;
 mod tls;
 mod transfer;
