@@ -203,6 +203,12 @@ fn serve(
         config.server.bind = bind;
     }
     if let Some(dir) = data_dir {
+        if config.store.postgres.is_some() {
+            log::warn!(
+                "--data-dir {} is ignored: the catalog is in PostgreSQL ([store] backend = \"postgres\")",
+                dir.display()
+            );
+        }
         config.server.data_dir = dir;
     }
     for warning in config.warnings(&config_path) {

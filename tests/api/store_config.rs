@@ -290,6 +290,9 @@ async fn serve_on_postgres_shows_the_masked_url_and_never_logs_the_password() {
         .arg("--config")
         .arg(&path)
         .arg("serve")
+        // The systemd unit's default; a postgres node ignores it, and says so.
+        .arg("--data-dir")
+        .arg(dir.path().join("unused"))
         .env_remove(DATABASE_URL_VAR)
         .env("RUST_LOG", "debug")
         .stdin(Stdio::null())
@@ -316,6 +319,12 @@ async fn serve_on_postgres_shows_the_masked_url_and_never_logs_the_password() {
             .any(|l| l.contains("[store] url holds a password") && l.contains(DATABASE_URL_VAR)),
         "the password in config.toml is warned of: {seen:#?}"
     );
+    assert!(
+        seen.iter()
+            .any(|l| l.contains("--data-dir") && l.contains("is ignored")),
+        "{seen:#?}"
+    );
+    assert!(!dir.path().join("unused").exists(), "no data dir is made");
 
     // Some work, with its log lines.
     let address = listening
