@@ -15,7 +15,10 @@ mod helpers;
 mod hostile;
 mod images;
 mod listing;
+mod nodes;
 mod operations;
+#[path = "../support/postgres.rs"]
+mod postgres;
 mod process;
 mod proxy;
 mod reload;
