@@ -786,6 +786,12 @@ async fn postgres_stopped_under_the_nodes_is_503_and_they_recover_without_a_rest
                 .get("/healthz")
                 .await;
             assert_eq!(status, 200);
+            // No connection the outage broke is handed out again: a burst as wide
+            // as the pool is served whole.
+            let burst = (0..32).map(|_| node.image(known));
+            for (status, body, _) in futures_util::future::join_all(burst).await {
+                assert_eq!(status, 200, "round {round}, after recovery: {body}");
+            }
         }
         to_recover.push(restarted.elapsed());
     }
@@ -851,6 +857,9 @@ async fn a_write_whose_connection_broke_is_answered_honestly() {
         message.contains("unknown") && message.contains("GET the image"),
         "{message}"
     );
+    // A node on PostgreSQL does not restart after a broken connection: the message
+    // must not promise what only the sled store does.
+    assert!(!message.contains("restart"), "{message}");
     // The server may still be committing when the node answers: the image turns up.
     let other_ref = &other;
     poll("the cut COMMIT to show", HANG, move || async move {
@@ -870,4 +879,40 @@ async fn a_write_whose_connection_broke_is_answered_honestly() {
     let (status, body) = post("after-the-cuts").await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(other.image("after-the-cuts").await.0, 200);
+}
+
+#[tokio::test]
+async fn a_write_waiting_for_a_synchronous_standby_is_no_200_until_the_standby_has_it() {
+    let Some(cluster) = postgres::Cluster::start() else {
+        return;
+    };
+    let db = cluster.database();
+    let node = Node::start_with(&db.url, "statement_timeout_ms = 1000").await;
+    let other = Node::start(&db.url).await;
+    // Synchronous replication to a standby that is not there: every COMMIT waits.
+    cluster.psql("ALTER SYSTEM SET synchronous_standby_names = 'standby_not_there'");
+    cluster.restart();
+    let (status, body) = node
+        .admin()
+        .post("/v3/image", new_image("waits-for-standby", "x"))
+        .await;
+    // The COMMIT is committed locally but waits for the standby (statement_timeout
+    // does not cut that wait): a 200 would promise what the operator's synchronous
+    // replication does not hold yet, "nothing was changed" would be false.
+    assert_eq!(status, 503, "{body}");
+    let message = body["message"].as_str().unwrap();
+    assert!(message.contains("unknown"), "{message}");
+    // The standby requirement lifted, the waiting COMMIT completes.
+    cluster.psql("ALTER SYSTEM RESET synchronous_standby_names");
+    cluster.psql("SELECT pg_reload_conf()");
+    let other = &other;
+    poll("the waiting COMMIT to complete", HANG, move || async move {
+        (other.image("waits-for-standby").await.0 == 200).then_some(())
+    })
+    .await;
+    let (status, body) = node
+        .admin()
+        .post("/v3/image", new_image("after-the-standby", "x"))
+        .await;
+    assert_eq!(status, 200, "{body}");
 }
