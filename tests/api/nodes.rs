@@ -916,3 +916,79 @@ async fn a_write_waiting_for_a_synchronous_standby_is_no_200_until_the_standby_h
         .await;
     assert_eq!(status, 200, "{body}");
 }
+
+#[tokio::test]
+async fn a_node_facing_another_schema_major_exits_3_for_an_operator() {
+    let Some(cluster) = postgres::shared() else {
+        return;
+    };
+    let db = cluster.database();
+    // The schema made by a first node, then "upgraded" by a release of another major.
+    let first = Node::start(&db.url).await;
+    first.server.kill();
+    cluster.psql_in(&db.name, "UPDATE schema_version SET major = 2, minor = 0");
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), &node_config(""));
+    let mut child = binary()
+        .arg("--config")
+        .arg(&path)
+        .arg("serve")
+        .env(image_catalog::config::DATABASE_URL_VAR, &db.url)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (_, status) = poll("the node to refuse the database", HANG, || {
+        let exited = child.try_wait().unwrap();
+        async move { exited }
+    })
+    .await;
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(stderr.contains("schema 2.0"), "{stderr}");
+    // 3: a restart cannot help (the unit's RestartPreventExitStatus), unlike 1.
+    assert_eq!(status.code(), Some(3), "{stderr}");
+}
+
+#[tokio::test]
+async fn a_node_given_several_hosts_uses_the_one_that_answers() {
+    let Some(db) = postgres::database() else {
+        return;
+    };
+    // A failover-ready URL as the guide shows it: the first host is down.
+    let down = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = edit(
+        &db.url,
+        &format!("127.0.0.1:{}/", db.port),
+        &format!("127.0.0.1:{down},127.0.0.1:{}/", db.port),
+    );
+    let node = Node::start(&format!("{url}&target_session_attrs=read-write")).await;
+    let (status, body) = node
+        .admin()
+        .post("/v3/image", new_image("via-the-second-host", "x"))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        Node::start(&db.url)
+            .await
+            .image("via-the-second-host")
+            .await
+            .0,
+        200
+    );
+    let leaked = node
+        .server
+        .startup_log
+        .iter()
+        .any(|l| l.contains(&db.password));
+    assert!(
+        !leaked,
+        "the password in the log: {:#?}",
+        node.server.startup_log
+    );
+}
