@@ -22,7 +22,8 @@ use serde_json::{Value, json};
 use tempfile::TempDir;
 
 use crate::helpers::{
-    Caller, DEFAULT_POLICIES, config_text, default_users, edit, image_path, status_json,
+    Caller, DEFAULT_POLICIES, cheap_hash, config_text, default_users, edit, image_path,
+    status_json, within_a_minute,
 };
 use crate::postgres::{self, Cut, CutProxy};
 use crate::process::{ChildServer, binary, write_config};
@@ -46,6 +47,7 @@ fn node_config(store: &str) -> String {
 struct Node {
     server: ChildServer,
     client: reqwest::Client,
+    config: std::path::PathBuf,
     _dir: TempDir,
 }
 
@@ -68,6 +70,7 @@ impl Node {
         Node {
             server,
             client: reqwest::Client::builder().timeout(HANG).build().unwrap(),
+            config: path,
             _dir: dir,
         }
     }
@@ -887,7 +890,7 @@ async fn a_write_waiting_for_a_synchronous_standby_is_no_200_until_the_standby_h
         return;
     };
     let db = cluster.database();
-    let node = Node::start_with(&db.url, "statement_timeout_ms = 1000").await;
+    let node = Node::start_with(&db.url, "statement_timeout_ms = 3000").await;
     let other = Node::start(&db.url).await;
     // Synchronous replication to a standby that is not there: every COMMIT waits.
     cluster.psql("ALTER SYSTEM SET synchronous_standby_names = 'standby_not_there'");
@@ -991,4 +994,42 @@ async fn a_node_given_several_hosts_uses_the_one_that_answers() {
         "the password in the log: {:#?}",
         node.server.startup_log
     );
+}
+
+#[tokio::test]
+async fn config_reloads_and_request_metrics_stay_per_node_while_the_catalog_is_shared() {
+    let Some(db) = postgres::database() else {
+        return;
+    };
+    let mut a = Node::start(&db.url).await;
+    let b = Node::start(&db.url).await;
+    // carol is added to A's config, and A alone is reloaded.
+    let carol = format!(
+        "\n[[users]]\nname = \"carol\"\npassword_hash = \"{}\"\nroles = [\"reader\"]\n",
+        cheap_hash("carol-secret")
+    );
+    std::fs::write(&a.config, format!("{}{carol}", node_config(""))).unwrap();
+    a.server.signal("HUP");
+    within_a_minute("A's reload", a.server.wait_for_log("config reloaded")).await;
+    async fn as_carol(node: &Node) -> u16 {
+        let caller = Caller::at(node.address()).via(&node.client);
+        let caller = caller.user("carol", "carol-secret");
+        caller.get("/v3/images?limit=1").await.0
+    }
+    assert_eq!(as_carol(&a).await, 200);
+    assert_eq!(
+        as_carol(&b).await,
+        401,
+        "B was not reloaded: carol is unknown there"
+    );
+    // Counters of requests are the node's own; the catalog's figures are shared.
+    let failures = "image_catalog_auth_failures_total ";
+    assert_eq!(a.metric(failures).await, Some(0.0));
+    assert_eq!(b.metric(failures).await, Some(1.0));
+    let (status, body) = a.admin().post("/v3/image", new_image("shared", "x")).await;
+    assert_eq!(status, 200, "{body}");
+    for node in [&a, &b] {
+        assert_eq!(node.metric("image_catalog_images ").await, Some(1.0));
+        assert_eq!(node.metric("image_catalog_audit_records ").await, Some(1.0));
+    }
 }
