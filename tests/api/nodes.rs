@@ -1033,3 +1033,38 @@ async fn config_reloads_and_request_metrics_stay_per_node_while_the_catalog_is_s
         assert_eq!(node.metric("image_catalog_audit_records ").await, Some(1.0));
     }
 }
+
+#[tokio::test]
+async fn a_connection_that_stopped_answering_does_not_keep_a_node_unhealthy() {
+    let Some(db) = postgres::database() else {
+        return;
+    };
+    let proxy = CutProxy::to(db.port).unwrap();
+    let via_proxy = edit(
+        &db.url,
+        &format!(":{}/", db.port),
+        &format!(":{}/", proxy.port),
+    );
+    let node = Node::start(&via_proxy).await;
+    let healthz = || async {
+        Caller::at(node.address())
+            .via(&node.client)
+            .get("/healthz")
+            .await
+            .0
+    };
+    assert_eq!(healthz().await, 200);
+    // The node's pooled connection goes silent, as one to a primary whose machine
+    // vanished does: the next statement (its Sync message) is never answered.
+    proxy.arm(b"S\x00\x00\x00\x04", Cut::Stall);
+    assert_eq!(
+        healthz().await,
+        503,
+        "the silent connection fails the check"
+    );
+    // A balancer that took the node out sends it nothing but health checks: they
+    // must not meet the silent connection again, or the node stays out for good.
+    for check in 0..5 {
+        assert_eq!(healthz().await, 200, "check {check} after the silent one");
+    }
+}
