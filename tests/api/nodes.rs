@@ -710,9 +710,19 @@ async fn kill_9_of_a_writing_node_loses_nothing_it_acknowledged() {
     survivor_writer.await.unwrap();
     let outcomes = std::mem::take(&mut *outcomes.lock());
     let committed = check_outcomes(&survivor, &outcomes).await;
+    let troubled: Vec<&String> = outcomes
+        .unchanged
+        .iter()
+        .chain(&outcomes.unknown)
+        .filter(|id| id.starts_with("survivor"))
+        .collect();
+    assert!(
+        troubled.is_empty(),
+        "the survivor's writes failed as the victim died: {troubled:?}"
+    );
     report(&format!(
         "nodes kill -9: {ROUNDS} rounds, acknowledged {}, lost 0, cut off in flight {unanswered} \
-         (committed {committed}), nothing half-written",
+         (committed {committed}), nothing half-written, every write of the surviving node a 200",
         outcomes.acknowledged.len()
     ));
 }
