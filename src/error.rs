@@ -55,8 +55,7 @@ pub enum ApiError {
     StoreUnavailable,
     #[error(
         "the store failed while making this change durable, so whether it was applied is \
-         unknown; the service restarts on what is on disk: GET the image then to check \
-         before retrying"
+         unknown: GET the image once the service answers again to check before retrying"
     )]
     OutcomeUnknown,
     #[error(

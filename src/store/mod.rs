@@ -112,6 +112,8 @@ pub enum StoreError {
 
 impl StoreError {
     /// Whether a restart cannot help: the data dir or the store needs an operator.
+    /// A database of another schema major counts: restarting every few seconds
+    /// against it (systemd's `Restart=on-failure`) would only fill the log.
     pub fn needs_operator(&self) -> bool {
         matches!(
             self,

@@ -25,6 +25,7 @@ mod helpers;
 mod hostile;
 mod images;
 mod listing;
+mod nodes;
 mod operations;
 mod process;
 mod proxy;

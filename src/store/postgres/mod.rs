@@ -510,16 +510,7 @@ impl PgStore {
     /// Why the database is not healthy, if it is not.
     pub async fn health(&self) -> Result<(), StoreError> {
         let inner = self.inner.clone();
-        self.run(async move {
-            match tokio::time::timeout(HEALTH_TIMEOUT, inner.read("SELECT 1", vec![])).await {
-                Ok(result) => result.map(drop),
-                Err(_) => Err(StoreError::Unavailable(format!(
-                    "the database did not answer within {} s",
-                    HEALTH_TIMEOUT.as_secs()
-                ))),
-            }
-        })
-        .await
+        self.run(async move { inner.health().await }).await
     }
 
     /// Connections open in the pool, and how many of them are idle.
@@ -838,6 +829,36 @@ impl Inner {
                 limit.as_millis()
             ))),
         }
+    }
+
+    /// `SELECT 1` within `HEALTH_TIMEOUT`. A connection that failed or did not answer
+    /// in time is dropped, not given back to the pool: a node that a balancer took out
+    /// gets nothing but health checks, which must not meet the same silent connection
+    /// again and again (one to a primary that vanished stays silent for minutes).
+    async fn health(&self) -> Result<(), StoreError> {
+        let late = || {
+            StoreError::Unavailable(format!(
+                "the database did not answer within {} s",
+                HEALTH_TIMEOUT.as_secs()
+            ))
+        };
+        let deadline = tokio::time::Instant::now() + HEALTH_TIMEOUT;
+        let client = match tokio::time::timeout_at(deadline, self.client()).await {
+            Ok(Ok(client)) => client,
+            Ok(Err(broken)) => return Err(broken.into_error()),
+            Err(_) => return Err(late()),
+        };
+        let check = async {
+            let statement = client.prepare_cached("SELECT 1").await?;
+            client.query(&statement, &[]).await
+        };
+        let failed = match tokio::time::timeout_at(deadline, check).await {
+            Ok(Ok(_)) => return Ok(()),
+            Ok(Err(e)) => self.failed(&e).into_error(),
+            Err(_) => late(),
+        };
+        drop(Object::take(client));
+        Err(failed)
     }
 
     /// The schema version the database holds, checked as at connect.
