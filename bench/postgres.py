@@ -240,7 +240,10 @@ def main():
     parser.add_argument("--no-two-nodes", action="store_true", help="skip issue 13's figures")
     parser.add_argument("--only", help="comma-separated operations (get,page,post,page_hot)")
     parser.add_argument("--keep", action="store_true",
-                        help="leave the cluster and servers up at the end (for profiling); Ctrl-C stops them")
+                        help="start the cluster and servers, print where, and wait (for profiling); Ctrl-C or SIGTERM stops them")
+    parser.add_argument("--before", metavar="BINARY",
+                        help="also measure this build of image-catalog (e.g. the one before a change) "
+                             "on the same database, as system 'before'")
     parser.add_argument("--out", help="also write the figures as JSON here")
     args = parser.parse_args()
 
@@ -271,10 +274,12 @@ def main():
         hash_line = run.hash_password()
         images = os.path.join(work, "images.jsonl")
         run.write_images(images, IMAGES)
-        sled_dir, pg_dir, pg2_dir = (os.path.join(work, n) for n in ("sled", "pg-a", "pg-b"))
+        sled_dir, pg_dir, pg2_dir, before_dir = (
+            os.path.join(work, n) for n in ("sled", "pg-a", "pg-b", "pg-before"))
         write_config(sled_dir, run.free_port(), hash_line)
         write_config(pg_dir, run.free_port(), hash_line, cluster.url("catalog"))
         write_config(pg2_dir, run.free_port(), hash_line, cluster.url("catalog"))
+        write_config(before_dir, run.free_port(), hash_line, cluster.url("catalog"))
         for folder in (sled_dir, pg_dir):
             subprocess.run([run.BINARY, "--config", os.path.join(folder, "config.toml"),
                             "import", images], check=True, capture_output=True)
@@ -287,6 +292,12 @@ def main():
         if not args.no_two_nodes:
             pg2 = run.Server(pg2_dir, "serve")
             servers.append(pg2)
+        before = None
+        if args.before:
+            binary, run.BINARY = run.BINARY, args.before
+            before = run.Server(before_dir, "serve")
+            run.BINARY = binary
+            servers.append(before)
         # The first Basic request of each server pays argon2; the figures are for the
         # cached verification.
         for server in servers:
@@ -319,7 +330,7 @@ def main():
             signal.pause()
 
         for round_ in range(args.rounds):
-            systems = ["sled", "postgres", "pgbench"]
+            systems = ["sled", "postgres", "pgbench"] + (["before"] if before else [])
             systems = systems[round_ % 3:] + systems[:round_ % 3]
             for op in only:
                 script, script_args, path = ops[op]
@@ -330,7 +341,7 @@ def main():
                                 continue
                             rate = pgbench(cluster, "catalog", scripts[op], c, args.seconds)
                         else:
-                            server = sled if system == "sled" else pg
+                            server = {"sled": sled, "postgres": pg, "before": before}[system]
                             extra = script_args
                             if op == "post":
                                 extra = (f"{system}-r{round_}c{c}",)
@@ -358,7 +369,7 @@ def main():
         m = {name: statistics.median(values) for name, values in samples.items()}
         print(f"\n== medians of {args.rounds} rounds of {args.seconds} s, req/s (pgbench: tps)")
         print(f"  {'figure':<10} {'conns':>5} {'sled':>10} {'postgres':>10} {'pgbench':>10} "
-              f"{'pg/pgbench':>10} {'pg/sled':>8}")
+              f"{'pg/pgbench':>10} {'pg/sled':>8}" + (f" {'before':>10} {'bf/pgbench':>10}" if before else ""))
         ratios = {}
         for op in only:
             for c in CONNECTIONS:
@@ -367,8 +378,13 @@ def main():
                 if b:
                     ratios[f"{op}_c{c}_postgres_vs_pgbench"] = p / b
                 ratios[f"{op}_c{c}_postgres_vs_sled"] = p / s
-                print(f"  {op:<10} {c:>5} {s:>10,.0f} {p:>10,.0f} "
-                      f"{(f'{b:,.0f}' if b else '-'):>10} {(f'{p / b:.2f}' if b else '-'):>10} {p / s:>8.2f}")
+                line = (f"  {op:<10} {c:>5} {s:>10,.0f} {p:>10,.0f} "
+                        f"{(f'{b:,.0f}' if b else '-'):>10} {(f'{p / b:.2f}' if b else '-'):>10} {p / s:>8.2f}")
+                if before:
+                    f = m[f"{op}_before_c{c}"]
+                    ratios[f"{op}_c{c}_before_vs_pgbench"] = f / b if b else None
+                    line += f" {f:>10,.0f} {(f'{f / b:.2f}' if b else '-'):>10}"
+                print(line)
         if "get_one_node_c64" in m or "post_one_node_c64" in m:
             print("== one node (64 connections) vs two nodes (32 + 32), one database")
             for op in ("get", "post"):
@@ -376,7 +392,7 @@ def main():
                     one, two = m[f"{op}_one_node_c64"], m[f"{op}_two_node_c64"]
                     ratios[f"{op}_two_nodes_vs_one"] = two / one
                     print(f"  {op:<6} one {one:>10,.0f}  two {two:>10,.0f}  two/one {two / one:.2f}")
-        misses = [k for k, v in ratios.items() if k.endswith("_vs_pgbench") and v < 0.5]
+        misses = [k for k, v in ratios.items() if k.endswith("_postgres_vs_pgbench") and v < 0.5]
         print("== target: postgres >= 0.5 x pgbench for each operation and client count:",
               "PASS" if not misses else "MISS " + ", ".join(misses))
         print("load average at the end:", loadavg())
