@@ -24,6 +24,9 @@ loopback port, run as the `postgres` user when this runs as root), with PostgreS
 default durability: fsync on, synchronous_commit on (the service sets it on too).
 The cluster is stopped at the end, also on Ctrl-C.
 
+With --before BINARY, an older build runs as a third node on the same database and
+is measured beside the current one in every round (before/after of a change).
+
 Run through bench/postgres.sh, which builds the release binary first. Needs wrk,
 pgbench and the PostgreSQL server binaries (PG_BIN, default /usr/lib/postgresql/15/bin).
 """
