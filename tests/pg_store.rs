@@ -1325,3 +1325,132 @@ async fn existing_names_the_ids_the_catalog_holds() {
     assert_eq!(found, vec![id("a"), id("b")]);
     assert!(store.existing(&[]).await.unwrap().is_empty());
 }
+
+/// Reads on a runtime of the caller's use connections that runtime drives (no hop to
+/// the store's runtime and back): once that runtime has ended, its connections are
+/// dead, and the next runtime's reads open new ones instead of hanging on them.
+#[test]
+fn reads_outlive_the_runtime_that_opened_their_connections() {
+    let Some(db) = postgres::database() else {
+        return;
+    };
+    let runtime = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    let first = runtime();
+    let store = first.block_on(async {
+        let store = connect(&db.url, true).await;
+        store
+            .apply(Change::Create(image("kept")), "a")
+            .await
+            .unwrap();
+        // Reads at once: several connections, all driven by this runtime.
+        let kept = id("kept");
+        let reads = futures_util::future::join_all((0..4).map(|_| store.get(&kept))).await;
+        assert!(reads.iter().all(|r| matches!(r, Ok(Some(_)))), "{reads:?}");
+        store
+    });
+    drop(first);
+    runtime().block_on(async {
+        let deadline = Duration::from_secs(20);
+        let read = tokio::time::timeout(deadline, store.get(&id("kept")))
+            .await
+            .expect("a read hung on a connection of a runtime that has ended");
+        assert!(matches!(read, Ok(Some(_))), "{read:?}");
+        let page = tokio::time::timeout(deadline, store.list_page(None, None, 10))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(page.0.len(), 1);
+        assert_eq!(store.counters().await.unwrap().images, 1);
+        // Writes still go through the store's writer.
+        store
+            .apply(Change::Create(image("later")), "a")
+            .await
+            .unwrap();
+        store.shutdown();
+        let read = tokio::time::timeout(deadline, store.get(&id("kept")))
+            .await
+            .expect("a read after shutdown hung");
+        assert!(read.is_err(), "{read:?}");
+    });
+}
+
+/// Creates and plain deletes are sent to the database together and committed when
+/// each touched its row; when one would be refused, the batch is rolled back and
+/// run statement by statement. Either way each change has its own outcome, a refused
+/// one writes nothing, and the audit seqs are exactly 1..=n.
+#[tokio::test]
+async fn creates_and_deletes_sent_together_keep_their_own_outcomes() {
+    each_mode(|url, batch| async move {
+        let store = connect(&url, batch).await;
+        let delete = |name: &str| Change::Delete {
+            id: id(name),
+            precondition: None,
+        };
+        let outcome = |o: &Result<Applied, StoreError>| match o {
+            Ok(Applied::Created) => "created",
+            Ok(Applied::Deleted) => "deleted",
+            Err(StoreError::Conflict(_)) => "409",
+            Err(StoreError::NotFound(_)) => "404",
+            other => panic!("{other:?}"),
+        };
+        for round in 0..10 {
+            let (p, q) = (format!("p{round}"), format!("q{round}"));
+            let changes = vec![
+                Change::Create(image(&p)),
+                Change::Create(image(&q)),
+                delete(&p),
+            ];
+            let outcomes =
+                futures_util::future::join_all(changes.into_iter().map(|c| store.apply(c, "a")))
+                    .await;
+            let seen: Vec<&str> = outcomes.iter().map(outcome).collect();
+            assert_eq!(seen, ["created", "created", "deleted"], "{batch}");
+        }
+        let changes = vec![
+            Change::Create(image("a")),
+            Change::Create(image("b")),
+            Change::Create(image("a")),
+            delete("b"),
+            delete("z"),
+        ];
+        let outcomes =
+            futures_util::future::join_all(changes.into_iter().map(|c| store.apply(c, "a"))).await;
+        let seen: Vec<&str> = outcomes.iter().map(outcome).collect();
+        assert_eq!(
+            seen,
+            ["created", "created", "409", "deleted", "404"],
+            "{batch}"
+        );
+        let counters = store.counters().await.unwrap();
+        assert_eq!(counters.images, 10 + 1, "the q's and a");
+        assert_eq!(counters.audit_records, 30 + 3);
+        let seqs: Vec<u64> = store
+            .audit_stream(None)
+            .map(|r| {
+                serde_json::from_slice::<AuditRecord>(&r.unwrap())
+                    .unwrap()
+                    .seq
+            })
+            .collect()
+            .await;
+        assert_eq!(seqs, (1..=33).rev().collect::<Vec<_>>(), "{batch}");
+        let listed: Vec<String> = store
+            .list_stream(None, None)
+            .map(|r| {
+                serde_json::from_slice::<Image>(&r.unwrap())
+                    .unwrap()
+                    .id
+                    .to_string()
+            })
+            .collect()
+            .await;
+        assert_eq!(listed.len(), 11);
+        assert_eq!(listed[0], "a");
+    })
+    .await;
+}

@@ -13,6 +13,7 @@
 
 mod tls;
 
+use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -87,6 +88,17 @@ const PRUNE_EVERY: Duration = Duration::from_secs(60);
 const PRUNE_CHUNK: i64 = 10_000;
 const IMPORT_METHOD: &str = "IMPORT";
 
+/// Numbers the stores of a process, for the per-thread read pools.
+static STORE_IDS: AtomicU64 = AtomicU64::new(1);
+
+thread_local! {
+    /// True on the threads of a store's own runtime.
+    static ON_STORE_RUNTIME: Cell<bool> = const { Cell::new(false) };
+    /// This thread's read pools, by store id: their connections are driven by this
+    /// thread's runtime (see `Inner::local_pool`).
+    static LOCAL_POOLS: RefCell<Vec<(u64, Pool)>> = const { RefCell::new(Vec::new()) };
+}
+
 /// Seqs are assigned, the audit JSON built (field for field as serde writes an
 /// `AuditRecord`) and inserted, and the counters moved, in one statement, while the
 /// counter row is locked: its lock is held to COMMIT, so seqs are given in commit order.
@@ -159,6 +171,11 @@ pub struct PgStore {
 
 struct Inner {
     pool: Pool,
+    /// Makes the per-thread read pools.
+    manager: (tokio_postgres::Config, MakeRustlsConnect),
+    id: u64,
+    /// Every per-thread read pool made, to close them with the store.
+    local_pools: Mutex<Vec<Pool>>,
     options: PgOptions,
     /// What must never appear in a message: the password, as given and as encoded.
     secrets: Vec<String>,
@@ -201,6 +218,7 @@ impl PgStore {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("pg-store")
+            .on_thread_start(|| ON_STORE_RUNTIME.set(true))
             .enable_all()
             .build()
             .map_err(|e| StoreError::Unavailable(format!("starting the database runtime: {e}")))?;
@@ -236,6 +254,7 @@ impl PgStore {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("pg-probe")
+            .on_thread_start(|| ON_STORE_RUNTIME.set(true))
             .enable_all()
             .build()
             .map_err(|e| StoreError::Unavailable(format!("starting the database runtime: {e}")))?;
@@ -269,6 +288,20 @@ impl PgStore {
                 "a database task panicked".into(),
             )),
             Err(_) => Err(StoreError::Closed),
+        }
+    }
+
+    /// Runs a read: right here when the caller is on a runtime of its own (a request
+    /// worker), with that thread's own connections, so that no thread hands the
+    /// request to another and back; else on the store's runtime.
+    async fn reading<T: Send + 'static>(
+        &self,
+        work: impl Future<Output = Result<T, StoreError>> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        if self.inner.local_pool().is_some() {
+            work.await
+        } else {
+            self.run(work).await
         }
     }
 
@@ -333,7 +366,7 @@ impl PgStore {
     pub async fn get(&self, id: &ImageId) -> Result<Option<Bytes>, StoreError> {
         let inner = self.inner.clone();
         let id = id.as_str().to_owned();
-        self.run(async move {
+        self.reading(async move {
             let rows = inner
                 .read("SELECT json FROM images WHERE id = $1", vec![Box::new(id)])
                 .await?;
@@ -379,7 +412,7 @@ impl PgStore {
         let after = after.map(|id| id.as_str().to_owned()).unwrap_or_default();
         let provider = provider.map(|p| p.as_str().to_owned());
         let limit = i64::try_from(limit).unwrap_or(i64::MAX - 1);
-        self.run(async move {
+        self.reading(async move {
             let mut rows = inner.images_after(after, provider, limit + 1).await?;
             let more = rows.len() as i64 > limit;
             rows.truncate(limit as usize);
@@ -425,7 +458,7 @@ impl PgStore {
         let inner = self.inner.clone();
         let before = seq_bound(before);
         let limit = i64::try_from(limit).unwrap_or(i64::MAX - 1);
-        self.run(async move {
+        self.reading(async move {
             let mut rows = inner.audit_before(before, limit + 1).await?;
             let more = rows.len() as i64 > limit;
             rows.truncate(limit as usize);
@@ -482,7 +515,7 @@ impl PgStore {
     /// The counters, read in one cheap query.
     pub async fn counters(&self) -> Result<Counters, StoreError> {
         let inner = self.inner.clone();
-        self.run(async move { inner.counters().await }).await
+        self.reading(async move { inner.counters().await }).await
     }
 
     pub async fn image_count(&self) -> Result<u64, StoreError> {
@@ -535,6 +568,9 @@ impl PgStore {
     /// Closes the pool and stops the store's runtime; what is in flight fails.
     pub fn shutdown(&self) {
         self.inner.pool.close();
+        for pool in self.inner.local_pools.lock().drain(..) {
+            pool.close();
+        }
         let runtime = self.runtime.lock().take();
         if let Some(runtime) = runtime {
             runtime.shutdown_background();
@@ -734,21 +770,8 @@ impl Inner {
             config.application_name("image-catalog");
         }
         config.keepalives_idle(Duration::from_secs(30));
-        let manager = Manager::from_config(
-            config,
-            MakeRustlsConnect::new(tls_config),
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        let pool = Pool::builder(manager)
-            .max_size(options.pool_size.max(2))
-            .wait_timeout(Some(options.connect_timeout))
-            .create_timeout(Some(options.connect_timeout))
-            .recycle_timeout(Some(options.connect_timeout))
-            .runtime(deadpool_postgres::Runtime::Tokio1)
-            .build()
-            .map_err(|e| StoreError::Unavailable(format!("the connection pool: {e}")))?;
+        let manager = (config, MakeRustlsConnect::new(tls_config));
+        let pool = new_pool(&manager, &options, options.pool_size.max(2))?;
         let (writer, jobs) = if options.batch_writes {
             let (sender, receiver) = mpsc::channel(QUEUE_LIMIT);
             (Some(sender), Some(receiver))
@@ -757,6 +780,9 @@ impl Inner {
         };
         let inner = Arc::new(Inner {
             pool,
+            manager,
+            id: STORE_IDS.fetch_add(1, Ordering::Relaxed),
+            local_pools: Mutex::new(Vec::new()),
             options,
             secrets,
             writer,
@@ -801,8 +827,16 @@ impl Inner {
     /// Sends COMMIT: a refusal by the server rolled the transaction back (nothing
     /// was changed); a lost connection or no answer leaves its outcome unknown.
     async fn commit(&self, tx: deadpool_postgres::Transaction<'_>) -> Result<(), Broken> {
+        self.commit_with(tx.commit()).await
+    }
+
+    /// Awaits `commit`, a COMMIT sent, as `commit` says.
+    async fn commit_with(
+        &self,
+        commit: impl Future<Output = Result<(), tokio_postgres::Error>>,
+    ) -> Result<(), Broken> {
         let limit = self.options.statement_timeout + Duration::from_secs(1);
-        match tokio::time::timeout(limit, tx.commit()).await {
+        match tokio::time::timeout(limit, commit).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) if e.as_db_error().is_some() => Err(self.failed(&e)),
             Ok(Err(e)) => Err(Broken::InCommit(format!(
@@ -818,10 +852,43 @@ impl Inner {
 
     /// A connection from the pool, opened if need be.
     async fn client(&self) -> Result<Object, Broken> {
+        self.client_from(&self.pool).await
+    }
+
+    /// This thread's read pool, made at its first read: `None` on the store's own
+    /// runtime and off any runtime. Its connections are driven by the runtime of this
+    /// thread (a request worker's), so a read on it never leaves the thread: the hop
+    /// to the store's runtime and back costs a request more than the query on a
+    /// busy machine (bench/RESULTS.md). Each holds up to half of `pool_size`.
+    fn local_pool(&self) -> Option<Pool> {
+        if ON_STORE_RUNTIME.get() || tokio::runtime::Handle::try_current().is_err() {
+            return None;
+        }
+        LOCAL_POOLS.with(|pools| {
+            let mut pools = pools.borrow_mut();
+            if let Some((_, pool)) = pools.iter().find(|(id, _)| *id == self.id) {
+                return Some(pool.clone());
+            }
+            let mut all = self.local_pools.lock();
+            if self.pool.is_closed() {
+                return None;
+            }
+            let size = (self.options.pool_size / 2).max(2);
+            let pool = new_pool(&self.manager, &self.options, size).ok()?;
+            // Pools of stores that were shut down since.
+            pools.retain(|(_, pool)| !pool.is_closed());
+            pools.push((self.id, pool.clone()));
+            all.push(pool.clone());
+            Some(pool)
+        })
+    }
+
+    /// A connection from `pool`, opened if need be.
+    async fn client_from(&self, pool: &Pool) -> Result<Object, Broken> {
         // The pool's own timeouts bound this; the outer one is for a pool that
         // waits for a connection that never comes back.
         let limit = self.options.connect_timeout * 2 + Duration::from_secs(1);
-        match tokio::time::timeout(limit, self.pool.get()).await {
+        match tokio::time::timeout(limit, pool.get()).await {
             Ok(Ok(client)) => Ok(client),
             Ok(Err(e)) => Err(Broken::Before(self.scrub(describe_pool(&e)))),
             Err(_) => Err(Broken::Before(format!(
@@ -965,7 +1032,11 @@ impl Inner {
         sql: &str,
         params: Vec<Param>,
     ) -> Result<Vec<tokio_postgres::Row>, StoreError> {
-        let client = self.client().await.map_err(Broken::into_error)?;
+        let client = match self.local_pool() {
+            Some(pool) => self.client_from(&pool).await,
+            None => self.client().await,
+        }
+        .map_err(Broken::into_error)?;
         let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
             params.iter().map(|p| p.as_ref() as _).collect();
         let statement = self.bounded(client.prepare_cached(sql)).await;
@@ -1137,6 +1208,11 @@ impl Inner {
         client: &mut Object,
         jobs: &[Job],
     ) -> Result<Vec<Result<Applied, StoreError>>, Broken> {
+        if jobs.iter().all(|job| one_statement(&job.change))
+            && let Some(results) = self.write_at_once(client, jobs).await?
+        {
+            return Ok(results);
+        }
         let tx = self.bounded(client.transaction()).await?;
         let mut results = Vec::with_capacity(jobs.len());
         let mut audit = AuditBatch::default();
@@ -1178,6 +1254,87 @@ impl Inner {
         self.audit_in(&tx, &audit, images_delta).await?;
         self.commit(tx).await?;
         Ok(results)
+    }
+
+    /// Creates and unconditional deletes, each expected to land (the common case):
+    /// BEGIN, their statements and the audit statement are sent at once (the server
+    /// runs them in order, as if sent one by one), then COMMIT once every statement
+    /// touched its row: two round trips for the batch instead of four. When one would
+    /// be refused (its id taken, or gone), the transaction is rolled back, nothing
+    /// was written, and `None` says to run the batch statement by statement.
+    ///
+    /// This does not use a `Transaction` (which cannot be begun without waiting for
+    /// BEGIN's answer): a failure returns `Broken`, whose connection the caller drops,
+    /// and this future is only ever dropped half way when the store shuts down,
+    /// whose closed pool drops the connection too (PostgreSQL then rolls back).
+    async fn write_at_once(
+        &self,
+        client: &mut Object,
+        jobs: &[Job],
+    ) -> Result<Option<Vec<Result<Applied, StoreError>>>, Broken> {
+        let insert = self.bounded(client.prepare_cached(INSERT_SQL)).await?;
+        let delete = self.bounded(client.prepare_cached(DELETE_SQL)).await?;
+        let audit_sql = self.bounded(client.prepare_cached(AUDIT_SQL)).await?;
+        let mut audit = AuditBatch::default();
+        let mut images_delta = 0i64;
+        let mut jsons = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            let change = &job.change;
+            audit.push(&job.user, method_of(change), id_of(change).as_str());
+            match change {
+                Change::Create(image) => {
+                    images_delta += 1;
+                    jsons.push(image.to_json());
+                }
+                _ => {
+                    images_delta -= 1;
+                    jsons.push(Vec::new());
+                }
+            }
+        }
+        let client: &tokio_postgres::Client = client;
+        let statements = jobs.iter().zip(&jsons).map(|(job, json)| {
+            let (insert, delete) = (&insert, &delete);
+            async move {
+                match &job.change {
+                    Change::Create(image) => {
+                        let (id, provider) = (image.id.as_str(), image.provider.as_str());
+                        client.execute(insert, &[&id, &provider, json]).await
+                    }
+                    change => client.execute(delete, &[&id_of(change).as_str()]).await,
+                }
+            }
+        });
+        let records = audit.len();
+        let audit_params: [&(dyn tokio_postgres::types::ToSql + Sync); 6] = [
+            &records,
+            &images_delta,
+            &audit.bytes,
+            &audit.users,
+            &audit.methods,
+            &audit.ids,
+        ];
+        // Futures send their request when first polled, and these are polled in
+        // order: BEGIN, the changes, the audit statement (the counter row locked last).
+        let sent = futures_util::future::try_join3(
+            client.batch_execute("BEGIN"),
+            futures_util::future::try_join_all(statements),
+            client.execute(&audit_sql, &audit_params),
+        );
+        let (_, counts, _) = self.bounded(sent).await?;
+        if counts.contains(&0) {
+            self.bounded(client.batch_execute("ROLLBACK")).await?;
+            return Ok(None);
+        }
+        self.commit_with(client.batch_execute("COMMIT")).await?;
+        Ok(Some(
+            jobs.iter()
+                .map(|job| match job.change {
+                    Change::Create(_) => Ok(Applied::Created),
+                    _ => Ok(Applied::Deleted),
+                })
+                .collect(),
+        ))
     }
 
     /// Assigns seqs to `audit` and inserts it, moving the counters, in `tx`.
@@ -1548,6 +1705,35 @@ impl Inner {
             }
         }
     }
+}
+
+/// A pool of up to `size` connections as `manager` makes them; each connection's task
+/// runs on the runtime that opens it.
+fn new_pool(
+    manager: &(tokio_postgres::Config, MakeRustlsConnect),
+    options: &PgOptions,
+    size: usize,
+) -> Result<Pool, StoreError> {
+    let manager = Manager::from_config(
+        manager.0.clone(),
+        manager.1.clone(),
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(manager)
+        .max_size(size)
+        // The connection used last first: its server process is awake and warm.
+        // First in, first out would take every idle connection in turn, each
+        // request waking a server process that has slept the longest (GET at one
+        // connection ran at a third of the speed after a burst had opened 8).
+        .queue_mode(deadpool_postgres::QueueMode::Lifo)
+        .wait_timeout(Some(options.connect_timeout))
+        .create_timeout(Some(options.connect_timeout))
+        .recycle_timeout(Some(options.connect_timeout))
+        .runtime(deadpool_postgres::Runtime::Tokio1)
+        .build()
+        .map_err(|e| StoreError::Unavailable(format!("the connection pool: {e}")))
 }
 
 fn foreign_tables() -> StoreError {
