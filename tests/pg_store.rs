@@ -1379,6 +1379,25 @@ fn reads_outlive_the_runtime_that_opened_their_connections() {
     });
 }
 
+/// Applies `changes`: at once with the batching writer, which takes them in order into
+/// one batch; one after another without it, since concurrent transactions of their
+/// own have no order.
+async fn apply_all(
+    store: &PgStore,
+    changes: Vec<Change>,
+    batch: bool,
+) -> Vec<Result<Applied, StoreError>> {
+    if batch {
+        return futures_util::future::join_all(changes.into_iter().map(|c| store.apply(c, "a")))
+            .await;
+    }
+    let mut outcomes = Vec::new();
+    for change in changes {
+        outcomes.push(store.apply(change, "a").await);
+    }
+    outcomes
+}
+
 /// Creates and plain deletes are sent to the database together and committed when
 /// each touched its row; when one would be refused, the batch is rolled back and
 /// run statement by statement. Either way each change has its own outcome, a refused
@@ -1405,9 +1424,7 @@ async fn creates_and_deletes_sent_together_keep_their_own_outcomes() {
                 Change::Create(image(&q)),
                 delete(&p),
             ];
-            let outcomes =
-                futures_util::future::join_all(changes.into_iter().map(|c| store.apply(c, "a")))
-                    .await;
+            let outcomes = apply_all(&store, changes, batch).await;
             let seen: Vec<&str> = outcomes.iter().map(outcome).collect();
             assert_eq!(seen, ["created", "created", "deleted"], "{batch}");
         }
@@ -1418,8 +1435,7 @@ async fn creates_and_deletes_sent_together_keep_their_own_outcomes() {
             delete("b"),
             delete("z"),
         ];
-        let outcomes =
-            futures_util::future::join_all(changes.into_iter().map(|c| store.apply(c, "a"))).await;
+        let outcomes = apply_all(&store, changes, batch).await;
         let seen: Vec<&str> = outcomes.iter().map(outcome).collect();
         assert_eq!(
             seen,

@@ -771,7 +771,9 @@ impl Inner {
         }
         config.keepalives_idle(Duration::from_secs(30));
         let manager = (config, MakeRustlsConnect::new(tls_config));
-        let pool = new_pool(&manager, &options, options.pool_size.max(2))?;
+        // Half of `pool_size` for writes, listings and health checks; the other half is
+        // shared by the request workers' read pools (`local_pool`).
+        let pool = new_pool(&manager, &options, (options.pool_size / 2).max(2))?;
         let (writer, jobs) = if options.batch_writes {
             let (sender, receiver) = mpsc::channel(QUEUE_LIMIT);
             (Some(sender), Some(receiver))
@@ -873,7 +875,7 @@ impl Inner {
             if self.pool.is_closed() {
                 return None;
             }
-            let size = (self.options.pool_size / 2).max(2);
+            let size = read_pool_size(self.options.pool_size);
             let pool = new_pool(&self.manager, &self.options, size).ok()?;
             // Pools of stores that were shut down since.
             pools.retain(|(_, pool)| !pool.is_closed());
@@ -1705,6 +1707,13 @@ impl Inner {
             }
         }
     }
+}
+
+/// Connections of one request worker's read pool: the read half of `pool_size`,
+/// shared by the workers (actix runs one per core), at least one each.
+fn read_pool_size(pool_size: usize) -> usize {
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (pool_size / 2 / workers).max(1)
 }
 
 /// A pool of up to `size` connections as `manager` makes them; each connection's task
