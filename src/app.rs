@@ -241,13 +241,14 @@ impl PageCache {
     /// Bounds the cache to a few megabytes whatever the traffic.
     const MAX_PAGES: usize = 64;
 
+    /// The page under `key`, of whatever generation it was made at.
+    pub fn peek(&self, key: &str) -> Option<CachedPage> {
+        self.pages.read().get(key).cloned()
+    }
+
     /// The page under `key` if it was made at `generation`.
     pub fn get(&self, key: &str, generation: u64) -> Option<CachedPage> {
-        let pages = self.pages.read();
-        pages
-            .get(key)
-            .filter(|page| page.generation == generation)
-            .cloned()
+        self.peek(key).filter(|page| page.generation == generation)
     }
 
     pub fn put(&self, key: String, page: CachedPage) {

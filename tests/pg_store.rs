@@ -1470,3 +1470,47 @@ async fn creates_and_deletes_sent_together_keep_their_own_outcomes() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_page_comes_with_the_generation_it_was_read_at() {
+    let Some(db) = postgres::database() else {
+        return;
+    };
+    let store = connect(&db.url, true).await;
+    let (generation, empty, more) = store.list_page_at(None, None, 10).await.unwrap();
+    assert!(empty.is_empty() && !more);
+    assert_eq!(generation, store.generation().await.unwrap());
+    for name in ["c", "a", "b"] {
+        store
+            .apply(Change::Create(image(name)), "admin")
+            .await
+            .unwrap();
+    }
+    store
+        .apply(Change::Create(image_of("d", "static")), "admin")
+        .await
+        .unwrap();
+    let (now, page, more) = store.list_page_at(None, None, 2).await.unwrap();
+    assert!(now > generation, "every write moves the generation");
+    assert_eq!(now, store.generation().await.unwrap());
+    let ids: Vec<String> = page
+        .iter()
+        .map(|json| Record::from(json.clone()).image().unwrap().id.to_string())
+        .collect();
+    assert_eq!(ids, ["a", "b"]);
+    assert!(more);
+    let (_, rest, more) = store.list_page_at(Some(&id("b")), None, 5).await.unwrap();
+    assert_eq!(rest.len(), 2);
+    assert!(!more);
+    let static_only = Provider::parse("static", &providers()).unwrap();
+    let (_, page, _) = store
+        .list_page_at(None, Some(&static_only), 5)
+        .await
+        .unwrap();
+    assert_eq!(page.len(), 1);
+    let (_, none, _) = store
+        .list_page_at(Some(&id("d")), Some(&static_only), 5)
+        .await
+        .unwrap();
+    assert!(none.is_empty());
+}

@@ -121,20 +121,24 @@ pub(crate) async fn list(
         return listing::streamed_array(auth.store().list_stream(marker.as_ref(), provider)).await;
     };
     let limit = listing::parse_limit(limit)?;
-    // Read the generation first: a page built while a write lands is then filed
-    // under the older generation and never served.
-    let generation = auth.store().generation().await?;
     let key = format!(
         "{}\0{}\0{limit}",
         provider.as_ref().map_or("", |p| p.as_str()),
         marker.as_ref().map_or("", |m| m.as_str())
     );
-    let page = match auth.pages().get(&key, generation) {
+    // A page seen before is served again while the catalog's generation stays the
+    // same (on PostgreSQL, that is one small read, of any node's writes); a page not
+    // seen before is read with its generation at once, without asking twice.
+    let cached = match auth.pages().peek(&key) {
+        Some(page) if page.generation == auth.store().generation().await? => Some(page),
+        _ => None,
+    };
+    let page = match cached {
         Some(page) => page,
         None => {
-            let found = auth
+            let (generation, found) = auth
                 .store()
-                .list_page(marker.as_ref(), provider.as_ref(), limit)
+                .list_page_at(marker.as_ref(), provider.as_ref(), limit)
                 .await?;
             let link = match found.records.last() {
                 Some(last) if found.more => {

@@ -293,6 +293,28 @@ impl Store {
         }
     }
 
+    /// A page as [`Store::list_page`] gives it, with a generation no later than the
+    /// page (see [`Store::generation`]): what a cache may file the page under.
+    pub async fn list_page_at(
+        &self,
+        after: Option<&ImageId>,
+        provider: Option<&Provider>,
+        limit: usize,
+    ) -> Result<(u64, Page), StoreError> {
+        match self {
+            Store::Embedded(s) => {
+                // Read first: a page built while a write lands is then filed under
+                // the older generation, and never served after it.
+                let generation = s.generation();
+                Ok((generation, s.list_page(after, provider, limit).await?))
+            }
+            Store::Postgres(s) => {
+                let (generation, records, more) = s.list_page_at(after, provider, limit).await?;
+                Ok((generation, Page { records, more }))
+            }
+        }
+    }
+
     /// Every image after `after`, in id byte order, with flat memory.
     pub fn list_stream(&self, after: Option<&ImageId>, provider: Option<Provider>) -> Listing {
         match self {

@@ -421,6 +421,27 @@ impl PgStore {
         .await
     }
 
+    /// As [`PgStore::list_page`], with the generation the page was read at: both come
+    /// from one statement, so from one snapshot, in one round trip.
+    pub async fn list_page_at(
+        &self,
+        after: Option<&ImageId>,
+        provider: Option<&Provider>,
+        limit: usize,
+    ) -> Result<(u64, Vec<Bytes>, bool), StoreError> {
+        let inner = self.inner.clone();
+        let after = after.map(|id| id.as_str().to_owned()).unwrap_or_default();
+        let provider = provider.map(|p| p.as_str().to_owned());
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX - 1);
+        self.reading(async move {
+            let (generation, mut rows) = inner.page_at(after, provider, limit + 1).await?;
+            let more = rows.len() as i64 > limit;
+            rows.truncate(limit as usize);
+            Ok((generation, rows, more))
+        })
+        .await
+    }
+
     /// Every image after `after`, in id byte order, fetched in keyset batches of
     /// `STREAM_BATCH` rows: memory does not grow with the catalog.
     pub fn list_stream(
@@ -1087,6 +1108,48 @@ impl Inner {
                 )
             })
             .collect())
+    }
+
+    /// The generation and up to `limit` images after `after`, in one statement.
+    async fn page_at(
+        &self,
+        after: String,
+        provider: Option<String>,
+        limit: i64,
+    ) -> Result<(u64, Vec<Bytes>), StoreError> {
+        // The counters row always exists, so the generation comes back even when no
+        // image follows `after` (one row whose json is NULL).
+        let rows = match provider {
+            None => {
+                self.read(
+                    "SELECT c.generation, i.json FROM counters c LEFT JOIN LATERAL \
+                     (SELECT id, json FROM images WHERE id > $1 ORDER BY id LIMIT $2) i ON true \
+                     WHERE c.id = 1 ORDER BY i.id",
+                    vec![Box::new(after), Box::new(limit)],
+                )
+                .await?
+            }
+            Some(provider) => {
+                self.read(
+                    "SELECT c.generation, i.json FROM counters c LEFT JOIN LATERAL \
+                     (SELECT id, json FROM images WHERE provider = $1 AND id > $2 \
+                      ORDER BY id LIMIT $3) i ON true \
+                     WHERE c.id = 1 ORDER BY i.id",
+                    vec![Box::new(provider), Box::new(after), Box::new(limit)],
+                )
+                .await?
+            }
+        };
+        let generation = rows
+            .first()
+            .map(|row| row.get::<_, i64>(0))
+            .ok_or_else(|| StoreError::Corrupt("the counters row is missing".into()))?;
+        let images = rows
+            .into_iter()
+            .filter_map(|row| row.get::<_, Option<Vec<u8>>>(1))
+            .map(Bytes::from)
+            .collect();
+        Ok((u64::try_from(generation).unwrap_or(0), images))
     }
 
     async fn audit_before(&self, before: i64, limit: i64) -> Result<Vec<(i64, Bytes)>, StoreError> {
