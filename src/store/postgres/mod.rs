@@ -1153,25 +1153,31 @@ impl Inner {
     }
 
     async fn audit_before(&self, before: i64, limit: i64) -> Result<Vec<(i64, Bytes)>, StoreError> {
-        let rows = self
-            .read(
-                "SELECT seq, json FROM audit WHERE seq < $1 ORDER BY seq DESC LIMIT $2",
-                vec![Box::new(before), Box::new(limit)],
-            )
-            .await?;
-        Ok(rows
-            .into_iter()
-            .map(|row| (row.get::<_, i64>(0), Bytes::from(row.get::<_, Vec<u8>>(1))))
-            .collect())
+        self.audit_rows(
+            "SELECT seq, json FROM audit WHERE seq < $1 ORDER BY seq DESC LIMIT $2",
+            before,
+            limit,
+        )
+        .await
     }
 
     async fn audit_after(&self, after: i64, limit: i64) -> Result<Vec<(i64, Bytes)>, StoreError> {
-        let rows = self
-            .read(
-                "SELECT seq, json FROM audit WHERE seq > $1 ORDER BY seq LIMIT $2",
-                vec![Box::new(after), Box::new(limit)],
-            )
-            .await?;
+        self.audit_rows(
+            "SELECT seq, json FROM audit WHERE seq > $1 ORDER BY seq LIMIT $2",
+            after,
+            limit,
+        )
+        .await
+    }
+
+    /// Audit records `(seq, json)` as `sql` selects them from a seq and a limit.
+    async fn audit_rows(
+        &self,
+        sql: &str,
+        seq: i64,
+        limit: i64,
+    ) -> Result<Vec<(i64, Bytes)>, StoreError> {
+        let rows = self.read(sql, vec![Box::new(seq), Box::new(limit)]).await?;
         Ok(rows
             .into_iter()
             .map(|row| (row.get::<_, i64>(0), Bytes::from(row.get::<_, Vec<u8>>(1))))
