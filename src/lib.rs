@@ -3,7 +3,8 @@
 //! The modules in layers, each using only the ones listed before it:
 //!
 //! 1. `domain`: images, changes and the audit trail, policies and users. No I/O.
-//! 2. `config`, `forwarded`, `tls`, `logging`: config.toml and what it sets up.
+//! 2. `config`, `database_url`, `forwarded`, `tls`, `logging`: config.toml and what
+//!    it sets up.
 //! 3. `store`: the catalog on disk (sled) or in PostgreSQL; `auth`: credentials to
 //!    users, with the brute-force throttle; `metrics`.
 //! 4. `error`: every failure as the API's `{"message"}`.
@@ -15,6 +16,7 @@
 pub mod domain;
 
 pub mod config;
+pub mod database_url;
 pub mod forwarded;
 pub mod logging;
 pub mod tls;

@@ -1892,27 +1892,6 @@ fn describe_pool(e: &deadpool_postgres::PoolError) -> String {
 }
 
 /// `message` with every secret replaced.
-/// Whether `url` is a connection URL or `key=value` string this store can use, read
-/// without connecting: at config load, a typo is a config error, not a restart loop.
-/// The message may quote a piece of the URL (see `config::hide_unshown`).
-pub fn check_url(url: &str) -> Result<(), String> {
-    if url.trim().is_empty() {
-        return Err("it is empty".into());
-    }
-    let split = tls::split_url(url)?;
-    let config: tokio_postgres::Config =
-        split.url.parse().map_err(|e: tokio_postgres::Error| {
-            match std::error::Error::source(&e) {
-                Some(cause) => format!("{e}: {cause}"),
-                None => e.to_string(),
-            }
-        })?;
-    if config.get_hosts().is_empty() && config.get_hostaddrs().is_empty() {
-        return Err("it names no host".into());
-    }
-    Ok(())
-}
-
 fn scrub(mut message: String, secrets: &[String]) -> String {
     for secret in secrets {
         if !secret.is_empty() && message.contains(secret.as_str()) {

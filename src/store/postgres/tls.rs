@@ -1,11 +1,9 @@
-//! The connection URL and TLS to the database.
-//!
-//! tokio-postgres knows `sslmode=disable|prefer|require` only, and never verifies a
-//! certificate itself: the TLS connector does. So the libpq words it does not know
-//! (`verify-ca`, `verify-full`, `sslrootcert`) are taken out of the URL here, and the
-//! rustls connector is built to match them.
+//! TLS to the database: the rustls connector built to match the `sslmode` and
+//! `sslrootcert` words that `database_url::split_url` took out of the URL.
 
 use std::path::PathBuf;
+
+pub use crate::database_url::{Verify, split_url};
 use std::sync::Arc;
 
 use rustls::client::WebPkiServerVerifier;
@@ -16,98 +14,6 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{
     ClientConfig, DigitallySignedStruct, Error as TlsError, RootCertStore, SignatureScheme,
 };
-
-/// How much the server's certificate is checked, as libpq's `sslmode` says.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verify {
-    /// `disable`, `prefer`, `require`: encrypted when TLS is used, nothing verified.
-    Nothing,
-    /// `verify-ca`: the chain up to a trusted root, not the host name.
-    Chain,
-    /// `verify-full`: the chain and the host name.
-    Full,
-}
-
-/// A URL with the words tokio-postgres does not know taken out.
-#[derive(Debug)]
-pub struct Split {
-    /// What tokio-postgres parses.
-    pub url: String,
-    pub verify: Verify,
-    /// `sslrootcert`: the CA file; without it, the Mozilla roots of webpki-roots.
-    pub root_cert: Option<PathBuf>,
-}
-
-/// Takes `sslmode=verify-ca|verify-full` (replaced by `require`) and `sslrootcert`
-/// out of a `postgres://` URL or a `key=value` connection string.
-pub fn split_url(url: &str) -> Result<Split, String> {
-    let mut verify = Verify::Nothing;
-    let mut root_cert = None;
-    let mut take = |key: &str, value: &str| -> Result<Option<String>, String> {
-        match (key, value) {
-            ("sslmode", "verify-full") => {
-                verify = Verify::Full;
-                Ok(Some("require".into()))
-            }
-            ("sslmode", "verify-ca") => {
-                verify = Verify::Chain;
-                Ok(Some("require".into()))
-            }
-            ("sslrootcert", path) => {
-                if path.is_empty() {
-                    return Err("sslrootcert is empty".into());
-                }
-                root_cert = Some(PathBuf::from(path));
-                Ok(None)
-            }
-            (_, value) => Ok(Some(value.to_owned())),
-        }
-    };
-    let cleaned = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        let (base, query) = match url.split_once('?') {
-            Some((base, query)) => (base, query),
-            None => (url, ""),
-        };
-        let mut kept = Vec::new();
-        for pair in query.split('&').filter(|p| !p.is_empty()) {
-            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-            let decoded = percent_encoding::percent_decode_str(value)
-                .decode_utf8()
-                .map_err(|_| format!("the value of '{key}' in the database URL is not UTF-8"))?;
-            if let Some(new) = take(key, &decoded)? {
-                if new == decoded {
-                    kept.push(pair.to_owned());
-                } else {
-                    kept.push(format!("{key}={new}"));
-                }
-            }
-        }
-        if kept.is_empty() {
-            base.to_owned()
-        } else {
-            format!("{base}?{}", kept.join("&"))
-        }
-    } else {
-        // key=value form; values with spaces must be quoted and are kept as they are.
-        let mut kept = Vec::new();
-        for word in url.split_whitespace() {
-            match word.split_once('=') {
-                Some((key, value)) if !value.starts_with('\'') => {
-                    if let Some(new) = take(key.trim(), value)? {
-                        kept.push(format!("{key}={new}"));
-                    }
-                }
-                _ => kept.push(word.to_owned()),
-            }
-        }
-        kept.join(" ")
-    };
-    Ok(Split {
-        url: cleaned,
-        verify,
-        root_cert,
-    })
-}
 
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
@@ -256,34 +162,6 @@ impl ServerCertVerifier for ChainOnly {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn verify_words_are_taken_out_of_a_url() {
-        let split =
-            split_url("postgres://u:p%40ss@db:5432/cat?sslmode=verify-full&sslrootcert=%2Fetc%2Fca.pem&application_name=x")
-                .unwrap();
-        assert_eq!(
-            split.url,
-            "postgres://u:p%40ss@db:5432/cat?sslmode=require&application_name=x"
-        );
-        assert_eq!(split.verify, Verify::Full);
-        assert_eq!(split.root_cert, Some(PathBuf::from("/etc/ca.pem")));
-        let plain = split_url("postgres://u@db/cat?sslmode=require").unwrap();
-        assert_eq!(plain.url, "postgres://u@db/cat?sslmode=require");
-        assert_eq!(plain.verify, Verify::Nothing);
-        let bare = split_url("postgresql://u@db/cat?sslrootcert=ca.pem").unwrap();
-        assert_eq!(bare.url, "postgresql://u@db/cat");
-        let ca = split_url("postgres://db/cat?sslmode=verify-ca").unwrap();
-        assert_eq!(ca.verify, Verify::Chain);
-    }
-
-    #[test]
-    fn verify_words_are_taken_out_of_key_value_strings() {
-        let split = split_url("host=db user=u sslmode=verify-full sslrootcert=/ca.pem").unwrap();
-        assert_eq!(split.url, "host=db user=u sslmode=require");
-        assert_eq!(split.verify, Verify::Full);
-        assert_eq!(split.root_cert, Some(PathBuf::from("/ca.pem")));
-    }
 
     #[test]
     fn a_missing_root_file_is_named() {
