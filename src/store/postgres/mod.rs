@@ -493,21 +493,7 @@ impl PgStore {
         &self,
         before: Option<u64>,
     ) -> impl Stream<Item = Result<Bytes, StoreError>> + Send + 'static {
-        let inner = self.inner.clone();
-        let handle = self.handle.clone();
-        batched(seq_bound(before), move |before: i64| {
-            let inner = inner.clone();
-            let fetch = handle.spawn(async move { inner.audit_before(before, STREAM_BATCH).await });
-            async move {
-                let rows = fetch.await.map_err(|_| StoreError::Closed)??;
-                let last = rows.last().map(|(seq, _)| *seq);
-                let full = rows.len() as i64 == STREAM_BATCH;
-                Ok((
-                    rows.into_iter().map(|(_, json)| json).collect(),
-                    last.filter(|_| full),
-                ))
-            }
-        })
+        self.audit_batches(seq_bound(before), true)
     }
 
     /// Every audit record after `after`, oldest first, in keyset batches.
@@ -515,12 +501,28 @@ impl PgStore {
         &self,
         after: Option<u64>,
     ) -> impl Stream<Item = Result<Bytes, StoreError>> + Send + 'static {
+        let start = after.map_or(0, |seq| i64::try_from(seq).unwrap_or(i64::MAX));
+        self.audit_batches(start, false)
+    }
+
+    /// Audit records from the seq `start` (exclusive) on, newest or oldest first,
+    /// `STREAM_BATCH` at a time.
+    fn audit_batches(
+        &self,
+        start: i64,
+        newest_first: bool,
+    ) -> impl Stream<Item = Result<Bytes, StoreError>> + Send + 'static {
         let inner = self.inner.clone();
         let handle = self.handle.clone();
-        let start = after.map_or(0, |seq| i64::try_from(seq).unwrap_or(i64::MAX));
-        batched(start, move |after: i64| {
+        batched(start, move |from: i64| {
             let inner = inner.clone();
-            let fetch = handle.spawn(async move { inner.audit_after(after, STREAM_BATCH).await });
+            let fetch = handle.spawn(async move {
+                if newest_first {
+                    inner.audit_before(from, STREAM_BATCH).await
+                } else {
+                    inner.audit_after(from, STREAM_BATCH).await
+                }
+            });
             async move {
                 let rows = fetch.await.map_err(|_| StoreError::Closed)??;
                 let last = rows.last().map(|(seq, _)| *seq);
