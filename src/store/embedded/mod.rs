@@ -637,13 +637,9 @@ impl SledStore {
         &self,
         before: Option<u64>,
     ) -> impl Iterator<Item = Result<Bytes, StoreError>> + Send + 'static {
-        let end = match before {
-            Some(seq) => Bound::Excluded(IVec::from(&seq.to_be_bytes())),
-            None => Bound::Unbounded,
-        };
         let items = self
             .audit
-            .range::<IVec, _>((Bound::Unbounded, end))
+            .range::<IVec, _>((Bound::Unbounded, seq_bound(before)))
             .rev()
             .map(|item| item.map(|(_, value)| value));
         self.vouched(items)
@@ -654,13 +650,9 @@ impl SledStore {
         &self,
         after: Option<u64>,
     ) -> impl Iterator<Item = Result<Bytes, StoreError>> + Send + 'static {
-        let start = match after {
-            Some(seq) => Bound::Excluded(IVec::from(&seq.to_be_bytes())),
-            None => Bound::Unbounded,
-        };
         let items = self
             .audit
-            .range::<IVec, _>((start, Bound::Unbounded))
+            .range::<IVec, _>((seq_bound(after), Bound::Unbounded))
             .map(|item| item.map(|(_, value)| value));
         self.vouched(items)
     }
@@ -751,6 +743,14 @@ impl SledStore {
 impl Drop for SledStore {
     fn drop(&mut self) {
         let _ = self.shutdown();
+    }
+}
+
+/// The audit key of `seq` as an exclusive bound; none, unbounded.
+fn seq_bound(seq: Option<u64>) -> Bound<IVec> {
+    match seq {
+        Some(seq) => Bound::Excluded(IVec::from(&seq.to_be_bytes())),
+        None => Bound::Unbounded,
     }
 }
 
