@@ -42,6 +42,8 @@ mod operations;
 mod process;
 #[path = "api/proxy.rs"]
 mod proxy;
+#[path = "api/reads.rs"]
+mod reads;
 #[path = "api/reload.rs"]
 mod reload;
 #[path = "api/secrets.rs"]

@@ -29,6 +29,7 @@ mod nodes;
 mod operations;
 mod process;
 mod proxy;
+mod reads;
 mod reload;
 mod secrets;
 mod store_config;
