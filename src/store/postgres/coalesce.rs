@@ -73,7 +73,8 @@ impl<Q: Send + 'static, A: Send + 'static> Coalescer<Q, A> {
         R: Fn(Vec<Q>) -> F,
         F: Future<Output = Result<Vec<A>, StoreError>>,
     {
-        // Should `run` panic, the slot is given back and the waiting are answered.
+        // Should `run` panic, or the runtime end, the slot is given back and the
+        // waiting are answered.
         let driving = Driving(&self);
         // Lets the requests that came in with this one (the same wake-up of the
         // thread) reach the coalescer first: tokio runs a yielded task after it has
@@ -114,7 +115,8 @@ impl<Q: Send + 'static, A: Send + 'static> Coalescer<Q, A> {
     }
 }
 
-/// Held while a batch runs; dropped only when `run` panicked.
+/// Held while batches run; dropped (not forgotten) only when `run` panicked or the
+/// runtime dropped the task, and then it answers whatever waits.
 struct Driving<'a, Q, A>(&'a Coalescer<Q, A>);
 
 impl<Q, A> Drop for Driving<'_, Q, A> {
