@@ -103,7 +103,7 @@ thread_local! {
 
 /// Statements of one kind a request worker has on their way at once, at most: the
 /// reads that come meanwhile wait and go together in the next (see `coalesce`). Two
-/// made GETs and pages at 8 connections 8-10% slower: smaller batches, more statements.
+/// made GETs and pages at 8 connections 7-10% slower: smaller batches, more statements.
 const READS_IN_FLIGHT: usize = 1;
 
 /// What a request worker's thread keeps for a store.
@@ -392,19 +392,41 @@ impl PgStore {
     /// The image's JSON, exactly as stored. On a request worker, GETs that arrive
     /// while one is on its way go together in one statement (`coalesce`).
     pub async fn get(&self, id: &ImageId) -> Result<Option<Bytes>, StoreError> {
-        let id = id.as_str().to_owned();
+        let by_ids = |inner: Arc<Inner>, ids| async move { inner.images_by_id(ids).await };
+        self.coalesced(|local| &local.gets, id.as_str().to_owned(), by_ids)
+            .await
+    }
+
+    /// `query`'s answer from `run`: on a request worker through the coalescer `pick`
+    /// chooses, together with the queries of its kind that come meanwhile; elsewhere
+    /// alone, on the store's runtime.
+    async fn coalesced<Q, A, R, F>(
+        &self,
+        pick: fn(&Local) -> &Arc<Coalescer<Q, A>>,
+        query: Q,
+        run: R,
+    ) -> Result<A, StoreError>
+    where
+        Q: Send + 'static,
+        A: Send + 'static,
+        R: Fn(Arc<Inner>, Vec<Q>) -> F + Copy + Send + 'static,
+        F: Future<Output = Result<Vec<A>, StoreError>> + Send + 'static,
+    {
         let inner = self.inner.clone();
         match self.inner.local() {
             Some(local) => {
-                let by_ids = move |ids| {
-                    let inner = inner.clone();
-                    async move { inner.images_by_id(ids).await }
-                };
-                local.gets.ask(id, by_ids).await
+                pick(&local)
+                    .ask(query, move |queries| run(inner.clone(), queries))
+                    .await
             }
             None => {
-                self.run(async move { Ok(inner.images_by_id(vec![id]).await?.pop().flatten()) })
-                    .await
+                let mut answers = self.run(run(inner, vec![query])).await?;
+                match (answers.pop(), answers.is_empty()) {
+                    (Some(answer), true) => Ok(answer),
+                    _ => Err(StoreError::Corrupt(
+                        "one read did not give one answer".into(),
+                    )),
+                }
             }
         }
     }
@@ -466,24 +488,12 @@ impl PgStore {
             provider: provider.map(|p| p.as_str().to_owned()),
             limit: i64::try_from(limit).unwrap_or(i64::MAX - 1) + 1,
         };
-        let inner = self.inner.clone();
-        let (generation, mut rows) = match self.inner.local() {
-            Some(local) => {
-                let pages = move |asks| {
-                    let inner = inner.clone();
-                    async move { inner.pages_at(asks).await }
-                };
-                let coalescer = match ask.provider {
-                    None => &local.pages,
-                    Some(_) => &local.provider_pages,
-                };
-                coalescer.ask(ask, pages).await?
-            }
-            None => {
-                self.run(async move { Ok(inner.pages_at(vec![ask]).await?.remove(0)) })
-                    .await?
-            }
+        let pick: fn(&Local) -> &Arc<Coalescer<PageAsk, _>> = match ask.provider {
+            None => |local| &local.pages,
+            Some(_) => |local| &local.provider_pages,
         };
+        let pages = |inner: Arc<Inner>, asks| async move { inner.pages_at(asks).await };
+        let (generation, mut rows) = self.coalesced(pick, ask, pages).await?;
         let more = rows.len() > limit;
         rows.truncate(limit);
         Ok((generation, rows, more))
@@ -582,21 +592,13 @@ impl PgStore {
         })
     }
 
-    /// The counters, read in one cheap query.
-    /// The counters; on a request worker, asks that come while one is on its way
-    /// share the next.
+    /// The counters, read in one cheap query; on a request worker, asks that come
+    /// while one is on its way share the next.
     pub async fn counters(&self) -> Result<Counters, StoreError> {
-        let inner = self.inner.clone();
-        match self.inner.local() {
-            Some(local) => {
-                let counters = move |asks: Vec<()>| {
-                    let inner = inner.clone();
-                    async move { Ok(vec![inner.counters().await?; asks.len()]) }
-                };
-                local.counters.ask((), counters).await
-            }
-            None => self.run(async move { inner.counters().await }).await,
-        }
+        let counters = |inner: Arc<Inner>, asks: Vec<()>| async move {
+            Ok(vec![inner.counters().await?; asks.len()])
+        };
+        self.coalesced(|local| &local.counters, (), counters).await
     }
 
     pub async fn image_count(&self) -> Result<u64, StoreError> {
