@@ -154,6 +154,12 @@ impl AppState {
             .map_err(ApiError::from)
     }
 
+    /// Whether user `name` holds `policy` now (a reload may have taken it away since
+    /// the user's request was let in).
+    pub(crate) fn holds_now(&self, name: &str, policy: &str) -> bool {
+        self.auth.holds_now(name, policy)
+    }
+
     /// The store, for a caller that holds a policy.
     pub fn store<P: Policy>(&self, _proof: &Granted<P>) -> &Store {
         &self.store
@@ -186,8 +192,13 @@ impl AppState {
     }
 
     /// Re-reads config.toml: a valid one replaces users, roles and policies at once;
-    /// an invalid one is logged and the current one stays.
-    pub fn reload(&self) {
+    /// an invalid one is logged and the current one stays. Resolves once every change
+    /// let in under the old policies has been answered, so that the reload applies to
+    /// every write answered after it says "config reloaded" (a change still waiting
+    /// for the writer is checked against the new policies: 403 if they refuse it).
+    /// Reading the file may block (a hung mount): the server runs this on a thread of
+    /// its own, never on its signal loop.
+    pub async fn reload(&self) {
         let Some(path) = &self.config_path else {
             log::warn!("reload asked, but this server was not started from a config file");
             return;
@@ -214,6 +225,9 @@ impl AppState {
                 }
                 let users = next.access.users().len();
                 self.auth.replace(next.access);
+                if let Err(e) = self.store.settle().await {
+                    log::warn!("config reload: cannot wait for the writes in flight: {e}");
+                }
                 log::info!("config reloaded from {}: {users} users", path.display());
             }
             Err(e) => log::error!("config reload refused, keeping the current one: {e}"),

@@ -120,6 +120,9 @@ pub struct StoreConfig {
     /// `serve --accept-data-loss`: start on a store behind its high-water mark. Never
     /// read from the file.
     pub accept_data_loss: bool,
+    /// How long a flush of the embedded store may take before it counts as failed
+    /// (fail-stop): a disk that stops answering must not hang every write.
+    pub flush_timeout: Duration,
     /// `backend = "postgres"`: where the catalog lives instead of the data dir.
     pub postgres: Option<PostgresConfig>,
     /// Keys set in the file that this backend ignores, and other things to warn of.
@@ -244,6 +247,7 @@ struct RawStore {
     connect_timeout_ms: u64,
     statement_timeout_ms: u64,
     pool_size: usize,
+    flush_timeout_ms: u64,
 }
 
 impl Default for RawStore {
@@ -255,6 +259,7 @@ impl Default for RawStore {
             connect_timeout_ms: 5000,
             statement_timeout_ms: 5000,
             pool_size: 16,
+            flush_timeout_ms: 30_000,
         }
     }
 }
@@ -273,6 +278,9 @@ fn check_store(
         "sled" => {
             if cache_mb == 0 {
                 return Err("[store] cache_mb must be at least 1".into());
+            }
+            if raw.flush_timeout_ms == 0 {
+                return Err("[store] flush_timeout_ms must be at least 1".into());
             }
             if raw.url.is_some() {
                 notes.push(
@@ -360,6 +368,7 @@ fn check_store(
     Ok(StoreConfig {
         cache_mb,
         accept_data_loss: false,
+        flush_timeout: Duration::from_millis(raw.flush_timeout_ms),
         postgres,
         notes,
     })
@@ -398,10 +407,50 @@ struct RawUser {
     roles: Vec<String>,
 }
 
+/// A config file is small: anything larger is not one.
+pub const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
+
+/// The text of the config file at `path`, read only from a regular file of at most
+/// [`MAX_CONFIG_BYTES`]: a FIFO, a device (`/dev/zero`) or a huge file would block the
+/// read or fill the memory.
+fn read_config_file(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let refuse = |why: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, why);
+    let meta = std::fs::metadata(path)?;
+    if !meta.is_file() {
+        return Err(refuse(
+            "not a regular file (a FIFO, a device or a folder); a config must be a file".into(),
+        ));
+    }
+    if meta.len() > MAX_CONFIG_BYTES {
+        return Err(refuse(format!(
+            "{} bytes, more than a config file may hold ({MAX_CONFIG_BYTES})",
+            meta.len()
+        )));
+    }
+    // O_NONBLOCK: the path may have been swapped for a FIFO since the check.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(refuse("not a regular file".into()));
+    }
+    let mut text = String::new();
+    file.take(MAX_CONFIG_BYTES + 1).read_to_string(&mut text)?;
+    if text.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(refuse(format!(
+            "more than a config file may hold ({MAX_CONFIG_BYTES} bytes)"
+        )));
+    }
+    Ok(text)
+}
+
 impl Config {
     /// Reads the config file; [`DATABASE_URL_VAR`], when set, gives the database URL.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = read_config_file(path).map_err(|source| ConfigError::Read {
             path: path.display().to_string(),
             source,
         })?;

@@ -51,6 +51,11 @@ pub enum ApiError {
          of request headers this server accepts"
     )]
     HeadersTooLarge { size: usize, limit: usize },
+    #[error(
+        "this request came on a connection that an earlier response closed (Connection: \
+         close), so it was not run; send it again on a new connection"
+    )]
+    AfterClose,
     #[error("the store is unavailable, nothing was changed; retry later")]
     StoreUnavailable,
     #[error(
@@ -127,6 +132,7 @@ impl From<StoreError> for ApiError {
                 ApiError::OutcomeUnknown
             }
             StoreError::Stopped(_) => ApiError::StoreStopped,
+            StoreError::Revoked { user, policy } => ApiError::Forbidden { user, policy },
             StoreError::Busy => ApiError::StoreBusy,
             StoreError::Unavailable(why) => {
                 log::warn!("the database is unavailable: {why}");
@@ -170,6 +176,7 @@ impl ResponseError for ApiError {
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::UnsupportedEncoding(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ApiError::AfterClose => StatusCode::BAD_REQUEST,
             ApiError::StoreUnavailable
             | ApiError::OutcomeUnknown
             | ApiError::StoreStopped
@@ -203,7 +210,7 @@ impl ResponseError for ApiError {
             ApiError::StoreBusy | ApiError::StoreStopped => {
                 response.insert_header((header::RETRY_AFTER, 1));
             }
-            ApiError::BodyTimeout { .. } => {
+            ApiError::BodyTimeout { .. } | ApiError::AfterClose => {
                 response.force_close();
             }
             ApiError::HeadersTooLarge { .. } => {

@@ -273,6 +273,15 @@ fn dropped_warning(dropped: u64, bound: usize) -> String {
     line
 }
 
+/// Ends the process now, with the log flushed, without running destructors or waiting
+/// for threads that may be stuck (in a flush that never returns): what fail-stop
+/// needs.
+pub fn exit_now(code: i32) -> ! {
+    flush();
+    // SAFETY: _exit ends the process at once; nothing after it runs.
+    unsafe { libc::_exit(code) }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

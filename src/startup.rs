@@ -35,6 +35,13 @@ pub enum StartError {
     Tls(#[from] TlsError),
 }
 
+/// SIGTERM ends the process within this, whatever is stuck.
+pub const STOP_DEADLINE: std::time::Duration = std::time::Duration::from_secs(28);
+/// In-flight requests get this long to finish at SIGTERM (then they are cut).
+const SHUTDOWN_GRACE_SECS: u64 = 20;
+/// After a fail-stop, the answers already decided get this long to be written.
+const FAIL_STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
 pub struct Application {
     address: std::net::SocketAddr,
     server: Server,
@@ -112,13 +119,19 @@ impl Application {
         let handle = self.server.handle();
         let state = self.state.clone();
         let stop_on_failure = async move {
-            state.store_failed().await;
-            handle.stop(true).await;
-            std::future::pending::<std::io::Result<()>>().await
+            let reason = state.store_failed().await;
+            // Stops accepting at once; what is in flight is answered (503) meanwhile.
+            let _ = tokio::time::timeout(FAIL_STOP_GRACE, handle.stop(true)).await;
+            reason
         };
         let result = tokio::select! {
             result = self.server => result,
-            never = stop_on_failure => never,
+            reason = stop_on_failure => {
+                return Err(std::io::Error::other(format!(
+                    "the store has stopped after a failure ({reason}); exiting so that a \
+                     restart reopens it on what is durably on disk"
+                )));
+            }
         };
         self.state.shutdown_store().map_err(|e| {
             std::io::Error::other(format!(
@@ -145,12 +158,16 @@ fn run(listener: TcpListener, state: web::Data<AppState>) -> std::io::Result<Ser
             .default_service(web::to(routes::not_found))
             .wrap(from_fn(envelope))
     })
-    .on_connect(move |io, data| connections.on_connect(io, data))
+    .on_connect(move |io, data| {
+        connections.on_connect(io, data);
+        data.insert(limits::ClosingConnection::default());
+    })
     // A client that is slow to send its request head, to go away, or that idles
     // between requests holds a connection slot, not a worker; these bound how long.
     .client_request_timeout(settings.client_request_timeout)
     .client_disconnect_timeout(settings.client_disconnect_timeout)
     .keep_alive(settings.keep_alive)
+    .shutdown_timeout(SHUTDOWN_GRACE_SECS)
     .max_connections(limits::per_worker_cap(max_connections))
     // Signals are the command line's business (see `cli`): actix would treat SIGINT
     // as a hard stop, and tests run servers in-process.

@@ -239,6 +239,15 @@ impl Authenticator {
         self.table.read().epoch
     }
 
+    /// Whether user `name` holds `policy` in the access table in force now.
+    pub fn holds_now(&self, name: &str, policy: &str) -> bool {
+        self.table
+            .read()
+            .access
+            .user(name)
+            .is_some_and(|user| user.holds(policy))
+    }
+
     /// Switches to a new access table at once, in a new epoch: every proof of the old
     /// one stops counting, also one that a verification still running adds later.
     pub fn replace(&self, access: Access) {

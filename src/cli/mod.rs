@@ -2,6 +2,8 @@
 
 use std::io::{IsTerminal, Read};
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use base64::Engine;
 use clap::{Parser, Subcommand};
@@ -237,15 +239,19 @@ fn serve(
         // as the address is known must reload, not kill with the default action.
         let signals = Signals::listen();
         log::info!(
-            "image-catalog listening on {scheme}://{} ({})",
+            "image-catalog listening on {scheme}://{} (pid {}; {})",
             app.address(),
+            std::process::id(),
             app.state().store_location()
         );
         std::thread::spawn(move || warn_demo_passwords(&demo_check));
         actix_web::rt::spawn(handle_signals(signals, app.state(), app.handle()));
-        app.run_until_stopped()
-            .await
-            .map_err(|e| CliError::Runtime(e.to_string()))?;
+        if let Err(e) = app.run_until_stopped().await {
+            // Fail-stop: a clean exit could block on the store's stuck threads.
+            log::error!("{e}");
+            eprintln!("image-catalog: {e}");
+            crate::logging::exit_now(1);
+        }
         log::info!("stopped cleanly");
         Ok(())
     })
@@ -305,15 +311,54 @@ async fn handle_signals(
         log::error!("cannot listen for signals; stop the server with SIGKILL");
         return;
     };
+    let reloading = Arc::new(AtomicBool::new(false));
     let name = loop {
         tokio::select! {
-            _ = hangup.recv() => state.reload(),
+            _ = hangup.recv() => reload_aside(&state, &reloading),
             _ = terminate.recv() => break "SIGTERM",
             _ = interrupt.recv() => break "SIGINT",
         }
     };
     log::info!("{name} received: graceful shutdown, finishing in-flight requests");
+    // Whatever is stuck (a flush, a reload on a hung mount), the process ends in time.
+    let _ = std::thread::Builder::new()
+        .name("stop-deadline".into())
+        .spawn(move || {
+            std::thread::sleep(crate::startup::STOP_DEADLINE);
+            log::error!(
+                "{name}: the server did not stop within {} s; exiting now (exit 1)",
+                crate::startup::STOP_DEADLINE.as_secs()
+            );
+            crate::logging::exit_now(1);
+        });
     server.stop(true).await;
+}
+
+/// Reloads config on a thread of its own: reading the file may block (a FIFO, a hung
+/// mount), and the signal loop must stay free for SIGTERM. One reload at a time.
+fn reload_aside(state: &actix_web::web::Data<crate::app::AppState>, reloading: &Arc<AtomicBool>) {
+    if reloading.swap(true, Ordering::AcqRel) {
+        log::warn!(
+            "SIGHUP: a reload is still under way (reading the config file); this one is skipped"
+        );
+        return;
+    }
+    let (state, reloading) = (state.clone(), reloading.clone());
+    let spawned = std::thread::Builder::new()
+        .name("config-reload".into())
+        .spawn(move || {
+            match tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+            {
+                Ok(runtime) => runtime.block_on(state.reload()),
+                Err(e) => log::error!("config reload refused: cannot start its runtime: {e}"),
+            }
+            reloading.store(false, Ordering::Release);
+        });
+    if let Err(e) = spawned {
+        log::error!("config reload refused: cannot start its thread: {e}");
+    }
 }
 
 fn hash_password() -> Result<(), CliError> {

@@ -246,7 +246,7 @@ pub fn import(config_path: &Path, file: &Path, data_dir: Option<PathBuf>) -> Res
     let audited = trail.len();
     let user = format!("import:{}", file.display());
     runtime
-        .block_on(store.import(images, trail, &user))
+        .block_on(store.import(images, trail, user.as_str()))
         .map_err(|e| match e {
             // Its message says what remains and what undoes it.
             StoreError::ImportInterrupted { .. } => CliError::Runtime(e.to_string()),
@@ -341,7 +341,7 @@ fn check_line(
     providers: &[String],
     seen: &HashMap<ImageId, String>,
 ) -> Result<Image, String> {
-    let image = Image::from_json(line, providers).map_err(|e| e.to_string())?;
+    let image = Image::from_import_json(line, providers).map_err(|e| e.to_string())?;
     if let Some(first) = seen.get(&image.id) {
         return Err(format!("id '{}' repeats {first}", image.id));
     }

@@ -76,6 +76,22 @@ impl ImageId {
         Ok(id)
     }
 
+    /// The id of an image created through the API: the rules of [`ImageId::parse`],
+    /// in Unicode normal form C, so that `café` typed precomposed and decomposed
+    /// cannot be two images side by side. (An import takes [`ImageId::parse`]: ids
+    /// stored before this rule must round-trip through export and import.)
+    pub fn parse_new(value: impl Into<String>) -> Result<Self, ValidationError> {
+        let id = ImageId::parse(value)?;
+        if !unicode_normalization::is_nfc(&id.0) {
+            return Err(invalid(
+                "id must be in Unicode normal form C (NFC: composed characters, as most \
+                 keyboards type them); normalize it first"
+                    .to_owned(),
+            ));
+        }
+        Ok(id)
+    }
+
     /// An id that may name a stored image: 1 to 255 bytes, no whitespace, control
     /// characters or `/ ? # %`, not `.` or `..`.
     pub fn parse_existing(value: impl Into<String>) -> Result<Self, ValidationError> {
@@ -369,11 +385,25 @@ pub struct Image {
 const IMAGE_FIELDS: &[&str] = &["id", "provider", "remote_user", "name"];
 
 impl Image {
-    /// Parses a create body (or an import line): `id`, `provider` and `remote_user`
-    /// required, `name` optional.
+    /// Parses a create body: `id`, `provider` and `remote_user` required, `name`
+    /// optional; the id by [`ImageId::parse_new`].
     pub fn from_json(body: &[u8], providers: &[String]) -> Result<Image, ValidationError> {
+        Image::from_json_with(body, providers, ImageId::parse_new)
+    }
+
+    /// Parses an import line as [`Image::from_json`] does, but with the id rules of
+    /// [`ImageId::parse`]: whatever export writes, import takes back.
+    pub fn from_import_json(body: &[u8], providers: &[String]) -> Result<Image, ValidationError> {
+        Image::from_json_with(body, providers, ImageId::parse)
+    }
+
+    fn from_json_with(
+        body: &[u8],
+        providers: &[String],
+        parse_id: fn(String) -> Result<ImageId, ValidationError>,
+    ) -> Result<Image, ValidationError> {
         let mut fields = JsonFields::parse(body, IMAGE_FIELDS)?;
-        let id = ImageId::parse(fields.required("id")?)?;
+        let id = parse_id(fields.required("id")?)?;
         let provider = Provider::parse(&fields.required("provider")?, providers)?;
         let remote_user = RemoteUser::parse(fields.required("remote_user")?)?;
         let name = match fields.optional("name")? {
@@ -641,6 +671,17 @@ mod tests {
     #[test]
     fn id_length_limits() {
         assert!(ImageId::parse("").is_err());
+        // Normal form C for new ids; the decomposed form stays readable and importable.
+        let composed = "caf\u{e9}";
+        let decomposed = "cafe\u{301}";
+        assert!(ImageId::parse_new(composed).is_ok());
+        let err = ImageId::parse_new(decomposed).unwrap_err().to_string();
+        assert!(err.contains("normal form C"), "{err}");
+        assert!(ImageId::parse(decomposed).is_ok());
+        assert!(ImageId::parse_existing(decomposed).is_ok());
+        let line = format!(r#"{{"id":"{decomposed}","provider":"ec2","remote_user":"u"}}"#);
+        assert!(Image::from_json(line.as_bytes(), &providers()).is_err());
+        assert!(Image::from_import_json(line.as_bytes(), &providers()).is_ok());
         assert!(ImageId::parse("a").is_ok());
         assert!(ImageId::parse("a".repeat(255)).is_ok());
         assert!(ImageId::parse("a".repeat(256)).is_err());

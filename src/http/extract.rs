@@ -15,7 +15,7 @@ use actix_web::{FromRequest, HttpMessage, HttpRequest, dev::Payload, web};
 use crate::app::{AppState, PageCache};
 use crate::domain::access::{Granted, Policy, User};
 use crate::error::ApiError;
-use crate::store::Store;
+use crate::store::{Author, Permit, Store};
 
 /// Where a request came from: its TCP peer, or behind a trusted proxy the client
 /// that `X-Forwarded-For` names. What the access log and the brute-force throttle use.
@@ -37,6 +37,19 @@ impl<P: Policy> Authorized<P> {
         &self.granted.user().name
     }
 
+    /// The caller as the author of a change, which the store applies only if the
+    /// caller still holds `P` then.
+    pub fn author(&self) -> Author {
+        Author::new(
+            self.user(),
+            Arc::new(HeldPolicy::<P> {
+                state: self.state.clone(),
+                user: self.user().to_owned(),
+                _policy: std::marker::PhantomData,
+            }),
+        )
+    }
+
     pub fn store(&self) -> &Store {
         self.state.store(&self.granted)
     }
@@ -47,6 +60,23 @@ impl<P: Policy> Authorized<P> {
 
     pub fn state(&self) -> &AppState {
         &self.state
+    }
+}
+
+/// Whether `user` still holds `P` in the access table in force.
+struct HeldPolicy<P: Policy> {
+    state: web::Data<AppState>,
+    user: String,
+    _policy: std::marker::PhantomData<fn() -> P>,
+}
+
+impl<P: Policy> Permit for HeldPolicy<P> {
+    fn still_held(&self) -> Result<(), &'static str> {
+        if self.state.holds_now(&self.user, P::NAME) {
+            Ok(())
+        } else {
+            Err(P::NAME)
+        }
     }
 }
 

@@ -7,7 +7,7 @@
 //! the one on reading a JSON body, which is in `routes::JsonBody`.
 
 use std::any::Any;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr, TcpListener, ToSocketAddrs};
@@ -297,6 +297,23 @@ pub fn over_limit(req: &ServiceRequest) -> Option<ApiError> {
     })
 }
 
+/// Set on a connection once a response on it said it is the last (`Connection:
+/// close`, or a request that asked for that). actix still runs a request that was
+/// pipelined behind such a response; the envelope refuses to, since the client took
+/// the connection for closed.
+#[derive(Clone, Default)]
+pub struct ClosingConnection(Rc<Cell<bool>>);
+
+impl ClosingConnection {
+    pub fn close(&self) {
+        self.0.set(true);
+    }
+
+    pub fn is_closing(&self) -> bool {
+        self.0.get()
+    }
+}
+
 /// The 431 for a request whose header names and values pass `limit` bytes in all.
 /// (actix refuses, before this, a head over 128 KiB or with more than 96 headers, with
 /// an empty 431.)
@@ -325,10 +342,11 @@ pub fn hold_body(req: &mut ServiceRequest) -> Option<BodyHold> {
         return None;
     }
     let held = Rc::new(RefCell::new(body));
+    let ended = Rc::new(Cell::new(false));
     req.set_payload(Payload::Stream {
-        payload: Box::pin(SharedPayload(held.clone())),
+        payload: Box::pin(SharedPayload(held.clone(), ended.clone())),
     });
-    Some(BodyHold(held))
+    Some(BodyHold(held, ended))
 }
 
 /// Keeps the held request body alive until the response has been written.
@@ -344,18 +362,30 @@ pub fn keep_until_written(
     })
 }
 
-/// A request body taken by [`hold_body`].
-pub struct BodyHold(Rc<RefCell<Payload>>);
+/// A request body taken by [`hold_body`], and whether it was read to its end.
+pub struct BodyHold(Rc<RefCell<Payload>>, Rc<Cell<bool>>);
+
+impl BodyHold {
+    /// Whether the handler read the body to its end (else actix closes the
+    /// connection after the response).
+    pub fn read_to_end(&self) -> bool {
+        self.1.get()
+    }
+}
 
 /// The handlers' handle on the request body that [`hold_body`] holds.
-struct SharedPayload(Rc<RefCell<Payload>>);
+struct SharedPayload(Rc<RefCell<Payload>>, Rc<Cell<bool>>);
 
 impl Stream for SharedPayload {
     type Item = Result<Bytes, PayloadError>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let mut payload = self.0.borrow_mut();
-        Pin::new(&mut *payload).poll_next(cx)
+        let item = Pin::new(&mut *payload).poll_next(cx);
+        if matches!(item, Poll::Ready(None)) {
+            self.1.set(true);
+        }
+        item
     }
 }
 

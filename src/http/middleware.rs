@@ -5,8 +5,9 @@
 //! 1. [`request_id`]: the client's sane `X-Request-Id`, or a new one.
 //! 2. [`client_address`]: the TCP peer, or behind a trusted proxy the client that
 //!    `X-Forwarded-For` names.
-//! 3. [`refusal`]: a connection past a cap (503), headers past `max_header_bytes`
-//!    (431) or an `Accept` that rules out JSON (406), before any work is done.
+//! 3. [`refusal`]: a request pipelined behind a response that closed its connection
+//!    (not run), a connection past a cap (503), headers past `max_header_bytes` (431)
+//!    or an `Accept` that rules out JSON (406), before any work is done.
 //! 4. [`call_holding_body`]: the route, with the request body held until the response
 //!    is written.
 //! 5. [`record`]: the request in the metrics and its access-log line (the user's name,
@@ -18,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::ConnectionType;
 use actix_web::http::header::{self, HeaderName, HeaderValue};
 use actix_web::middleware::Next;
 use actix_web::{HttpMessage, ResponseError, web};
@@ -26,6 +28,7 @@ use crate::app::AppState;
 use crate::error::ApiError;
 use crate::forwarded::TrustedProxies;
 use crate::http::extract::{AuthenticatedUser, ClientAddress};
+use crate::http::limits::ClosingConnection;
 use crate::http::{headers, limits};
 use crate::metrics::UNMATCHED;
 
@@ -51,10 +54,22 @@ pub async fn envelope(
     if let Some(client) = client {
         req.extensions_mut().insert(ClientAddress(client));
     }
-    let mut response = match refusal(&req, state.as_ref().map(|s| s.get_ref())) {
+    let closing = req.conn_data::<ClosingConnection>().cloned();
+    let request_closes = req.head().connection_type() == ConnectionType::Close;
+    let refused = match &closing {
+        Some(closing) if closing.is_closing() => Some(ApiError::AfterClose),
+        _ => refusal(&req, state.as_ref().map(|s| s.get_ref())),
+    };
+    let mut response = match refused {
         Some(refused) => req.into_response(refused.error_response()),
         None => call_holding_body(req, next).await?,
     };
+    // The last response on this connection: nothing pipelined behind it is run.
+    if let Some(closing) = closing
+        && (request_closes || response.response().head().connection_type() == ConnectionType::Close)
+    {
+        closing.close();
+    }
     record(
         &response,
         state.as_ref().map(|s| s.get_ref()),
@@ -119,7 +134,15 @@ async fn call_holding_body(
     match limits::hold_body(&mut req) {
         None => Ok(next.call(req).await?.map_into_boxed_body()),
         Some(hold) => {
-            let response = next.call(req).await?.map_into_boxed_body();
+            let mut response = next.call(req).await?.map_into_boxed_body();
+            if !hold.read_to_end() {
+                // actix closes such a connection after the response: say so, and let
+                // nothing pipelined behind it run.
+                response
+                    .response_mut()
+                    .head_mut()
+                    .set_connection_type(ConnectionType::Close);
+            }
             Ok(limits::keep_until_written(response, hold))
         }
     }

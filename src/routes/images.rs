@@ -189,7 +189,7 @@ pub(crate) async fn create(
     let image = Image::from_json(&body.read().await?, &auth.state().providers)?;
     let id = image.id.clone();
     auth.store()
-        .apply(Change::Create(image), auth.user())
+        .apply(Change::Create(image), auth.author())
         .await?;
     Ok(json_response(to_json(&IdMessage {
         id,
@@ -278,7 +278,7 @@ pub(crate) async fn update(
         patch,
         precondition,
     };
-    let Applied::Updated(record) = auth.store().apply(change, auth.user()).await? else {
+    let Applied::Updated(record) = auth.store().apply(change, auth.author()).await? else {
         return Err(ApiError::StoreUnavailable);
     };
     let body = to_json(&Updated {
@@ -322,7 +322,7 @@ pub(crate) async fn delete(
         id: id.clone(),
         precondition,
     };
-    auth.store().apply(change, auth.user()).await?;
+    auth.store().apply(change, auth.author()).await?;
     Ok(json_response(to_json(&IdMessage {
         id,
         message: "Deleted",

@@ -10,6 +10,7 @@
 
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -23,11 +24,72 @@ pub mod embedded;
 pub mod postgres;
 
 pub use crate::domain::change::{Change, Precondition};
-use embedded::SledStore;
+use embedded::{EmbeddedOptions, SledStore};
 use postgres::{PgOptions, PgStore};
+
+/// Whether the author of a change still holds the policy it was let in with.
+pub trait Permit: Send + Sync {
+    /// `Err` with the policy's name once it is no longer held.
+    fn still_held(&self) -> Result<(), &'static str>;
+}
+
+/// Who makes a change, with the check that they still may, which the engine makes
+/// where the change is applied: a config reload may take the policy away while the
+/// change waits for the writer, and a reload applies to every write answered after it.
+#[derive(Clone)]
+pub struct Author {
+    name: String,
+    permit: Option<Arc<dyn Permit>>,
+}
+
+impl Author {
+    pub fn new(name: impl Into<String>, permit: Arc<dyn Permit>) -> Author {
+        Author {
+            name: name.into(),
+            permit: Some(permit),
+        }
+    }
+
+    /// A change made by a tool (an import from the command line): nothing can take its
+    /// right away.
+    pub fn tool(name: impl Into<String>) -> Author {
+        Author {
+            name: name.into(),
+            permit: None,
+        }
+    }
+
+    pub(crate) fn system() -> Author {
+        Author::tool("image-catalog")
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// `Err(Revoked)` once the author lost the policy.
+    pub fn still_allowed(&self) -> Result<(), StoreError> {
+        match &self.permit {
+            Some(permit) => permit.still_held().map_err(|policy| StoreError::Revoked {
+                user: self.name.clone(),
+                policy,
+            }),
+            None => Ok(()),
+        }
+    }
+}
+
+impl From<&str> for Author {
+    fn from(name: &str) -> Author {
+        Author::tool(name)
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// The author lost the policy (a reload) before the change was applied.
+    #[error("user '{user}' no longer holds policy '{policy}'")]
+    Revoked { user: String, policy: &'static str },
     #[error("no image with id '{0}'")]
     NotFound(String),
     #[error("an image with id '{0}' already exists")]
@@ -108,6 +170,16 @@ pub enum StoreError {
         store: u64,
         mark: u64,
     },
+    #[error(
+        "cannot open the store at {dir} as user {user}: its high-water mark ({dir}/{}) is \
+         gone, though the store recorded having one, so whether acknowledged changes are \
+         missing cannot be told (the mark was deleted, or the store's files were put back \
+         without it); {}; or, to serve the store as it is, start once with \
+         `serve --accept-data-loss`",
+        crate::store::embedded::MARK_FILE,
+        crate::store::embedded::RESTORE_ADVICE
+    )]
+    MarkLost { dir: PathBuf, user: String },
 }
 
 impl StoreError {
@@ -120,6 +192,7 @@ impl StoreError {
             StoreError::DataDir { .. }
                 | StoreError::Damaged { .. }
                 | StoreError::BehindMark { .. }
+                | StoreError::MarkLost { .. }
                 | StoreError::UnknownFormat { .. }
                 | StoreError::IncompatibleSchema(_)
         )
@@ -197,13 +270,14 @@ impl Store {
     pub async fn open(config: &StoreConfig, data_dir: &Path) -> Result<Store, StoreError> {
         match &config.postgres {
             None => {
-                let (dir, cache_mb, accept) = (
-                    data_dir.to_owned(),
-                    config.cache_mb,
-                    config.accept_data_loss,
-                );
+                let dir = data_dir.to_owned();
+                let options = EmbeddedOptions {
+                    cache_mb: config.cache_mb,
+                    accept_data_loss: config.accept_data_loss,
+                    flush_timeout: config.flush_timeout,
+                };
                 // Opening reads the whole store through: not on an async worker.
-                tokio::task::spawn_blocking(move || SledStore::open_with(&dir, cache_mb, accept))
+                tokio::task::spawn_blocking(move || SledStore::open_with(&dir, &options))
                     .await
                     .map_err(|e| StoreError::Engine(format!("opening the store failed: {e}")))?
                     .map(Store::Embedded)
@@ -228,10 +302,25 @@ impl Store {
     }
 
     /// Applies a change with its audit record; resolves once both are durable.
-    pub async fn apply(&self, change: Change, user: &str) -> Result<Applied, StoreError> {
+    pub async fn apply(
+        &self,
+        change: Change,
+        author: impl Into<Author>,
+    ) -> Result<Applied, StoreError> {
+        let author = author.into();
         match self {
-            Store::Embedded(s) => s.apply(change, user).await,
-            Store::Postgres(s) => s.apply(change, user).await,
+            Store::Embedded(s) => s.apply(change, author).await,
+            Store::Postgres(s) => s.apply(change, author).await,
+        }
+    }
+
+    /// Resolves once every change handed to the store before it has been answered:
+    /// a reload waits for it, so that no change let in under the old policies is
+    /// answered after the reload says it is done.
+    pub async fn settle(&self) -> Result<(), StoreError> {
+        match self {
+            Store::Embedded(s) => s.settle().await,
+            Store::Postgres(s) => s.settle().await,
         }
     }
 
@@ -245,11 +334,12 @@ impl Store {
         &self,
         images: Vec<Image>,
         trail: Vec<AuditRecord>,
-        user: &str,
+        author: impl Into<Author>,
     ) -> Result<u64, StoreError> {
+        let author = author.into();
         match self {
-            Store::Embedded(s) => s.import(images, trail, user).await,
-            Store::Postgres(s) => s.import(images, trail, user).await,
+            Store::Embedded(s) => s.import(images, trail, author).await,
+            Store::Postgres(s) => s.import(images, trail, author.name()).await,
         }
     }
 

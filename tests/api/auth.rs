@@ -223,7 +223,7 @@ async fn repeated_basic_requests_are_answered_from_the_cache() {
         &cheap_hash(ADMIN.1),
         &cheap_hash("rotated"),
     );
-    app.reload(&config_text(DEFAULT_POLICIES, &rotated));
+    app.reload(&config_text(DEFAULT_POLICIES, &rotated)).await;
     assert_eq!(
         app.admin().get("/v3/images").await.0,
         401,

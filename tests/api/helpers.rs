@@ -215,9 +215,9 @@ impl TestApp {
     }
 
     /// Writes `config` over the server's config.toml and reloads it, as SIGHUP does.
-    pub fn reload(&self, config: &str) {
+    pub async fn reload(&self, config: &str) {
         std::fs::write(&self.config_path, config).unwrap();
-        self.state.reload();
+        self.state.reload().await;
     }
 
     pub fn anonymous(&self) -> Caller<'_> {

@@ -476,3 +476,75 @@ async fn max_connections_follows_the_open_file_limit() {
     server.signal("TERM");
     assert!(server.wait().success());
 }
+
+/// A request pipelined behind a response that closes its connection is not run: the
+/// client took the connection for closed. Each setup sends a first request whose
+/// answer may close, then a DELETE on the same connection; whenever the first answer
+/// says `Connection: close`, the image must still be there.
+#[tokio::test]
+async fn nothing_pipelined_behind_connection_close_is_run() {
+    let app = spawn_app().await;
+    let auth = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", ADMIN.0, ADMIN.1))
+    );
+    let too_big = "x".repeat(crate::helpers::MAX_BODY + 10);
+    let small = r#"{"id":"p","provider":"ec2","remote_user":"u"}"#;
+    let setups: Vec<(&str, String)> = vec![
+        (
+            "the client asks to close",
+            "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".to_string(),
+        ),
+        (
+            "a 413",
+            format!(
+                "POST /v3/image HTTP/1.1\r\nHost: x\r\nAuthorization: {auth}\r\n\
+                 Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{too_big}",
+                too_big.len()
+            ),
+        ),
+        (
+            "a 401 before its body",
+            format!(
+                "POST /v3/image HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+                 Content-Length: {}\r\n\r\n{small}",
+                small.len()
+            ),
+        ),
+        (
+            "an HTTP/1.0 request",
+            "GET /healthz HTTP/1.0\r\nHost: x\r\n\r\n".to_string(),
+        ),
+    ];
+    let mut closing_seen = 0;
+    for (what, first) in setups {
+        let id = format!("kept-{}", what.replace([' ', '/'], "-"));
+        app.seed(&id, "ec2").await;
+        let mut stream = connect(&app).await;
+        let delete =
+            format!("DELETE /v3/image/{id} HTTP/1.1\r\nHost: x\r\nAuthorization: {auth}\r\n\r\n");
+        stream
+            .write_all(format!("{first}{delete}").as_bytes())
+            .await
+            .unwrap();
+        let answer = within_a_minute("the first answer", read_response(&mut stream))
+            .await
+            .unwrap_or_else(|| panic!("{what}: no answer"));
+        let closes = answer
+            .head
+            .to_ascii_lowercase()
+            .contains("connection: close");
+        if closes {
+            closing_seen += 1;
+            // Whatever else the server sends, it ends the connection.
+            within_a_minute("the close", closed_by_server(&mut stream)).await;
+            let (status, _) = app.admin().get(&crate::helpers::image_path(&id)).await;
+            assert_eq!(
+                status, 200,
+                "{what}: the DELETE behind a {} that closed was run",
+                answer.status
+            );
+        }
+    }
+    assert!(closing_seen >= 2, "at least the asked-for closes say so");
+}

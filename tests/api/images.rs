@@ -301,3 +301,34 @@ async fn odd_but_valid_ids_work_in_paths() {
         assert_eq!(response.0, 200, "{id}");
     }
 }
+
+/// A new id must be in Unicode normal form C: `café` typed decomposed is refused, so
+/// it cannot sit beside the composed one. An id stored decomposed (imported from an
+/// older export) stays readable, updatable and deletable.
+#[tokio::test]
+async fn new_ids_are_in_normal_form_c() {
+    let app = spawn_app().await;
+    let composed = "caf\u{e9}";
+    let decomposed = "cafe\u{301}";
+    let body = |id: &str| json!({"id": id, "provider": "ec2", "remote_user": "u"});
+    assert_error(
+        app.admin().post("/v3/image", body(decomposed)).await,
+        400,
+        "normal form C",
+    );
+    let (status, _) = app.admin().post("/v3/image", body(composed)).await;
+    assert_eq!(status, 200);
+    let (status, image) = app
+        .admin()
+        .get(&format!("/v3/image/{}", encode(composed)))
+        .await;
+    assert_eq!((status, image["id"].as_str()), (200, Some(composed)));
+    let (status, _) = app
+        .admin()
+        .get(&format!("/v3/image/{}", encode(decomposed)))
+        .await;
+    assert_eq!(
+        status, 404,
+        "the decomposed form is another id, never created"
+    );
+}

@@ -27,6 +27,7 @@ mod images;
 mod listing;
 mod nodes;
 mod operations;
+mod power_cut;
 mod process;
 mod proxy;
 mod reads;

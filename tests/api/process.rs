@@ -11,6 +11,8 @@ pub struct ChildServer {
     pub address: String,
     /// What the server logged before it said where it listens.
     pub startup_log: Vec<String>,
+    /// The line that says where it listens (and its pid).
+    pub listening_line: String,
     logs: mpsc::UnboundedReceiver<String>,
 }
 
@@ -135,9 +137,11 @@ impl ChildServer {
         forward_lines(stderr, sender);
         let mut address = None;
         let mut startup_log = Vec::new();
+        let mut listening_line = String::new();
         while let Some(line) = logs.recv().await {
             if let Some(rest) = line.split("listening on ").nth(1) {
                 address = rest.split_whitespace().next().map(str::to_owned);
+                listening_line = line;
                 break;
             }
             startup_log.push(line);
@@ -148,6 +152,7 @@ impl ChildServer {
                 panic!("the server exited before logging its address: {startup_log:#?}")
             }),
             startup_log,
+            listening_line,
             logs,
         }
     }

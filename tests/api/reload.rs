@@ -206,3 +206,40 @@ async fn a_reload_during_a_login_refuses_the_old_credentials_at_once() {
         .unwrap();
     assert!(listed.is_empty(), "{listed:?}");
 }
+
+/// A config path that is a FIFO or a link to `/dev/zero` would block a read or fill the
+/// memory: the reload is refused with the reason, and the signal loop stays free, so
+/// SIGHUP and SIGTERM are still handled.
+#[tokio::test]
+async fn a_config_that_is_no_regular_file_is_refused_and_the_server_still_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = config_text(DEFAULT_POLICIES, &users("pw", ""));
+    let path = write_config(dir.path(), &text);
+    let mut server = ChildServer::start(&path).await;
+    let saved = dir.path().join("saved.toml");
+    std::fs::rename(&path, &saved).unwrap();
+
+    let fifo = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+    server.signal("HUP");
+    let line = within_a_minute("the FIFO's refusal", server.wait_for_log("reload refused")).await;
+    assert!(line.contains("not a regular file"), "{line}");
+
+    std::fs::remove_file(&path).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", &path).unwrap();
+    server.signal("HUP");
+    let line = within_a_minute("/dev/zero's refusal", server.wait_for_log("reload refused")).await;
+    assert!(line.contains("not a regular file"), "{line}");
+
+    // Still served, still reloadable, still stoppable.
+    std::fs::remove_file(&path).unwrap();
+    std::fs::rename(&saved, &path).unwrap();
+    server.signal("HUP");
+    within_a_minute("a good reload", server.wait_for_log("config reloaded")).await;
+    assert_eq!(status(&server, "admin", "pw").await, 200);
+    server.signal("TERM");
+    let exited = tokio::task::spawn_blocking(move || server.wait());
+    let status = within_a_minute("the stop", exited).await.unwrap();
+    assert!(status.success(), "{status:?}");
+}

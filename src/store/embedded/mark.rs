@@ -57,8 +57,15 @@ pub fn write(dir: &Path, changes: u64) -> std::io::Result<()> {
 
 /// Compares the store's count of changes with the mark at start. Returns the count
 /// the mark holds afterwards: a mark that cannot be raised now (a full disk) only
-/// lags, and [`MarkKeeper`] raises it later.
-pub fn check(dir: &Path, store: u64, accept_data_loss: bool) -> Result<u64, StoreError> {
+/// lags, and [`MarkKeeper`] raises it later. `had_mark`: the store recorded having
+/// had a mark, so a missing one was lost (deleted, or the store's files were put
+/// back without it), not never made.
+pub fn check(
+    dir: &Path,
+    store: u64,
+    had_mark: bool,
+    accept_data_loss: bool,
+) -> Result<u64, StoreError> {
     let unwritable =
         |e: std::io::Error| data_dir_error(dir, format!("cannot write its high-water mark: {e}"));
     let lagging = |mark: u64, e: std::io::Error| {
@@ -69,6 +76,19 @@ pub fn check(dir: &Path, store: u64, accept_data_loss: bool) -> Result<u64, Stor
         mark
     };
     match read(dir)? {
+        None if had_mark && !accept_data_loss => Err(StoreError::MarkLost {
+            dir: dir.to_owned(),
+            user: crate::store::embedded::open::user_name(),
+        }),
+        None if had_mark => {
+            log::warn!(
+                "--accept-data-loss: the store at {} lost its high-water mark; it is served as \
+                 it is ({store} changes), and a new mark is made at that count",
+                dir.display()
+            );
+            write(dir, store).map_err(unwritable)?;
+            Ok(store)
+        }
         None => match write(dir, store) {
             Ok(()) => {
                 log::info!(
@@ -224,26 +244,41 @@ mod tests {
     #[test]
     fn behind_is_refused_unless_accepted_and_ahead_raises() {
         let dir = tempfile::tempdir().unwrap();
-        assert_eq!(check(dir.path(), 5, false).unwrap(), 5);
+        assert_eq!(check(dir.path(), 5, false, false).unwrap(), 5);
         assert_eq!(read(dir.path()).unwrap(), Some(5));
-        let err = check(dir.path(), 3, false).unwrap_err().to_string();
+        let err = check(dir.path(), 3, true, false).unwrap_err().to_string();
         assert!(err.contains("2 acknowledged changes are missing"), "{err}");
         assert_eq!(
             read(dir.path()).unwrap(),
             Some(5),
             "a refusal keeps the mark"
         );
-        check(dir.path(), 3, true).unwrap();
+        check(dir.path(), 3, true, true).unwrap();
         assert_eq!(read(dir.path()).unwrap(), Some(3));
-        check(dir.path(), 9, false).unwrap();
+        check(dir.path(), 9, true, false).unwrap();
         assert_eq!(read(dir.path()).unwrap(), Some(9));
+    }
+
+    #[test]
+    fn a_lost_mark_is_refused_unless_accepted_but_a_store_from_before_marks_gets_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = check(dir.path(), 4, true, false).unwrap_err();
+        assert!(err.needs_operator());
+        assert!(err.to_string().contains("high-water mark"), "{err}");
+        assert_eq!(read(dir.path()).unwrap(), None, "a refusal writes nothing");
+        assert_eq!(check(dir.path(), 4, true, true).unwrap(), 4);
+        assert_eq!(read(dir.path()).unwrap(), Some(4));
+
+        let older = tempfile::tempdir().unwrap();
+        assert_eq!(check(older.path(), 7, false, false).unwrap(), 7);
+        assert_eq!(read(older.path()).unwrap(), Some(7));
     }
 
     #[test]
     fn a_torn_mark_is_named() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join(MARK_FILE), "12x").unwrap();
-        let err = check(dir.path(), 0, false).unwrap_err().to_string();
+        let err = check(dir.path(), 0, true, false).unwrap_err().to_string();
         assert!(err.contains("high-water mark"), "{err}");
     }
 }

@@ -1,11 +1,12 @@
 //! The embedded store: the catalog in sled, on this machine's disk.
 //!
-//! Reads go straight to sled. Every change goes through one writer thread, which
-//! applies each change together with its audit record in one sled transaction, then
-//! flushes once for the whole batch queued meanwhile (group commit) before answering:
-//! a reply of success means the change is on disk, and concurrent writers share the
+//! Every change goes through one writer thread, which applies each change together
+//! with its audit record in one sled transaction, then flushes and fdatasyncs once
+//! for the whole batch queued meanwhile (group commit) before answering: a reply of
+//! success means the change survives a power cut, and concurrent writers share the
 //! cost of a flush. Keeping the writer off the request workers also keeps every disk
-//! flush off them.
+//! flush off them. Reads go to sled, through [`visible`]: they show the catalog as of
+//! the last flush that succeeded, never a change in flight.
 
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
@@ -24,10 +25,15 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot, watch};
 
 use crate::domain::change::{AuditRecord, Change, Precondition};
 use crate::domain::image::{Image, ImageId, Provider};
-use crate::store::{Applied, Page, Record, StoreError, trail_overlaps, trail_repeats};
+use crate::store::{Applied, Author, Page, Record, StoreError, trail_overlaps, trail_repeats};
 
+mod flush;
 pub mod mark;
 mod open;
+mod visible;
+
+use flush::{Answers, Flusher};
+use visible::Visible;
 
 pub use mark::MARK_FILE;
 pub use open::RESTORE_ADVICE;
@@ -76,6 +82,8 @@ enum Work {
         images: Vec<Image>,
         trail: Vec<AuditRecord>,
     },
+    /// Answered once every job queued before it has been answered.
+    Barrier,
     /// Makes the writer panic, to test that its death is watched.
     #[cfg(test)]
     Crash,
@@ -83,7 +91,7 @@ enum Work {
 
 struct Job {
     work: Work,
-    user: String,
+    author: Author,
     reply: Reply,
     /// The job's place in the bounded queue, given back when the job is dropped.
     _slot: OwnedSemaphorePermit,
@@ -171,6 +179,9 @@ impl Health {
 
 const WRITER_PANICKED: &str = "the store's writer thread panicked";
 
+#[cfg(test)]
+type BeforeFlush = Arc<Mutex<Option<Box<dyn FnMut() + Send>>>>;
+
 /// How many changes may wait for the writer; past it a write waits `QUEUE_WAIT` for a
 /// place, then is refused with `Busy` rather than queueing without bound.
 const QUEUE_LIMIT: usize = 4 * MAX_BATCH;
@@ -180,6 +191,8 @@ pub struct SledStore {
     db: sled::Db,
     images: Tree,
     audit: Tree,
+    visible: Arc<Visible>,
+    flusher: Arc<Flusher>,
     gauges: Arc<Gauges>,
     generation: Arc<AtomicU64>,
     /// Seconds an audit record is kept; 0 keeps every record.
@@ -190,6 +203,10 @@ pub struct SledStore {
     /// Held by tests to hold the writer back between batches.
     #[cfg(test)]
     pause: Arc<Mutex<()>>,
+    /// Run by the writer after applying a batch, before flushing it: lets tests
+    /// look at a batch in flight.
+    #[cfg(test)]
+    before_flush: BeforeFlush,
     mark: Arc<crate::store::embedded::mark::MarkKeeper>,
     dir: PathBuf,
     /// The data dir's lock: declared last, so it is let go after sled's files.
@@ -198,7 +215,13 @@ pub struct SledStore {
 
 impl SledStore {
     pub fn open(dir: &Path, cache_mb: u64) -> Result<SledStore, StoreError> {
-        SledStore::open_with(dir, cache_mb, false)
+        SledStore::open_with(
+            dir,
+            &EmbeddedOptions {
+                cache_mb,
+                ..EmbeddedOptions::default()
+            },
+        )
     }
 
     /// Opens the store in `dir`: takes the folder's lock, opens sled and reads every
@@ -206,11 +229,12 @@ impl SledStore {
     /// [`StoreError::Damaged`], not a panic), then compares the store's count of
     /// changes with the high-water mark: a store behind it is refused unless
     /// `accept_data_loss`.
-    pub fn open_with(
-        dir: &Path,
-        cache_mb: u64,
-        accept_data_loss: bool,
-    ) -> Result<SledStore, StoreError> {
+    pub fn open_with(dir: &Path, options: &EmbeddedOptions) -> Result<SledStore, StoreError> {
+        let EmbeddedOptions {
+            cache_mb,
+            accept_data_loss,
+            flush_timeout,
+        } = *options;
         let lock = crate::store::embedded::open::prepare(dir)?;
         let started = Instant::now();
         let Opened {
@@ -229,11 +253,26 @@ impl SledStore {
             tally.changes(),
             started.elapsed().as_secs_f64() * 1000.0
         );
-        let marked = crate::store::embedded::mark::check(dir, tally.changes(), accept_data_loss)?;
+        let had_mark = fresh || meta.get(HAS_MARK_KEY)?.is_some();
+        let marked = crate::store::embedded::mark::check(
+            dir,
+            tally.changes(),
+            had_mark && !fresh,
+            accept_data_loss,
+        )?;
         if fresh {
             Tally::default().store(&meta)?;
             db.insert(FORMAT_KEY, FORMAT_VERSION)?;
-            db.flush()?;
+        }
+        if meta.get(HAS_MARK_KEY)?.is_none() {
+            meta.insert(HAS_MARK_KEY, &[1u8])?;
+        }
+        db.flush()?;
+        // The store's files were just made (or found): their names must survive a
+        // power cut as much as their data.
+        flush::sync_dir(dir)?;
+        if fresh && let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            flush::sync_dir(parent)?;
         }
         let mark = Arc::new(crate::store::embedded::mark::MarkKeeper::start(
             dir,
@@ -246,10 +285,18 @@ impl SledStore {
         let (sender, receiver) = mpsc::channel();
         let retention = Arc::new(AtomicU64::new(0));
         let health = Health::new();
+        let visible = Arc::new(Visible::new(tally.changes()));
+        let flusher = Arc::new(Flusher::open(
+            dir,
+            db.clone(),
+            flush_timeout,
+            health.clone(),
+        )?);
         #[cfg(test)]
         let pause = Arc::new(Mutex::new(()));
+        #[cfg(test)]
+        let before_flush = BeforeFlush::default();
         let writer = Writer {
-            db: db.clone(),
             images: images.clone(),
             audit: audit.clone(),
             meta,
@@ -261,7 +308,11 @@ impl SledStore {
             health: health.clone(),
             #[cfg(test)]
             pause: pause.clone(),
+            #[cfg(test)]
+            before_flush: before_flush.clone(),
             mark: mark.clone(),
+            visible: visible.clone(),
+            flusher: flusher.clone(),
         };
         let watched = health.clone();
         let handle = std::thread::Builder::new()
@@ -280,6 +331,8 @@ impl SledStore {
             db,
             images,
             audit,
+            visible,
+            flusher,
             gauges,
             generation,
             retention,
@@ -288,6 +341,8 @@ impl SledStore {
             health,
             #[cfg(test)]
             pause,
+            #[cfg(test)]
+            before_flush,
             mark,
             dir: dir.to_owned(),
             _lock: lock,
@@ -295,8 +350,40 @@ impl SledStore {
     }
 
     /// Applies a change with its audit record; resolves once both are on disk.
-    pub async fn apply(&self, change: Change, user: &str) -> Result<Applied, StoreError> {
-        self.submit(Work::Change(change), user).await
+    pub async fn apply(
+        &self,
+        change: Change,
+        author: impl Into<Author>,
+    ) -> Result<Applied, StoreError> {
+        self.submit(Work::Change(change), author.into()).await
+    }
+
+    /// Resolves once every change queued before it has been answered.
+    pub async fn settle(&self) -> Result<(), StoreError> {
+        self.submit(Work::Barrier, Author::system())
+            .await
+            .map(|_| ())
+    }
+}
+
+/// How to open the embedded store.
+#[derive(Debug, Clone, Copy)]
+pub struct EmbeddedOptions {
+    /// sled's page cache.
+    pub cache_mb: u64,
+    /// Start on a store behind its high-water mark (or that lost it).
+    pub accept_data_loss: bool,
+    /// A flush that takes longer is a failure (fail-stop).
+    pub flush_timeout: Duration,
+}
+
+impl Default for EmbeddedOptions {
+    fn default() -> Self {
+        EmbeddedOptions {
+            cache_mb: 32,
+            accept_data_loss: false,
+            flush_timeout: Duration::from_secs(30),
+        }
     }
 }
 
@@ -462,9 +549,12 @@ impl SledStore {
         &self,
         images: Vec<Image>,
         trail: Vec<AuditRecord>,
-        user: &str,
+        author: impl Into<Author>,
     ) -> Result<u64, StoreError> {
-        match self.submit(Work::Import { images, trail }, user).await? {
+        match self
+            .submit(Work::Import { images, trail }, author.into())
+            .await?
+        {
             Applied::Imported(count) => Ok(count),
             _ => Err(StoreError::Corrupt(
                 "the writer answered an import oddly".into(),
@@ -472,7 +562,7 @@ impl SledStore {
         }
     }
 
-    async fn submit(&self, work: Work, user: &str) -> Result<Applied, StoreError> {
+    async fn submit(&self, work: Work, author: Author) -> Result<Applied, StoreError> {
         self.health.check()?;
         let slot = match self.queue.clone().try_acquire_owned() {
             Ok(slot) => slot,
@@ -484,7 +574,7 @@ impl SledStore {
         let (reply, answer) = oneshot::channel();
         let job = Job {
             work,
-            user: user.to_owned(),
+            author,
             reply: Reply {
                 sender: Some(reply),
                 health: self.health.clone(),
@@ -549,8 +639,11 @@ impl SledStore {
     }
 
     pub fn get(&self, id: &ImageId) -> Result<Option<Record>, StoreError> {
+        let key = id.as_str().as_bytes();
+        let read = self.read(|| self.images.get(key))?;
         Ok(self
-            .read(|| self.images.get(id.as_str()))?
+            .visible
+            .get(key, read)
             .map(|value| Record::from_slice(&value)))
     }
 
@@ -585,8 +678,8 @@ impl SledStore {
         };
         let items = self
             .images
-            .range::<IVec, _>((start, Bound::Unbounded))
-            .map(|item| item.map(|(_, value)| value));
+            .range::<IVec, _>((start.clone(), Bound::Unbounded));
+        let items = self.visible.clone().merge(start, items);
         self.vouched(items).filter_map(move |item| {
             let value = match item {
                 Ok(value) => value,
@@ -637,6 +730,9 @@ impl SledStore {
         &self,
         before: Option<u64>,
     ) -> impl Iterator<Item = Result<Bytes, StoreError>> + Send + 'static {
+        // Nothing above the durable seq: its change may still be in flight.
+        let durable = self.visible.durable_seq().saturating_add(1);
+        let before = Some(before.map_or(durable, |b| b.min(durable)));
         let items = self
             .audit
             .range::<IVec, _>((Bound::Unbounded, seq_bound(before)))
@@ -650,9 +746,10 @@ impl SledStore {
         &self,
         after: Option<u64>,
     ) -> impl Iterator<Item = Result<Bytes, StoreError>> + Send + 'static {
+        let durable = self.visible.durable_seq();
         let items = self
             .audit
-            .range::<IVec, _>((seq_bound(after), Bound::Unbounded))
+            .range::<IVec, _>((seq_bound(after), Bound::Included(seq_key(durable))))
             .map(|item| item.map(|(_, value)| value));
         self.vouched(items)
     }
@@ -726,17 +823,26 @@ impl SledStore {
 
     /// Stops the writer after the changes already queued, and flushes.
     pub fn shutdown(&self) -> Result<(), StoreError> {
+        // After a failure, what is in memory is not to be written out (the next start
+        // reopens the store on what was durable), and the writer may be stuck in a
+        // flush that never returns: it is not waited for.
+        self.health.check()?;
         let writer = self.writer.lock().take();
         if let Some((sender, handle)) = writer {
             drop(sender);
             let _ = handle.join();
         }
-        // After a failure, what is in memory is not to be written out: the next
-        // start reopens the store on what was durable.
         self.health.check()?;
-        self.db.flush()?;
+        let (_, flushed) = self.flusher.flush("the final flush", Vec::new());
+        flushed.map_err(StoreError::Engine)?;
+        self.flusher.close();
         self.mark.close();
         Ok(())
+    }
+
+    /// The highest audit seq whose change is durable: what readers are shown up to.
+    pub fn durable_seq(&self) -> u64 {
+        self.visible.durable_seq()
     }
 }
 
@@ -749,9 +855,13 @@ impl Drop for SledStore {
 /// The audit key of `seq` as an exclusive bound; none, unbounded.
 fn seq_bound(seq: Option<u64>) -> Bound<IVec> {
     match seq {
-        Some(seq) => Bound::Excluded(IVec::from(&seq.to_be_bytes())),
+        Some(seq) => Bound::Excluded(seq_key(seq)),
         None => Bound::Unbounded,
     }
+}
+
+fn seq_key(seq: u64) -> IVec {
+    IVec::from(&seq.to_be_bytes())
 }
 
 fn take_page(
@@ -912,7 +1022,6 @@ fn u64_from_bytes(bytes: &[u8]) -> Result<u64, StoreError> {
 
 /// The one thread that changes the store.
 struct Writer {
-    db: sled::Db,
     images: Tree,
     audit: Tree,
     meta: Tree,
@@ -925,7 +1034,11 @@ struct Writer {
     health: Health,
     #[cfg(test)]
     pause: Arc<Mutex<()>>,
+    #[cfg(test)]
+    before_flush: BeforeFlush,
     mark: Arc<crate::store::embedded::mark::MarkKeeper>,
+    visible: Arc<Visible>,
+    flusher: Arc<Flusher>,
 }
 
 impl Writer {
@@ -966,9 +1079,17 @@ impl Writer {
             }
             return;
         }
-        if let Err(e) = self.db.flush() {
+        let (_, flushed) = self
+            .flusher
+            .flush("the last flush of the writer", Vec::new());
+        if let Err(e) = flushed {
             log::error!("final flush of the store failed: {e}");
         }
+    }
+
+    /// A flush of the writer's own, with no replies waiting on it.
+    fn flush(&self, what: &str) -> Result<(), String> {
+        self.flusher.flush(what, Vec::new()).1
     }
 
     fn set_tally(&mut self, tally: Tally) {
@@ -1041,26 +1162,38 @@ impl Writer {
     /// the store itself (a commit or a flush): the jobs are answered as of unknown
     /// outcome where they may have been applied, and the writer must stop.
     fn write_batch(&mut self, batch: Vec<Job>) -> Result<(), String> {
-        let mut answers = Vec::with_capacity(batch.len());
+        let mut answers: Answers = Vec::with_capacity(batch.len());
         let mut failure = None;
         #[cfg(test)]
         if batch.iter().any(|job| matches!(job.work, Work::Crash)) {
             panic!("crash asked for by a test");
         }
-        let (changes, imports): (Vec<Job>, Vec<Job>) = batch
-            .into_iter()
-            .partition(|job| matches!(job.work, Work::Change(_)));
+        let mut changes = Vec::new();
+        let mut imports = Vec::new();
+        let mut barriers = Vec::new();
+        for job in batch {
+            match &job.work {
+                // A reload may have taken the policy away since the request was let
+                // in: checked here, where the change is applied.
+                Work::Change(_) => match job.author.still_allowed() {
+                    Ok(()) => changes.push(job),
+                    Err(refused) => answers.push((job.reply, Err(refused))),
+                },
+                Work::Import { .. } => imports.push(job),
+                _ => barriers.push(job),
+            }
+        }
         if !changes.is_empty() {
             let work: Vec<(&Change, &str)> = changes
                 .iter()
                 .filter_map(|job| match &job.work {
-                    Work::Change(change) => Some((change, job.user.as_str())),
+                    Work::Change(change) => Some((change, job.author.name())),
                     _ => None,
                 })
                 .collect();
-            match self.apply_all(&work) {
+            match self.hide(&work).and_then(|()| self.apply_all(&work)) {
                 Ok((results, tally)) => {
-                    self.set_tally(tally);
+                    self.tally = tally;
                     for (job, result) in changes.into_iter().zip(results) {
                         answers.push((job.reply, result));
                     }
@@ -1083,7 +1216,7 @@ impl Writer {
             let result = if failure.is_some() {
                 Err(StoreError::Stopped("an earlier commit failed".into()))
             } else {
-                match self.import(images, trail, &job.user) {
+                match self.import(images, trail, job.author.name()) {
                     Err(ImportFailed::Undone(e)) => Err(e),
                     Err(ImportFailed::Stuck(e)) => {
                         failure = Some(e.to_string());
@@ -1094,19 +1227,25 @@ impl Writer {
             };
             answers.push((job.reply, result));
         }
-        // Before any reply: a client that saw its 200 never reads an older page.
         let changed = answers.iter().any(|(_, r)| r.is_ok());
-        if changed {
-            self.generation.fetch_add(1, Ordering::Release);
-        }
-        if failure.is_none()
-            && changed
-            && let Err(e) = self.db.flush()
-        {
-            failure = Some(format!("flushing to disk failed: {e}"));
+        #[cfg(test)]
+        if let Some(hook) = self.before_flush.lock().as_mut() {
+            hook();
         }
         if failure.is_none() && changed {
-            self.mark.made_durable(self.tally.changes());
+            let (back, flushed) = self.flusher.flush("flushing a batch", answers);
+            answers = back;
+            match flushed {
+                Ok(()) => {
+                    // Shown only now, and before any reply: a client that saw its 200
+                    // never reads an older catalog or page.
+                    self.visible.reveal(self.tally.changes());
+                    self.gauges.show(&self.tally);
+                    self.generation.fetch_add(1, Ordering::Release);
+                    self.mark.made_durable(self.tally.changes());
+                }
+                Err(reason) => failure = Some(reason),
+            }
         }
         for (reply, result) in answers {
             let result = match (&failure, result) {
@@ -1116,10 +1255,24 @@ impl Writer {
             };
             reply.send(result);
         }
+        // Every job before a barrier has been answered now.
+        for job in barriers {
+            job.reply.send(Ok(Applied::Imported(0)));
+        }
         match failure {
             Some(reason) => Err(reason),
             None => Ok(()),
         }
+    }
+
+    /// Files the durable value of each image `changes` touch, so that readers keep
+    /// seeing it until the batch is flushed (see [`visible`]).
+    fn hide(&self, changes: &[(&Change, &str)]) -> Result<(), StoreError> {
+        for (change, _) in changes {
+            let key = change.id().as_str().as_bytes();
+            self.visible.hide(key, self.images.get(key)?);
+        }
+        Ok(())
     }
 
     /// Creates `batch` in transactions of `IMPORT_CHUNK` images, each with its audit
@@ -1153,25 +1306,31 @@ impl Writer {
         self.meta
             .insert(IMPORT_KEY, marker)
             .map_err(|e| stuck(e.into()))?;
-        self.db.flush().map_err(|e| stuck(e.into()))?;
+        self.flush("flushing an import's marker")
+            .map_err(|e| stuck(StoreError::Engine(e)))?;
         let imported = self
             .import_trail(trail)
             .and_then(|()| self.import_chunks(batch, user));
         match imported {
             Ok(()) => {
-                let interrupted = |e: sled::Error| {
+                let interrupted = |e: String| {
                     ImportFailed::Stuck(StoreError::ImportInterrupted {
-                        cause: e.to_string(),
+                        cause: e,
                         undo: "the store cannot write".into(),
                     })
                 };
-                self.db.flush().map_err(interrupted)?;
-                self.meta.remove(IMPORT_KEY).map_err(interrupted)?;
+                self.flush("flushing an import").map_err(interrupted)?;
+                self.meta
+                    .remove(IMPORT_KEY)
+                    .map_err(|e| interrupted(e.to_string()))?;
                 Ok(Applied::Imported(batch.len() as u64))
             }
             Err(e) => {
                 let undone = undo_interrupted_import(&self.images, &self.audit, &self.meta)
-                    .and_then(|_| Ok(self.db.flush()?));
+                    .and_then(|_| {
+                        self.flush("flushing an undone import")
+                            .map_err(StoreError::Engine)
+                    });
                 if let Ok(tally) = Tally::load(&self.meta) {
                     self.set_tally(tally);
                 }
@@ -1394,6 +1553,9 @@ struct ImportMarker {
 }
 
 const IMPORT_KEY: &[u8] = b"import_in_progress";
+/// Set once the store has had a high-water mark: from then on a missing mark file is
+/// a loss, not a store from before marks.
+const HAS_MARK_KEY: &[u8] = b"has_mark";
 const IMPORT_METHOD: &str = "IMPORT";
 
 /// Removes what an interrupted import left: its audit records (from the marker's first
@@ -1631,6 +1793,127 @@ mod tests {
     }
 
     #[test]
+    fn a_change_in_flight_is_shown_only_once_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SledStore::open(dir.path(), 8).unwrap());
+        block_on(store.apply(Change::Create(image("old")), "a")).unwrap();
+        let (applied, in_flight) = std::sync::mpsc::channel();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let released = Mutex::new(released);
+        *store.before_flush.lock() = Some(Box::new(move || {
+            applied.send(()).unwrap();
+            released.lock().recv().unwrap();
+        }));
+        let writing = store.clone();
+        let write = std::thread::spawn(move || {
+            block_on(writing.apply(Change::Create(image("new")), "a")).unwrap();
+            block_on(writing.apply(
+                Change::Delete {
+                    id: ImageId::parse("old").unwrap(),
+                    precondition: None,
+                },
+                "a",
+            ))
+            .unwrap();
+        });
+        let shown = |store: &SledStore| -> Vec<String> {
+            store
+                .list_from(None, None)
+                .map(|r| Record::from(r.unwrap()).image().unwrap().id.to_string())
+                .collect()
+        };
+        let new = ImageId::parse("new").unwrap();
+        let old = ImageId::parse("old").unwrap();
+        // The create is applied in sled, not yet flushed: nothing of it shows.
+        in_flight.recv().unwrap();
+        assert!(
+            store.images.get("new").unwrap().is_some(),
+            "applied in sled"
+        );
+        assert!(store.get(&new).unwrap().is_none());
+        assert_eq!(shown(&store), ["old"]);
+        assert_eq!(store.audit_after(None).count(), 1);
+        let generation = store.generation();
+        release.send(()).unwrap();
+        // The delete in flight: the image still shows, in its place.
+        in_flight.recv().unwrap();
+        assert!(store.generation() > generation, "the create was revealed");
+        assert!(
+            store.images.get("old").unwrap().is_none(),
+            "deleted in sled"
+        );
+        assert!(store.get(&old).unwrap().is_some());
+        assert_eq!(shown(&store), ["new", "old"]);
+        assert!(take_page(store.list_from(None, None), 1).unwrap().more);
+        assert_eq!(store.audit_page(None, 10).unwrap().records.len(), 2);
+        release.send(()).unwrap();
+        write.join().unwrap();
+        *store.before_flush.lock() = None;
+        assert!(store.get(&old).unwrap().is_none());
+        assert_eq!(shown(&store), ["new"]);
+        assert_eq!(store.audit_after(None).count(), 3);
+    }
+
+    /// A permit that a test takes away.
+    struct Switch(std::sync::atomic::AtomicBool);
+
+    impl crate::store::Permit for Switch {
+        fn still_held(&self) -> Result<(), &'static str> {
+            if self.0.load(Ordering::SeqCst) {
+                Ok(())
+            } else {
+                Err("create_image")
+            }
+        }
+    }
+
+    #[test]
+    fn a_change_whose_author_lost_the_policy_while_queued_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SledStore::open(dir.path(), 8).unwrap());
+        let (applied, in_flight) = std::sync::mpsc::channel();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let released = Mutex::new(released);
+        *store.before_flush.lock() = Some(Box::new(move || {
+            let _ = applied.send(());
+            let _ = released.lock().recv();
+        }));
+        let first = {
+            let store = store.clone();
+            std::thread::spawn(move || block_on(store.apply(Change::Create(image("first")), "a")))
+        };
+        in_flight.recv().unwrap();
+        // Queued behind the batch in flight, let in while the policy was held.
+        let permit = Arc::new(Switch(std::sync::atomic::AtomicBool::new(true)));
+        let author = Author::new("bob", permit.clone());
+        let queued = {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                block_on(store.apply(Change::Create(image("queued")), author))
+            })
+        };
+        while store.queue.available_permits() == QUEUE_LIMIT - 1 {
+            std::thread::yield_now();
+        }
+        permit.0.store(false, Ordering::SeqCst);
+        release.send(()).unwrap();
+        *store.before_flush.lock() = None;
+        let _ = release.send(());
+        assert!(first.join().unwrap().is_ok());
+        let refused = queued.join().unwrap();
+        assert!(
+            matches!(&refused, Err(StoreError::Revoked { user, policy: "create_image" }) if user == "bob"),
+            "{refused:?}"
+        );
+        assert!(
+            store
+                .get(&ImageId::parse("queued").unwrap())
+                .unwrap()
+                .is_none()
+        );
+    }
+
+    #[test]
     fn a_dead_writer_is_fail_stop() {
         let dir = tempfile::tempdir().unwrap();
         let store = SledStore::open(dir.path(), 8).unwrap();
@@ -1638,7 +1921,7 @@ mod tests {
         assert!(store.is_healthy());
         let previous = std::panic::take_hook();
         std::panic::set_hook(Box::new(|_| {}));
-        let crashed = block_on(store.submit(Work::Crash, "a"));
+        let crashed = block_on(store.submit(Work::Crash, "a".into()));
         std::panic::set_hook(previous);
         assert!(
             matches!(crashed, Err(StoreError::OutcomeUnknown(_))),
@@ -1720,14 +2003,12 @@ mod tests {
             .collect()
     }
 
+    /// The seqs in the audit tree, shown or not (a test's writer makes no batch).
     fn seqs_of(store: &SledStore) -> Vec<u64> {
         store
-            .audit_after(None)
-            .map(|r| {
-                serde_json::from_slice::<AuditRecord>(&r.unwrap())
-                    .unwrap()
-                    .seq
-            })
+            .audit
+            .iter()
+            .map(|r| u64_from_bytes(&r.unwrap().0).unwrap())
             .collect()
     }
 
@@ -1871,7 +2152,6 @@ mod tests {
     fn writer_of(store: &SledStore) -> Writer {
         let meta = store.db.open_tree(META_TREE).unwrap();
         Writer {
-            db: store.db.clone(),
             images: store.images.clone(),
             audit: store.audit.clone(),
             tally: Tally::load(&meta).unwrap(),
@@ -1882,7 +2162,10 @@ mod tests {
             last_prune: None,
             health: Health::new(),
             pause: Arc::new(Mutex::new(())),
+            before_flush: BeforeFlush::default(),
             mark: store.mark.clone(),
+            visible: store.visible.clone(),
+            flusher: store.flusher.clone(),
         }
     }
 
@@ -1945,7 +2228,12 @@ mod tests {
             }
             // What format 1 had: the version and the image count, nothing else.
             let meta = store.db.open_tree(META_TREE).unwrap();
-            for key in [AUDIT_RECORDS_KEY, AUDIT_BYTES_KEY, NEXT_SEQ_KEY] {
+            for key in [
+                AUDIT_RECORDS_KEY,
+                AUDIT_BYTES_KEY,
+                NEXT_SEQ_KEY,
+                HAS_MARK_KEY,
+            ] {
                 meta.remove(key).unwrap();
             }
             store.set_format_version_for_tests("1").unwrap();
@@ -1986,7 +2274,12 @@ mod tests {
             .unwrap();
             // As a store written before the mark: format 1, no tally, no mark.
             let meta = store.db.open_tree(META_TREE).unwrap();
-            for key in [AUDIT_RECORDS_KEY, AUDIT_BYTES_KEY, NEXT_SEQ_KEY] {
+            for key in [
+                AUDIT_RECORDS_KEY,
+                AUDIT_BYTES_KEY,
+                NEXT_SEQ_KEY,
+                HAS_MARK_KEY,
+            ] {
                 meta.remove(key).unwrap();
             }
             store.set_format_version_for_tests("1").unwrap();

@@ -31,7 +31,8 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::domain::image::{Image, ImageId, Provider, ValidationError};
 use crate::store::{
-    Applied, AuditRecord, Change, Precondition, Record, StoreError, trail_overlaps, trail_repeats,
+    Applied, AuditRecord, Author, Change, Precondition, Record, StoreError, trail_overlaps,
+    trail_repeats,
 };
 use coalesce::Coalescer;
 
@@ -207,13 +208,16 @@ struct Inner {
     /// What must never appear in a message: the password, as given and as encoded.
     secrets: Vec<String>,
     writer: Option<mpsc::Sender<Job>>,
+    /// Held (shared) by each batch from the policy check to its replies; taken alone
+    /// by [`PgStore::settle`].
+    decisions: tokio::sync::RwLock<()>,
     /// Seconds an audit record is kept; 0 keeps every record.
     retention: AtomicU64,
 }
 
 struct Job {
     change: Change,
-    user: String,
+    author: Author,
     reply: oneshot::Sender<Result<Applied, StoreError>>,
 }
 
@@ -334,18 +338,22 @@ impl PgStore {
 
     /// Applies a change with its audit record in one transaction; resolves once the
     /// COMMIT is acknowledged (`synchronous_commit` on).
-    pub async fn apply(&self, change: Change, user: &str) -> Result<Applied, StoreError> {
+    pub async fn apply(
+        &self,
+        change: Change,
+        author: impl Into<Author>,
+    ) -> Result<Applied, StoreError> {
+        let author = author.into();
         let inner = self.inner.clone();
-        let user = user.to_owned();
         let Some(writer) = &inner.writer else {
             return self
-                .run(async move { inner.apply_alone(change, user).await })
+                .run(async move { inner.apply_alone(change, author).await })
                 .await;
         };
         let (reply, answer) = oneshot::channel();
         let job = Job {
             change,
-            user,
+            author,
             reply,
         };
         match writer.try_send(job) {
@@ -370,6 +378,12 @@ impl PgStore {
                 "the database writer ended with this change in hand".into(),
             ))
         })
+    }
+
+    /// Resolves once every batch that was being decided has been answered.
+    pub async fn settle(&self) -> Result<(), StoreError> {
+        drop(self.inner.decisions.write().await);
+        Ok(())
     }
 
     /// Moves in `trail` (audit records from another store, seqs kept) and creates all
@@ -888,6 +902,7 @@ impl Inner {
             options,
             secrets,
             writer,
+            decisions: tokio::sync::RwLock::new(()),
             retention: AtomicU64::new(0),
         });
         if !create {
@@ -1396,11 +1411,11 @@ impl Inner {
     }
 
     /// One change in its own transaction.
-    async fn apply_alone(&self, change: Change, user: String) -> Result<Applied, StoreError> {
+    async fn apply_alone(&self, change: Change, author: Author) -> Result<Applied, StoreError> {
         let (reply, answer) = oneshot::channel();
         let job = Job {
             change,
-            user,
+            author,
             reply,
         };
         self.write_batch(vec![job]).await;
@@ -1427,7 +1442,23 @@ impl Inner {
     /// Applies `jobs` in one transaction and answers each. A refused change writes
     /// nothing and does not stop the others. Returns the error when no connection
     /// could be had.
-    async fn write_batch(&self, mut jobs: Vec<Job>) -> Option<StoreError> {
+    async fn write_batch(&self, jobs: Vec<Job>) -> Option<StoreError> {
+        let _deciding = self.decisions.read().await;
+        // A reload may have taken the policy away since the request was let in:
+        // checked here, where the change is applied.
+        let mut jobs: Vec<Job> = jobs
+            .into_iter()
+            .filter_map(|job| match job.author.still_allowed() {
+                Ok(()) => Some(job),
+                Err(refused) => {
+                    let _ = job.reply.send(Err(refused));
+                    None
+                }
+            })
+            .collect();
+        if jobs.is_empty() {
+            return None;
+        }
         // Row locks are taken in id order, and the counter row's last: no two
         // transactions (of this node or another) wait for each other in a cycle.
         jobs.sort_by(|a, b| id_of(&a.change).as_str().cmp(id_of(&b.change).as_str()));
@@ -1496,7 +1527,7 @@ impl Inner {
                     Ok((applied, delta)) => {
                         images_delta += delta;
                         audit.push(
-                            &job.user,
+                            job.author.name(),
                             method_of(&job.change),
                             id_of(&job.change).as_str(),
                         );
@@ -1541,7 +1572,7 @@ impl Inner {
         let mut jsons = Vec::with_capacity(jobs.len());
         for job in jobs {
             let change = &job.change;
-            audit.push(&job.user, method_of(change), id_of(change).as_str());
+            audit.push(job.author.name(), method_of(change), id_of(change).as_str());
             match change {
                 Change::Create(image) => {
                     images_delta += 1;
@@ -2108,7 +2139,7 @@ mod tests {
                 id: id.clone(),
                 precondition: None,
             },
-            "u",
+            Author::tool("u"),
         ));
         send_future(store.get(&id));
         send_future(store.list_page(None, None, 1));
