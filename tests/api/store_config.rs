@@ -311,7 +311,7 @@ async fn serve_on_postgres_shows_the_masked_url_and_never_logs_the_password() {
             .expect("the server starts")
             .unwrap_or_else(|| panic!("the server stopped before listening: {seen:#?}"));
     assert!(
-        listening.contains(&format!("(PostgreSQL at {masked})")),
+        listening.contains(&format!("; PostgreSQL at {masked})")),
         "{listening}"
     );
     assert!(
