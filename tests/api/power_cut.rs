@@ -37,11 +37,16 @@ fn config(dir: &Path, data: &Path) -> PathBuf {
     write_config(dir, &text)
 }
 
-/// `serve` on `config` under strace with `inject` (and `extra` strace arguments).
+/// `serve` on `config` under strace with `extra` arguments (an injection).
 async fn under_strace(config: &Path, extra: &[&str]) -> ChildServer {
+    traced_into("/dev/null", config, extra).await
+}
+
+/// [`under_strace`] with strace's trace written to `trace`.
+async fn traced_into(trace: &str, config: &Path, extra: &[&str]) -> ChildServer {
     let mut command = Command::new("strace");
     command
-        .args(["-f", "-qq", "-o", "/dev/null"])
+        .args(["-f", "-qq", "-o", trace])
         .args(extra)
         .arg(env!("CARGO_BIN_EXE_image-catalog"))
         .arg("--config")
@@ -182,6 +187,90 @@ async fn a_stalled_flush_fail_stops_within_its_bound_and_shows_nothing() {
     assert_eq!(exits(server).await, Some(1));
     let after = catalog_after_restart(&config).await;
     assert!(after.contains("before"), "{after:?}");
+}
+
+/// SIGTERM ends the process in time even while a flush is stuck and the watchdog is
+/// still far from firing: the stop's deadline does not wait for the stuck thread.
+#[tokio::test]
+async fn sigterm_ends_the_process_while_a_flush_is_stuck() {
+    let test = "sigterm_ends_the_process_while_a_flush_is_stuck";
+    if !have_strace() {
+        return skipped(test, "no strace");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let text = edit(
+        &config_in(&dir.path().join("data")),
+        "[store]\n",
+        "[store]\nflush_timeout_ms = 600000\n",
+    );
+    let config = write_config(dir.path(), &text);
+    // strace's trace goes to a FIFO, read here: "fdatasync(" is written when the
+    // stalled call is entered.
+    let trace = dir.path().join("trace");
+    let path = std::ffi::CString::new(trace.to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o600) }, 0);
+    let (entered, stuck) = tokio::sync::oneshot::channel();
+    let reading = trace.clone();
+    std::thread::spawn(move || {
+        use std::io::Read;
+        let mut file = std::fs::File::open(reading).unwrap();
+        let (mut seen, mut chunk) = (Vec::new(), [0u8; 4096]);
+        let mut entered = Some(entered);
+        while let Ok(n) = file.read(&mut chunk) {
+            if n == 0 {
+                break;
+            }
+            seen.extend_from_slice(&chunk[..n]);
+            if seen.windows(10).any(|w| w == b"fdatasync(") {
+                if let Some(entered) = entered.take() {
+                    let _ = entered.send(());
+                }
+            }
+        }
+    });
+    let mut server = traced_into(
+        trace.to_str().unwrap(),
+        &config,
+        &[
+            "-e",
+            "trace=fdatasync",
+            "-e",
+            "inject=fdatasync:delay_enter=45s",
+        ],
+    )
+    .await;
+    let pid = server_pid(&server);
+    let base = server.address.clone();
+    let writing = tokio::spawn(async move {
+        let client = reqwest::Client::new();
+        post(&client, &base, "stuck").await
+    });
+    crate::helpers::within_a_minute("the stalled fdatasync", stuck)
+        .await
+        .unwrap();
+    let _ = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+    let signalled = Instant::now();
+    // The process ends itself (strace, which holds the stuck thread, reaps it only
+    // once its delay is over, so the end is read off the log).
+    let line = crate::helpers::within_a_minute(
+        "the stop's deadline",
+        server.wait_for_log("exiting now (exit 1)"),
+    )
+    .await;
+    let took = signalled.elapsed();
+    assert!(
+        took < Duration::from_secs(30),
+        "SIGTERM took {took:?}: {line}"
+    );
+    assert_ne!(writing.await.unwrap(), Some(200), "the stuck write");
+    assert_eq!(
+        exits(server).await,
+        Some(1),
+        "a stop that had to cut a stuck flush"
+    );
 }
 
 /// sled's writes fail with ENOSPC after a while, under concurrent writers and a
