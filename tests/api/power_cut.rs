@@ -222,10 +222,10 @@ async fn sigterm_ends_the_process_while_a_flush_is_stuck() {
                 break;
             }
             seen.extend_from_slice(&chunk[..n]);
-            if seen.windows(10).any(|w| w == b"fdatasync(") {
-                if let Some(entered) = entered.take() {
-                    let _ = entered.send(());
-                }
+            if seen.windows(10).any(|w| w == b"fdatasync(")
+                && let Some(entered) = entered.take()
+            {
+                let _ = entered.send(());
             }
         }
     });
