@@ -69,7 +69,7 @@ def main():
     parser.add_argument("--seconds", type=int, default=5)
     args = parser.parse_args()
     run.BINARY = args.after
-    hash_line = f'password_hash = "{run.hash_password()}"'
+    hash_line = run.hash_password()
     samples = {variant: {f: [] for f in FIGURES} for variant in ("before", "after")}
     with tempfile.TemporaryDirectory() as work:
         print(f"load before: {os.getloadavg()}", file=sys.stderr)
