@@ -1,6 +1,9 @@
 //! The one error type of the HTTP API, and how each variant becomes a status and the
-//! `{"message": …}` body of docs/contract.md §1. Every failure a client can see goes through here,
-//! actix's own extractor errors included (see `startup`).
+//! `{"message": …}` body of docs/contract.md §1. Every failure a client can see goes
+//! through here: the handlers use none of actix's own extractors (`Json`, `Path`,
+//! `Query`), whose errors would have another shape; the body, the path's id and the
+//! query are read by this crate's own (`http::extract`, `http::listing`, `routes`),
+//! and an unknown route or method is answered by `routes` too.
 
 use actix_web::http::{StatusCode, header};
 use actix_web::{HttpResponse, ResponseError};

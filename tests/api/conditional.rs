@@ -1,7 +1,7 @@
 //! ETags and conditional requests, and concurrent updates of one image.
 
 use reqwest::Method;
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::helpers::{TestApp, assert_error, spawn_app, status_json};
 
@@ -135,29 +135,94 @@ async fn if_match_on_delete_is_a_compare_and_swap() {
 
 #[tokio::test]
 async fn concurrent_updates_never_mix_fields() {
+    // On each image, one writer sets only `remote_user` and another only `name`, each
+    // in order, at the same time. An update that wrote back a stale copy of the other
+    // field (a lost update) would leave that field behind its writer's last value, or
+    // show it going back in a later answer.
+    const IMAGES: usize = 4;
+    const WRITES: usize = 25;
     let app = spawn_app().await;
-    app.seed("a", "ec2").await;
-    let updates = (0..40).map(|i| {
-        app.admin()
-            .request(Method::PUT, "/v3/image/a")
-            .json(&json!({"remote_user": format!("user{i}"), "name": format!("name{i}")}))
-            .send()
-    });
-    let responses = futures_util::future::join_all(updates).await;
-    let mut echoed = Vec::new();
-    for response in responses {
-        let (status, body) = status_json(response.unwrap()).await;
-        assert_eq!(status, 200);
-        echoed.push(body["image"].clone());
+    for i in 0..IMAGES {
+        app.seed(&format!("mix{i}"), "ec2").await;
     }
-    // Each response shows one write whole.
-    for image in &echoed {
-        let user = image["remote_user"].as_str().unwrap();
-        assert_eq!(image["name"], user.replace("user", "name"));
+    let writer = |image: usize, field: &'static str| {
+        let app = &app;
+        async move {
+            let mut echoed = Vec::new();
+            for k in 1..=WRITES {
+                let (status, body) = app
+                    .admin()
+                    .put(
+                        &format!("/v3/image/mix{image}"),
+                        json!({ field: format!("{field}-{k:02}") }),
+                    )
+                    .await;
+                assert_eq!(status, 200, "{body}");
+                echoed.push(body["image"].clone());
+            }
+            echoed
+        }
+    };
+    let writers = (0..IMAGES).flat_map(|i| [writer(i, "remote_user"), writer(i, "name")]);
+    let echoed = futures_util::future::join_all(writers).await;
+    // The other field, as each writer saw it after each of its writes.
+    let number = |value: &Value, field: &str| -> usize {
+        value[field]
+            .as_str()
+            .and_then(|v| v.strip_prefix(&format!("{field}-")))
+            .map_or(0, |n| n.parse().unwrap())
+    };
+    for (i, pair) in echoed.chunks(2).enumerate() {
+        for (answers, (own, other)) in pair
+            .iter()
+            .zip([("remote_user", "name"), ("name", "remote_user")])
+        {
+            for (k, image) in answers.iter().enumerate() {
+                assert_eq!(
+                    number(image, own),
+                    k + 1,
+                    "mix{i}: its own write, whole: {image}"
+                );
+            }
+            let seen: Vec<usize> = answers.iter().map(|image| number(image, other)).collect();
+            assert!(
+                seen.windows(2).all(|w| w[0] <= w[1]),
+                "mix{i}: {other} went back while {own} was written: {seen:?}"
+            );
+        }
+        // In one serial order: when `name` k committed after `remote_user` j (the
+        // latter's answer shows a name before k), the former's answer shows a
+        // remote_user no older than j; and the same the other way round.
+        let states = |answers: &Vec<Value>| -> Vec<(usize, usize)> {
+            answers
+                .iter()
+                .map(|image| (number(image, "remote_user"), number(image, "name")))
+                .collect()
+        };
+        let (by_user, by_name) = (states(&pair[0]), states(&pair[1]));
+        for &(user, name_then) in &by_user {
+            for &(user_then, name) in &by_name {
+                if name > name_then {
+                    assert!(
+                        user_then >= user,
+                        "mix{i}: name {name} wrote back a stale remote_user: {by_user:?} {by_name:?}"
+                    );
+                }
+                if user > user_then {
+                    assert!(
+                        name_then >= name,
+                        "mix{i}: remote_user {user} wrote back a stale name: {by_user:?} {by_name:?}"
+                    );
+                }
+            }
+        }
+        let (_, last) = app.get_image(&format!("mix{i}")).await;
+        assert_eq!(
+            (number(&last, "remote_user"), number(&last, "name")),
+            (WRITES, WRITES),
+            "mix{i}: a write was lost: {last}"
+        );
     }
-    let (_, last) = app.get_image("a").await;
-    let user = last["remote_user"].as_str().unwrap();
-    assert_eq!(last["name"], user.replace("user", "name"), "{last}");
 }
 
 #[tokio::test]
