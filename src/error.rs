@@ -135,7 +135,10 @@ impl From<StoreError> for ApiError {
                 ApiError::OutcomeUnknown
             }
             StoreError::Stopped(_) => ApiError::StoreStopped,
-            StoreError::Revoked { user, policy } => ApiError::Forbidden { user, policy },
+            StoreError::Revoked(revoked) => ApiError::Forbidden {
+                user: revoked.user,
+                policy: revoked.policy,
+            },
             StoreError::Busy => ApiError::StoreBusy,
             StoreError::Unavailable(why) => {
                 log::warn!("the database is unavailable: {why}");

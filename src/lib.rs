@@ -5,8 +5,9 @@
 //! 1. `domain`: images, changes and the audit trail, policies and users. No I/O.
 //! 2. `config`, `database_url`, `forwarded`, `tls`, `logging`: config.toml and what
 //!    it sets up.
-//! 3. `store`: the catalog on disk (sled) or in PostgreSQL; `auth`: credentials to
-//!    users, with the brute-force throttle; `metrics`.
+//! 3. `metrics`: the figures `/metrics` shows (the store fills in its own); then
+//!    `store`: the catalog on disk (sled) or in PostgreSQL; `auth`: credentials to
+//!    users, with the brute-force throttle.
 //! 4. `error`: every failure as the API's `{"message"}`.
 //! 5. `app`: the state every request may reach, and only through a proof of policy.
 //! 6. `http`: extractors (`Authorized<P>`), headers, listings, limits, middleware.
@@ -21,8 +22,9 @@ pub mod forwarded;
 pub mod logging;
 pub mod tls;
 
-pub mod auth;
 pub mod metrics;
+
+pub mod auth;
 pub mod store;
 
 pub mod error;

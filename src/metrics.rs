@@ -12,11 +12,23 @@ use prometheus::{
 /// the number of series without bound.
 pub const UNMATCHED: &str = "unmatched";
 
+/// The figures `/metrics` shows about the store, which the store fills in.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StoreFigures {
+    pub images: u64,
+    pub audit_records: u64,
+    pub audit_bytes: u64,
+    /// The embedded store's files; `None` for a database (its size is the DBA's).
+    pub size_on_disk: Option<u64>,
+    /// This node's connections to the database, open and idle; `None` for sled.
+    pub connections: Option<(u64, u64)>,
+}
+
 /// What `/metrics` shows of the store, read when it is rendered.
 pub struct StoreStats {
     /// `None` when the store could not say (a database that is down): the gauges
     /// then keep their last values.
-    pub store: Option<crate::store::Stats>,
+    pub store: Option<StoreFigures>,
     /// argon2 password verifications run since start.
     pub password_verifications: u64,
 }

@@ -98,6 +98,68 @@ impl<P: Policy> Granted<P> {
     }
 }
 
+/// Whether the author of a change still holds the policy it was let in with.
+pub trait Permit: Send + Sync {
+    /// `Err` with the policy's name once it is no longer held.
+    fn still_held(&self) -> Result<(), &'static str>;
+}
+
+/// A change refused where it was applied: its author lost the policy meanwhile.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("user '{user}' no longer holds policy '{policy}'")]
+pub struct Revoked {
+    pub user: String,
+    pub policy: &'static str,
+}
+
+/// Who makes a change, with the check that they still may, which the store makes
+/// where the change is applied: a config reload may take the policy away while the
+/// change waits for the writer, and a reload applies to every write answered after it.
+#[derive(Clone)]
+pub struct Author {
+    name: String,
+    permit: Option<Arc<dyn Permit>>,
+}
+
+impl Author {
+    pub fn new(name: impl Into<String>, permit: Arc<dyn Permit>) -> Author {
+        Author {
+            name: name.into(),
+            permit: Some(permit),
+        }
+    }
+
+    /// A change made by a tool (an import from the command line): nothing can take its
+    /// right away.
+    pub fn tool(name: impl Into<String>) -> Author {
+        Author {
+            name: name.into(),
+            permit: None,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// `Err` once the author lost the policy.
+    pub fn still_allowed(&self) -> Result<(), Revoked> {
+        match &self.permit {
+            Some(permit) => permit.still_held().map_err(|policy| Revoked {
+                user: self.name.clone(),
+                policy,
+            }),
+            None => Ok(()),
+        }
+    }
+}
+
+impl From<&str> for Author {
+    fn from(name: &str) -> Author {
+        Author::tool(name)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

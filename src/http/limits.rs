@@ -4,7 +4,7 @@
 //! connection whose request body was left unread.
 //!
 //! The timeouts themselves are actix's (`startup` sets them from `[server]`), except
-//! the one on reading a JSON body, which is in `routes::JsonBody`.
+//! the one on reading a JSON body, which is in `http::extract::JsonBody`.
 
 use std::any::Any;
 use std::cell::{Cell, RefCell};

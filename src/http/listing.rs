@@ -9,7 +9,6 @@ use futures_util::{Stream, StreamExt};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
 
 use crate::error::ApiError;
-use crate::store::{Listing, StoreError};
 
 pub const MAX_LIMIT: usize = 1000;
 /// Roughly how many bytes each streamed chunk holds.
@@ -117,7 +116,11 @@ pub fn json_array<T: AsRef<[u8]>>(items: &[T]) -> Vec<u8> {
 /// database's own runtime) a little ahead of the client: memory stays flat however big
 /// the catalog. A failure before the first chunk is an error response; later, the
 /// response can only be cut short.
-pub async fn streamed_array(items: Listing) -> Result<actix_web::HttpResponse, ApiError> {
+pub async fn streamed_array<S, E>(items: S) -> Result<actix_web::HttpResponse, ApiError>
+where
+    S: Stream<Item = Result<Bytes, E>> + Unpin + 'static,
+    E: std::fmt::Display + Into<ApiError> + 'static,
+{
     let mut chunks = json_array_chunks(items);
     let first = chunks
         .next()
@@ -139,9 +142,12 @@ pub fn streamed_head() -> actix_web::HttpResponse {
 }
 
 /// Pre-serialized items as the chunks of one JSON array, each of about `CHUNK_BYTES`.
-fn json_array_chunks(
-    items: impl Stream<Item = Result<Bytes, StoreError>> + Unpin,
-) -> impl Stream<Item = Result<Bytes, ApiError>> + Unpin {
+fn json_array_chunks<E>(
+    items: impl Stream<Item = Result<Bytes, E>> + Unpin,
+) -> impl Stream<Item = Result<Bytes, ApiError>> + Unpin
+where
+    E: std::fmt::Display + Into<ApiError>,
+{
     struct State<S> {
         items: S,
         started: bool,
@@ -175,7 +181,7 @@ fn json_array_chunks(
                         state.done = true;
                         if !state.started {
                             // Nothing sent yet: the client gets the error as a response.
-                            return Some((Err(ApiError::from(e)), state));
+                            return Some((Err(e.into()), state));
                         }
                         // Headers are gone already: the only honest signal left is to cut
                         // the response short, so the client sees invalid JSON, not a
@@ -203,7 +209,7 @@ mod tests {
     fn collect(items: Vec<Result<&'static str, String>>) -> String {
         let items = futures_util::stream::iter(items.into_iter().map(|item| {
             item.map(|s| Bytes::from_static(s.as_bytes()))
-                .map_err(StoreError::Corrupt)
+                .map_err(ApiError::BadRequest)
         }));
         let runtime = tokio::runtime::Builder::new_current_thread()
             .build()

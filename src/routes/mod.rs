@@ -1,21 +1,14 @@
 //! The route table. Each resource file mounts its own routes; this file holds what
-//! they share: the table of routes and policies, the JSON body reader, and the 404 and
-//! 405 answers.
+//! they share: the table of routes and policies, and the 404 and 405 answers.
 
-use std::future::{Ready, ready};
-use std::time::Duration;
+use actix_web::http::header::CONTENT_TYPE;
+use actix_web::web;
+use actix_web::{HttpRequest, HttpResponse, Resource, guard};
 
-use actix_web::dev::Payload;
-use actix_web::http::header::{CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE};
-use actix_web::web::{self, Bytes, BytesMut};
-use actix_web::{FromRequest, HttpRequest, HttpResponse, Resource, guard};
-use futures_util::StreamExt;
-
-use crate::app::AppState;
 use crate::domain::access::{CreateImage, DeleteImage, Policy, ReadAudit, ReadImages};
 use crate::domain::image::{Image, ImageId};
 use crate::error::{ApiError, mime_json};
-use crate::http::headers::{is_identity_encoding, is_json_content_type};
+pub use crate::http::extract::JsonBody;
 pub use crate::http::middleware::RoutePattern;
 
 pub(crate) mod audit;
@@ -193,94 +186,4 @@ pub fn json_response(body: impl actix_web::body::MessageBody + 'static) -> HttpR
     HttpResponse::Ok()
         .insert_header((CONTENT_TYPE, mime_json()))
         .body(body)
-}
-
-/// A JSON request body, read only when the handler asks: after the `Authorized`
-/// argument has run, so an unauthenticated client learns nothing from 415 or 413.
-pub struct JsonBody {
-    content_type: Option<Vec<u8>>,
-    /// Every `Content-Encoding` header, joined with ", ".
-    content_encoding: Option<Vec<u8>>,
-    content_length: Option<usize>,
-    limit: usize,
-    timeout: Duration,
-    payload: Payload,
-}
-
-impl FromRequest for JsonBody {
-    type Error = ApiError;
-    type Future = Ready<Result<Self, ApiError>>;
-
-    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
-        let state = req.app_data::<web::Data<AppState>>();
-        let limit = state.map_or(65536, |s| s.max_body_bytes);
-        let timeout = state.map_or(Duration::from_secs(10), |s| s.body_timeout);
-        let header = |name| req.headers().get(name).map(|v| v.as_bytes());
-        let mut encodings = req
-            .headers()
-            .get_all(CONTENT_ENCODING)
-            .map(|v| v.as_bytes());
-        let content_encoding = encodings.next().map(|first| {
-            encodings.fold(first.to_vec(), |mut all, more| {
-                all.extend_from_slice(b", ");
-                all.extend_from_slice(more);
-                all
-            })
-        });
-        ready(Ok(JsonBody {
-            content_type: header(CONTENT_TYPE).map(<[u8]>::to_vec),
-            content_encoding,
-            content_length: header(CONTENT_LENGTH)
-                .and_then(|v| std::str::from_utf8(v).ok()?.trim().parse().ok()),
-            limit,
-            timeout,
-            payload: payload.take(),
-        }))
-    }
-}
-
-impl JsonBody {
-    pub async fn read(mut self) -> Result<Bytes, ApiError> {
-        match &self.content_type {
-            Some(ct) if is_json_content_type(ct) => {}
-            Some(ct) => {
-                return Err(ApiError::UnsupportedMediaType(format!(
-                    "'{}'",
-                    String::from_utf8_lossy(ct)
-                )));
-            }
-            None => return Err(ApiError::UnsupportedMediaType("no Content-Type".into())),
-        }
-        if let Some(encoding) = &self.content_encoding
-            && !is_identity_encoding(encoding)
-        {
-            return Err(ApiError::UnsupportedEncoding(
-                String::from_utf8_lossy(encoding).into_owned(),
-            ));
-        }
-        if self.content_length.is_some_and(|n| n > self.limit) {
-            return Err(ApiError::PayloadTooLarge { limit: self.limit });
-        }
-        // One deadline for the whole body, so a client trickling a byte at a time is
-        // cut off as surely as one that stops.
-        actix_web::rt::time::timeout(self.timeout, collect(&mut self.payload, self.limit))
-            .await
-            .unwrap_or(Err(ApiError::BodyTimeout {
-                ms: self.timeout.as_millis(),
-            }))
-    }
-}
-
-async fn collect(payload: &mut Payload, limit: usize) -> Result<Bytes, ApiError> {
-    let mut body = BytesMut::new();
-    while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| {
-            ApiError::bad_request(format!("the request body could not be read: {e}"))
-        })?;
-        if body.len() + chunk.len() > limit {
-            return Err(ApiError::PayloadTooLarge { limit });
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body.freeze())
 }

@@ -10,7 +10,6 @@
 
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -19,77 +18,21 @@ use futures_util::{Stream, StreamExt};
 use crate::config::StoreConfig;
 use crate::domain::change::AuditRecord;
 use crate::domain::image::{Image, ImageId, Provider, ValidationError};
+use crate::metrics::StoreFigures;
 
 pub mod embedded;
 pub mod postgres;
 
+pub use crate::domain::access::{Author, Permit, Revoked};
 pub use crate::domain::change::{Change, Precondition};
 use embedded::{EmbeddedOptions, SledStore};
 use postgres::{PgOptions, PgStore};
 
-/// Whether the author of a change still holds the policy it was let in with.
-pub trait Permit: Send + Sync {
-    /// `Err` with the policy's name once it is no longer held.
-    fn still_held(&self) -> Result<(), &'static str>;
-}
-
-/// Who makes a change, with the check that they still may, which the engine makes
-/// where the change is applied: a config reload may take the policy away while the
-/// change waits for the writer, and a reload applies to every write answered after it.
-#[derive(Clone)]
-pub struct Author {
-    name: String,
-    permit: Option<Arc<dyn Permit>>,
-}
-
-impl Author {
-    pub fn new(name: impl Into<String>, permit: Arc<dyn Permit>) -> Author {
-        Author {
-            name: name.into(),
-            permit: Some(permit),
-        }
-    }
-
-    /// A change made by a tool (an import from the command line): nothing can take its
-    /// right away.
-    pub fn tool(name: impl Into<String>) -> Author {
-        Author {
-            name: name.into(),
-            permit: None,
-        }
-    }
-
-    pub(crate) fn system() -> Author {
-        Author::tool("image-catalog")
-    }
-
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    /// `Err(Revoked)` once the author lost the policy.
-    pub fn still_allowed(&self) -> Result<(), StoreError> {
-        match &self.permit {
-            Some(permit) => permit.still_held().map_err(|policy| StoreError::Revoked {
-                user: self.name.clone(),
-                policy,
-            }),
-            None => Ok(()),
-        }
-    }
-}
-
-impl From<&str> for Author {
-    fn from(name: &str) -> Author {
-        Author::tool(name)
-    }
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The author lost the policy (a reload) before the change was applied.
-    #[error("user '{user}' no longer holds policy '{policy}'")]
-    Revoked { user: String, policy: &'static str },
+    #[error(transparent)]
+    Revoked(#[from] Revoked),
     #[error("no image with id '{0}'")]
     NotFound(String),
     #[error("an image with id '{0}' already exists")]
@@ -244,18 +187,6 @@ pub struct Page {
 
 /// Items of a listing, read as the client takes them.
 pub type Listing = Pin<Box<dyn Stream<Item = Result<Bytes, StoreError>> + Send + 'static>>;
-
-/// The figures `/metrics` shows about the store.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Stats {
-    pub images: u64,
-    pub audit_records: u64,
-    pub audit_bytes: u64,
-    /// The embedded store's files; `None` for a database (its size is the DBA's).
-    pub size_on_disk: Option<u64>,
-    /// This node's connections to the database, open and idle; `None` for sled.
-    pub connections: Option<(u64, u64)>,
-}
 
 /// The catalog's store. Each method keeps the promise docs/contract.md states for it,
 /// on either backend.
@@ -449,11 +380,11 @@ impl Store {
         }
     }
 
-    pub async fn stats(&self) -> Result<Stats, StoreError> {
+    pub async fn stats(&self) -> Result<StoreFigures, StoreError> {
         match self {
             Store::Embedded(s) => {
                 let (audit_records, audit_bytes) = s.audit_size();
-                Ok(Stats {
+                Ok(StoreFigures {
                     images: s.image_count(),
                     audit_records,
                     audit_bytes,
@@ -467,7 +398,7 @@ impl Store {
             Store::Postgres(s) => {
                 let counters = s.counters().await?;
                 let (open, idle) = s.pool_status();
-                Ok(Stats {
+                Ok(StoreFigures {
                     images: counters.images,
                     audit_records: counters.audit_records,
                     audit_bytes: counters.audit_bytes,

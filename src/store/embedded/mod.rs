@@ -360,7 +360,7 @@ impl SledStore {
 
     /// Resolves once every change queued before it has been answered.
     pub async fn settle(&self) -> Result<(), StoreError> {
-        self.submit(Work::Barrier, Author::system())
+        self.submit(Work::Barrier, Author::tool("image-catalog"))
             .await
             .map(|_| ())
     }
@@ -1175,7 +1175,7 @@ impl Writer {
             match &job.work {
                 // A reload may have taken the policy away since the request was let
                 // in: checked here, where the change is applied.
-                Work::Change(_) => match job.author.still_allowed() {
+                Work::Change(_) => match job.author.still_allowed().map_err(StoreError::from) {
                     Ok(()) => changes.push(job),
                     Err(refused) => answers.push((job.reply, Err(refused))),
                 },
@@ -1904,7 +1904,7 @@ mod tests {
         assert!(first.join().unwrap().is_ok());
         let refused = queued.join().unwrap();
         assert!(
-            matches!(&refused, Err(StoreError::Revoked { user, policy: "create_image" }) if user == "bob"),
+            matches!(&refused, Err(StoreError::Revoked(revoked)) if revoked.user == "bob" && revoked.policy == "create_image"),
             "{refused:?}"
         );
         assert!(

@@ -1448,13 +1448,15 @@ impl Inner {
         // checked here, where the change is applied.
         let mut jobs: Vec<Job> = jobs
             .into_iter()
-            .filter_map(|job| match job.author.still_allowed() {
-                Ok(()) => Some(job),
-                Err(refused) => {
-                    let _ = job.reply.send(Err(refused));
-                    None
-                }
-            })
+            .filter_map(
+                |job| match job.author.still_allowed().map_err(StoreError::from) {
+                    Ok(()) => Some(job),
+                    Err(refused) => {
+                        let _ = job.reply.send(Err(refused));
+                        None
+                    }
+                },
+            )
             .collect();
         if jobs.is_empty() {
             return None;
