@@ -23,9 +23,11 @@ use sled::transaction::{ConflictableTransactionError, TransactionError, Transact
 use sled::{IVec, Tree};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot, watch};
 
-use crate::domain::change::{AuditRecord, Change, Precondition};
+use crate::domain::change::{AuditRecord, Change};
 use crate::domain::image::{Image, ImageId, Provider};
-use crate::store::{Applied, Author, Page, Record, StoreError, trail_overlaps, trail_repeats};
+use crate::store::{
+    Applied, Author, Page, Record, StoreError, rules, trail_overlaps, trail_repeats,
+};
 
 mod flush;
 pub mod mark;
@@ -1506,14 +1508,9 @@ fn apply_one(
             patch,
             precondition,
         } => {
-            let current = match current_record(images.get(key)?, id, precondition) {
-                Ok(current) => current,
-                Err(refused) => return Ok(Err(refused)),
-            };
-            let next = match current.image() {
-                Ok(image) => patch.apply(&image).map_err(StoreError::Invalid),
-                Err(e) => Err(e),
-            };
+            let stored = images.get(key)?;
+            let next = rules::precondition_met(id, stored.as_deref(), precondition)
+                .and_then(|current| rules::updated(&current, patch));
             match next {
                 Ok(next) => {
                     let bytes = IVec::from(next.to_json());
@@ -1524,7 +1521,8 @@ fn apply_one(
             }
         }
         Change::Delete { id, precondition } => {
-            if let Err(refused) = current_record(images.get(key)?, id, precondition) {
+            let stored = images.get(key)?;
+            if let Err(refused) = rules::precondition_met(id, stored.as_deref(), precondition) {
                 return Ok(Err(refused));
             }
             images.remove(key)?;
@@ -1626,24 +1624,6 @@ fn from_transaction(e: TransactionError<StoreError>) -> StoreError {
 
 fn abort<T>(err: StoreError) -> Result<T, ConflictableTransactionError<StoreError>> {
     Err(ConflictableTransactionError::Abort(err))
-}
-
-/// The stored record, if it exists and meets the precondition.
-fn current_record(
-    value: Option<IVec>,
-    id: &ImageId,
-    precondition: &Option<Precondition>,
-) -> Result<Record, StoreError> {
-    let Some(value) = value else {
-        return Err(StoreError::NotFound(id.to_string()));
-    };
-    let record = Record::from_slice(&value);
-    if let Some(Precondition::EtagIn(tags)) = precondition
-        && !tags.contains(&record.etag())
-    {
-        return Err(StoreError::PreconditionFailed(id.to_string()));
-    }
-    Ok(record)
 }
 
 /// RFC 3339 in UTC with a fixed width (microseconds), so records line up and sort as

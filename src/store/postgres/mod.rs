@@ -31,8 +31,7 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::domain::image::{Image, ImageId, Provider, ValidationError};
 use crate::store::{
-    Applied, AuditRecord, Author, Change, Precondition, Record, StoreError, trail_overlaps,
-    trail_repeats,
+    Applied, AuditRecord, Author, Change, Record, StoreError, rules, trail_overlaps, trail_repeats,
 };
 use coalesce::Coalescer;
 
@@ -738,24 +737,6 @@ fn record_of(json: Vec<u8>) -> Record {
     Record::from(Bytes::from(json))
 }
 
-/// The stored record, if it exists and meets the precondition.
-fn check(
-    json: Option<Vec<u8>>,
-    id: &ImageId,
-    precondition: &Option<Precondition>,
-) -> Result<Record, StoreError> {
-    let Some(json) = json else {
-        return Err(StoreError::NotFound(id.to_string()));
-    };
-    let record = record_of(json);
-    if let Some(Precondition::EtagIn(tags)) = precondition
-        && !tags.contains(&record.etag())
-    {
-        return Err(StoreError::PreconditionFailed(id.to_string()));
-    }
-    Ok(record)
-}
-
 const INSERT_SQL: &str =
     "INSERT INTO images (id, provider, json) VALUES ($1, $2, $3) ON CONFLICT (id) DO NOTHING";
 const DELETE_SQL: &str = "DELETE FROM images WHERE id = $1";
@@ -770,21 +751,6 @@ fn one_statement(change: &Change) -> bool {
                 ..
             }
     )
-}
-
-fn method_of(change: &Change) -> &'static str {
-    match change {
-        Change::Create(_) => "POST",
-        Change::Update { .. } => "PUT",
-        Change::Delete { .. } => "DELETE",
-    }
-}
-
-fn id_of(change: &Change) -> &ImageId {
-    match change {
-        Change::Create(image) => &image.id,
-        Change::Update { id, .. } | Change::Delete { id, .. } => id,
-    }
 }
 
 /// The audit records of one transaction, as `AUDIT_SQL` takes them.
@@ -1463,7 +1429,7 @@ impl Inner {
         }
         // Row locks are taken in id order, and the counter row's last: no two
         // transactions (of this node or another) wait for each other in a cycle.
-        jobs.sort_by(|a, b| id_of(&a.change).as_str().cmp(id_of(&b.change).as_str()));
+        jobs.sort_by(|a, b| a.change.id().as_str().cmp(b.change.id().as_str()));
         let mut client = match self.client().await {
             Ok(client) => client,
             Err(broken) => {
@@ -1530,8 +1496,8 @@ impl Inner {
                         images_delta += delta;
                         audit.push(
                             job.author.name(),
-                            method_of(&job.change),
-                            id_of(&job.change).as_str(),
+                            job.change.method(),
+                            job.change.id().as_str(),
                         );
                         results.push(Ok(applied));
                     }
@@ -1574,7 +1540,7 @@ impl Inner {
         let mut jsons = Vec::with_capacity(jobs.len());
         for job in jobs {
             let change = &job.change;
-            audit.push(job.author.name(), method_of(change), id_of(change).as_str());
+            audit.push(job.author.name(), change.method(), change.id().as_str());
             match change {
                 Change::Create(image) => {
                     images_delta += 1;
@@ -1595,7 +1561,7 @@ impl Inner {
                         let (id, provider) = (image.id.as_str(), image.provider.as_str());
                         client.execute(insert, &[&id, &provider, json]).await
                     }
-                    change => client.execute(delete, &[&id_of(change).as_str()]).await,
+                    change => client.execute(delete, &[&change.id().as_str()]).await,
                 }
             }
         });
@@ -1684,17 +1650,12 @@ impl Inner {
                 patch,
                 precondition,
             } => {
-                let current = self.locked(tx, id).await?;
-                let current = match check(current, id, precondition) {
-                    Ok(record) => record,
+                let stored = self.locked(tx, id).await?;
+                let next = match rules::precondition_met(id, stored.as_deref(), precondition)
+                    .and_then(|current| rules::updated(&current, patch))
+                {
+                    Ok(next) => next,
                     Err(refused) => return Ok(Err(refused)),
-                };
-                let next = match current.image() {
-                    Ok(image) => match patch.apply(&image) {
-                        Ok(next) => next,
-                        Err(e) => return Ok(Err(StoreError::Invalid(e))),
-                    },
-                    Err(e) => return Ok(Err(e)),
                 };
                 let json = next.to_json();
                 let statement =
@@ -1710,8 +1671,10 @@ impl Inner {
             }
             Change::Delete { id, precondition } => {
                 if precondition.is_some() {
-                    let current = self.locked(tx, id).await?;
-                    if let Err(refused) = check(current, id, precondition) {
+                    let stored = self.locked(tx, id).await?;
+                    if let Err(refused) =
+                        rules::precondition_met(id, stored.as_deref(), precondition)
+                    {
                         return Ok(Err(refused));
                     }
                 }
@@ -1750,7 +1713,7 @@ impl Inner {
                         let (id, provider) = (image.id.as_str(), image.provider.as_str());
                         tx.execute(insert, &[&id, &provider, json]).await
                     }
-                    change => tx.execute(delete, &[&id_of(change).as_str()]).await,
+                    change => tx.execute(delete, &[&change.id().as_str()]).await,
                 }
             }
         });
@@ -1763,7 +1726,7 @@ impl Inner {
             .map(|(job, count)| match (&job.change, count) {
                 (Change::Create(image), 0) => Err(StoreError::Conflict(image.id.to_string())),
                 (Change::Create(_), _) => Ok((Applied::Created, 1)),
-                (change, 0) => Err(StoreError::NotFound(id_of(change).to_string())),
+                (change, 0) => Err(StoreError::NotFound(change.id().to_string())),
                 (_, _) => Ok((Applied::Deleted, -1)),
             })
             .collect())
