@@ -22,6 +22,7 @@ use crate::metrics::StoreFigures;
 
 pub mod embedded;
 pub mod postgres;
+mod queue;
 mod rules;
 
 pub use crate::domain::access::{Author, Permit, Revoked};

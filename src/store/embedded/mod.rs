@@ -21,10 +21,11 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 use sled::{IVec, Tree};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot, watch};
+use tokio::sync::{oneshot, watch};
 
 use crate::domain::change::{AuditRecord, Change};
 use crate::domain::image::{Image, ImageId, Provider};
+use crate::store::queue::{Place, WriteQueue};
 use crate::store::{
     Applied, Author, Page, Record, StoreError, rules, trail_overlaps, trail_repeats,
 };
@@ -96,7 +97,7 @@ struct Job {
     author: Author,
     reply: Reply,
     /// The job's place in the bounded queue, given back when the job is dropped.
-    _slot: OwnedSemaphorePermit,
+    _place: Place,
 }
 
 /// Where a job's outcome goes.
@@ -184,11 +185,6 @@ const WRITER_PANICKED: &str = "the store's writer thread panicked";
 #[cfg(test)]
 type BeforeFlush = Arc<Mutex<Option<Box<dyn FnMut() + Send>>>>;
 
-/// How many changes may wait for the writer; past it a write waits `QUEUE_WAIT` for a
-/// place, then is refused with `Busy` rather than queueing without bound.
-const QUEUE_LIMIT: usize = 4 * MAX_BATCH;
-const QUEUE_WAIT: Duration = Duration::from_secs(1);
-
 pub struct SledStore {
     db: sled::Db,
     images: Tree,
@@ -200,7 +196,7 @@ pub struct SledStore {
     /// Seconds an audit record is kept; 0 keeps every record.
     retention: Arc<AtomicU64>,
     writer: Mutex<Option<(mpsc::Sender<Job>, JoinHandle<()>)>>,
-    queue: Arc<Semaphore>,
+    queue: WriteQueue,
     health: Health,
     /// Held by tests to hold the writer back between batches.
     #[cfg(test)]
@@ -339,7 +335,7 @@ impl SledStore {
             generation,
             retention,
             writer: Mutex::new(Some((sender, handle))),
-            queue: Arc::new(Semaphore::new(QUEUE_LIMIT)),
+            queue: WriteQueue::default(),
             health,
             #[cfg(test)]
             pause,
@@ -566,13 +562,7 @@ impl SledStore {
 
     async fn submit(&self, work: Work, author: Author) -> Result<Applied, StoreError> {
         self.health.check()?;
-        let slot = match self.queue.clone().try_acquire_owned() {
-            Ok(slot) => slot,
-            Err(_) => tokio::time::timeout(QUEUE_WAIT, self.queue.clone().acquire_owned())
-                .await
-                .map_err(|_| StoreError::Busy)?
-                .map_err(|_| StoreError::Closed)?,
-        };
+        let place = self.queue.place().await?;
         let (reply, answer) = oneshot::channel();
         let job = Job {
             work,
@@ -581,7 +571,7 @@ impl SledStore {
                 sender: Some(reply),
                 health: self.health.clone(),
             },
-            _slot: slot,
+            _place: place,
         };
         {
             let writer = self.writer.lock();
@@ -1741,7 +1731,7 @@ mod tests {
     fn a_full_queue_refuses_writes_after_a_short_wait() {
         let dir = tempfile::tempdir().unwrap();
         let mut store = SledStore::open(dir.path(), 8).unwrap();
-        store.queue = Arc::new(Semaphore::new(2));
+        store.queue = WriteQueue::with_limit(2);
         let store = Arc::new(store);
         let held = store.pause.lock();
         runtime().block_on(async {
@@ -1872,7 +1862,7 @@ mod tests {
                 block_on(store.apply(Change::Create(image("queued")), author))
             })
         };
-        while store.queue.available_permits() == QUEUE_LIMIT - 1 {
+        while store.queue.free() == crate::store::queue::QUEUE_LIMIT - 1 {
             std::thread::yield_now();
         }
         permit.0.store(false, Ordering::SeqCst);

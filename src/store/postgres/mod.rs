@@ -30,6 +30,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::domain::image::{Image, ImageId, Provider, ValidationError};
+use crate::store::queue::{Place, WriteQueue};
 use crate::store::{
     Applied, AuditRecord, Author, Change, Record, StoreError, rules, trail_overlaps, trail_repeats,
 };
@@ -79,10 +80,6 @@ const STREAM_BATCH: i64 = 500;
 const IMPORT_CHUNK: usize = 1000;
 /// Changes committed together by the writer at most.
 const MAX_BATCH: usize = 256;
-/// Changes that may wait for the writer; past it a write waits `QUEUE_WAIT`, then is
-/// refused as `Busy`.
-const QUEUE_LIMIT: usize = 4096;
-const QUEUE_WAIT: Duration = Duration::from_secs(1);
 /// How long `is_healthy` waits at most.
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often old audit records are looked for, when a retention is set.
@@ -206,7 +203,8 @@ struct Inner {
     options: PgOptions,
     /// What must never appear in a message: the password, as given and as encoded.
     secrets: Vec<String>,
-    writer: Option<mpsc::Sender<Job>>,
+    writer: Option<mpsc::UnboundedSender<Job>>,
+    queue: WriteQueue,
     /// Held (shared) by each batch from the policy check to its replies; taken alone
     /// by [`PgStore::settle`].
     decisions: tokio::sync::RwLock<()>,
@@ -218,6 +216,9 @@ struct Job {
     change: Change,
     author: Author,
     reply: oneshot::Sender<Result<Applied, StoreError>>,
+    /// The job's place in the bounded queue, given back when the job is dropped;
+    /// `None` for a change applied alone.
+    _place: Option<Place>,
 }
 
 /// Why a transaction stopped: the database failed (`Broken`), before or after its
@@ -349,29 +350,15 @@ impl PgStore {
                 .run(async move { inner.apply_alone(change, author).await })
                 .await;
         };
+        let place = inner.queue.place().await?;
         let (reply, answer) = oneshot::channel();
         let job = Job {
             change,
             author,
             reply,
+            _place: Some(place),
         };
-        match writer.try_send(job) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Closed(_)) => return Err(StoreError::Closed),
-            Err(mpsc::error::TrySendError::Full(job)) => {
-                let writer = writer.clone();
-                self.run(async move {
-                    writer
-                        .send_timeout(job, QUEUE_WAIT)
-                        .await
-                        .map_err(|e| match e {
-                            mpsc::error::SendTimeoutError::Timeout(_) => StoreError::Busy,
-                            mpsc::error::SendTimeoutError::Closed(_) => StoreError::Closed,
-                        })
-                })
-                .await?;
-            }
-        }
+        writer.send(job).map_err(|_| StoreError::Closed)?;
         answer.await.unwrap_or_else(|_| {
             Err(StoreError::OutcomeUnknown(
                 "the database writer ended with this change in hand".into(),
@@ -855,7 +842,7 @@ impl Inner {
         // shared by the request workers' read pools (`local`).
         let pool = new_pool(&manager, &options, (options.pool_size / 2).max(2))?;
         let (writer, jobs) = if options.batch_writes {
-            let (sender, receiver) = mpsc::channel(QUEUE_LIMIT);
+            let (sender, receiver) = mpsc::unbounded_channel();
             (Some(sender), Some(receiver))
         } else {
             (None, None)
@@ -868,6 +855,7 @@ impl Inner {
             options,
             secrets,
             writer,
+            queue: WriteQueue::default(),
             decisions: tokio::sync::RwLock::new(()),
             retention: AtomicU64::new(0),
         });
@@ -1383,13 +1371,14 @@ impl Inner {
             change,
             author,
             reply,
+            _place: None,
         };
         self.write_batch(vec![job]).await;
         answer.await.unwrap_or(Err(StoreError::Closed))
     }
 
     /// The writer: takes every change queued meanwhile and commits them together.
-    async fn writer_loop(inner: std::sync::Weak<Inner>, mut jobs: mpsc::Receiver<Job>) {
+    async fn writer_loop(inner: std::sync::Weak<Inner>, mut jobs: mpsc::UnboundedReceiver<Job>) {
         let mut batch = Vec::with_capacity(MAX_BATCH);
         while jobs.recv_many(&mut batch, MAX_BATCH).await > 0 {
             let Some(inner) = inner.upgrade() else {
