@@ -1,0 +1,277 @@
+//! Import: an audit trail moved in with its seqs, then many creates, all or nothing
+//! (undone here, or at the next open if the store cannot write any more).
+
+use super::*;
+
+impl SledStore {
+    /// Moves in `trail` (seqs kept) and creates all `images` with their audit records,
+    /// in one atomic step (see `Store::import`); resolves once all of it is on disk.
+    pub async fn import(
+        &self,
+        images: Vec<Image>,
+        trail: Vec<AuditRecord>,
+        author: impl Into<Author>,
+    ) -> Result<u64, StoreError> {
+        match self
+            .submit(Work::Import { images, trail }, author.into())
+            .await?
+        {
+            Applied::Imported(count) => Ok(count),
+            _ => Err(StoreError::Corrupt(
+                "the writer answered an import oddly".into(),
+            )),
+        }
+    }
+}
+
+impl Writer {
+    /// Creates `batch` in transactions of `IMPORT_CHUNK` images, each with its audit
+    /// records: one transaction for a million images would hold gigabytes in memory.
+    /// All or nothing all the same: a durable marker names the import while it runs,
+    /// and an import that fails part way is undone, here or, if the store cannot
+    /// write any more, at the next open (see [`undo_interrupted_import`]).
+    ///
+    /// The trail goes in first (its own chunks, seqs kept), so that the images' records
+    /// take seqs after its highest. It must not overlap the trail here (see
+    /// [`Writer::check_trail`]): then the marker's seq range names exactly what the
+    /// trail added, and an undo removes that and nothing else.
+    pub(super) fn import(
+        &mut self,
+        batch: &[Image],
+        trail: &[AuditRecord],
+        user: &str,
+    ) -> Result<Applied, ImportFailed> {
+        let stuck = |e: StoreError| ImportFailed::Stuck(e);
+        let span = self.check_trail(trail).map_err(ImportFailed::Undone)?;
+        let first_seq = match span {
+            Some((_, high)) => self.tally.next_seq.max(high + 1),
+            None => self.tally.next_seq,
+        };
+        let marker = serde_json::to_vec(&ImportMarker {
+            first_seq,
+            user: user.to_owned(),
+            trail: span,
+        })
+        .unwrap_or_default();
+        self.meta
+            .insert(IMPORT_KEY, marker)
+            .map_err(|e| stuck(e.into()))?;
+        self.flush("flushing an import's marker")
+            .map_err(|e| stuck(StoreError::Engine(e)))?;
+        let imported = self
+            .import_trail(trail)
+            .and_then(|()| self.import_chunks(batch, user));
+        match imported {
+            Ok(()) => {
+                let interrupted = |e: String| {
+                    ImportFailed::Stuck(StoreError::ImportInterrupted {
+                        cause: e,
+                        undo: "the store cannot write".into(),
+                    })
+                };
+                self.flush("flushing an import").map_err(interrupted)?;
+                self.meta
+                    .remove(IMPORT_KEY)
+                    .map_err(|e| interrupted(e.to_string()))?;
+                Ok(Applied::Imported(batch.len() as u64))
+            }
+            Err(e) => {
+                let undone = undo_interrupted_import(&self.images, &self.audit, &self.meta)
+                    .and_then(|_| {
+                        self.flush("flushing an undone import")
+                            .map_err(StoreError::Engine)
+                    });
+                if let Ok(tally) = Tally::load(&self.meta) {
+                    self.set_tally(tally);
+                }
+                match undone {
+                    Ok(_) => Err(ImportFailed::Undone(e)),
+                    Err(undo) => Err(ImportFailed::Stuck(StoreError::ImportInterrupted {
+                        cause: e.to_string(),
+                        undo: undo.to_string(),
+                    })),
+                }
+            }
+        }
+    }
+
+    /// The lowest and highest seq of `trail` (`None` when it is empty), once it is
+    /// known to fit: no seq 0, none twice, and no record here between its lowest and
+    /// highest seq (a seq already present would be given twice; one between would
+    /// interleave two trails, and an undo could not tell them apart).
+    pub(super) fn check_trail(
+        &self,
+        trail: &[AuditRecord],
+    ) -> Result<Option<(u64, u64)>, StoreError> {
+        let mut seqs: Vec<u64> = trail.iter().map(|r| r.seq).collect();
+        seqs.sort_unstable();
+        let (Some(&low), Some(&high)) = (seqs.first(), seqs.last()) else {
+            return Ok(None);
+        };
+        if low == 0 || high >= i64::MAX as u64 {
+            let seq = if low == 0 { low } else { high };
+            return Err(StoreError::Invalid(crate::domain::image::ValidationError(
+                format!("audit seq {seq} is out of range"),
+            )));
+        }
+        if let Some(pair) = seqs.windows(2).find(|pair| pair[0] == pair[1]) {
+            return Err(trail_repeats(pair[0]));
+        }
+        if let Some(item) = self
+            .audit
+            .range(low.to_be_bytes()..=high.to_be_bytes())
+            .next()
+        {
+            let (key, _) = item?;
+            return Err(trail_overlaps(u64_from_bytes(&key)?, low, high));
+        }
+        Ok(Some((low, high)))
+    }
+
+    /// Inserts `trail` as it is, seqs kept, in transactions of `IMPORT_CHUNK` records;
+    /// the next seq moves past its highest.
+    pub(super) fn import_trail(&mut self, trail: &[AuditRecord]) -> Result<(), StoreError> {
+        for chunk in trail.chunks(IMPORT_CHUNK) {
+            let records: Vec<(u64, Vec<u8>)> = chunk
+                .iter()
+                .map(|r| (r.seq, serde_json::to_vec(r).unwrap_or_default()))
+                .collect();
+            let result = (&self.audit, &self.meta).transaction(|(audit, meta)| {
+                let mut tally = Tally::read(meta)?;
+                for (seq, json) in &records {
+                    if audit.insert(&seq.to_be_bytes(), json.as_slice())?.is_some() {
+                        return abort(trail_repeats(*seq));
+                    }
+                    tally.audit_records += 1;
+                    tally.audit_bytes += json.len() as u64;
+                    tally.next_seq = tally.next_seq.max(seq + 1);
+                }
+                tally.write(meta)?;
+                Ok(tally)
+            });
+            let tally = result.map_err(from_transaction)?;
+            self.set_tally(tally);
+        }
+        Ok(())
+    }
+
+    pub(super) fn import_chunks(&mut self, batch: &[Image], user: &str) -> Result<(), StoreError> {
+        let time = now_rfc3339();
+        for chunk in batch.chunks(IMPORT_CHUNK) {
+            let records: Vec<Vec<u8>> = chunk
+                .iter()
+                .zip(self.tally.next_seq..)
+                .map(|(image, seq)| {
+                    let record = AuditRecord {
+                        seq,
+                        time: time.clone(),
+                        user: user.to_owned(),
+                        method: IMPORT_METHOD.into(),
+                        id: image.id.to_string(),
+                        status: 200,
+                    };
+                    serde_json::to_vec(&record).unwrap_or_default()
+                })
+                .collect();
+            let result =
+                (&self.images, &self.audit, &self.meta).transaction(|(images, audit, meta)| {
+                    let mut tally = Tally::read(meta)?;
+                    for (image, record) in chunk.iter().zip(&records) {
+                        let key = image.id.as_str().as_bytes();
+                        if images.insert(key, image.to_json())?.is_some() {
+                            return abort(StoreError::Conflict(image.id.to_string()));
+                        }
+                        audit.insert(&tally.next_seq.to_be_bytes(), record.as_slice())?;
+                        tally.images += 1;
+                        tally.audited(record.len());
+                    }
+                    tally.write(meta)?;
+                    Ok(tally)
+                });
+            let tally = result.map_err(from_transaction)?;
+            self.set_tally(tally);
+        }
+        Ok(())
+    }
+}
+
+/// How an import failed: undone (nothing of it remains), or stuck part way because the
+/// store itself failed (the next open undoes it).
+pub(super) enum ImportFailed {
+    Undone(StoreError),
+    Stuck(StoreError),
+}
+
+/// Kept in the meta tree, flushed, while an import runs.
+#[derive(Serialize, Deserialize)]
+pub(super) struct ImportMarker {
+    /// The seq of the first image's record.
+    pub(super) first_seq: u64,
+    pub(super) user: String,
+    /// The lowest and highest seq of the trail it moves in, if any: every record in
+    /// that range is the import's (it was refused if any was there before).
+    #[serde(default)]
+    pub(super) trail: Option<(u64, u64)>,
+}
+
+pub(super) const IMPORT_KEY: &[u8] = b"import_in_progress";
+
+pub(super) const IMPORT_METHOD: &str = "IMPORT";
+
+/// Removes what an interrupted import left: its audit records (from the marker's first
+/// seq on, by that import's user) name exactly the images it created, in the same
+/// transactions; the trail it moved in is every record in the marker's trail range.
+/// Returns how many images were removed; `None` when no import was interrupted.
+/// Imports run with the data dir locked against servers, so nothing else wrote after
+/// the marker.
+pub(super) fn undo_interrupted_import(
+    images: &Tree,
+    audit: &Tree,
+    meta: &Tree,
+) -> Result<Option<u64>, StoreError> {
+    let Some(marker) = meta.get(IMPORT_KEY)? else {
+        return Ok(None);
+    };
+    let marker: ImportMarker =
+        serde_json::from_slice(&marker).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let mut removed = 0u64;
+    let mut bytes = 0u64;
+    let mut batch_images = sled::Batch::default();
+    let mut batch_audit = sled::Batch::default();
+    let mut trail_removed = 0u64;
+    if let Some((low, high)) = marker.trail {
+        for item in audit.range(low.to_be_bytes()..=high.to_be_bytes()) {
+            let (key, value) = item?;
+            batch_audit.remove(key);
+            trail_removed += 1;
+            bytes += value.len() as u64;
+        }
+    }
+    for item in audit.range(marker.first_seq.to_be_bytes()..) {
+        let (key, value) = item?;
+        let record: AuditRecord =
+            serde_json::from_slice(&value).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        if record.method != IMPORT_METHOD || record.user != marker.user {
+            continue;
+        }
+        batch_images.remove(record.id.as_bytes());
+        batch_audit.remove(key);
+        removed += 1;
+        bytes += value.len() as u64;
+    }
+    (images, audit, meta)
+        .transaction(|(images, audit, meta)| {
+            images.apply_batch(&batch_images)?;
+            audit.apply_batch(&batch_audit)?;
+            // The seqs it took stay taken: a seq is never given twice.
+            let mut tally = Tally::read(meta)?;
+            tally.images = tally.images.saturating_sub(removed);
+            tally.audit_records = tally.audit_records.saturating_sub(removed + trail_removed);
+            tally.audit_bytes = tally.audit_bytes.saturating_sub(bytes);
+            tally.write(meta)?;
+            meta.remove(IMPORT_KEY)?;
+            Ok::<_, ConflictableTransactionError<StoreError>>(())
+        })
+        .map_err(from_transaction)?;
+    Ok(Some(removed))
+}

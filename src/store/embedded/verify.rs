@@ -1,0 +1,159 @@
+//! Opening sled and reading the store through once, so that damage shows at start
+//! (an error, or a contained panic) rather than on a request.
+
+use super::*;
+
+/// What `open_engine` hands back: sled opened, upgraded if need be, and read through
+/// once.
+pub(super) struct Opened {
+    pub(super) db: sled::Db,
+    pub(super) images: Tree,
+    pub(super) audit: Tree,
+    pub(super) meta: Tree,
+    pub(super) tally: Tally,
+    /// Empty and without a format version: new, or emptied by damage. Nothing is
+    /// written to it before the mark is checked, so a damaged store is left as found.
+    pub(super) fresh: bool,
+}
+
+/// How long an open waits for sled's own lock, which its threads may hold for a
+/// moment after this process let go of a store (the data dir's lock is ours already).
+pub(super) const SLED_LOCK_WAIT: Duration = Duration::from_secs(2);
+
+/// Opens sled in `dir` (locked already) and reads every entry once, so that damage
+/// shows now (an error, or a panic `store_open::contain` catches) rather than on a
+/// request. Any engine error here means the store cannot be trusted as it is.
+pub(super) fn open_engine(dir: &Path, cache_mb: u64) -> Result<Opened, StoreError> {
+    let started = Instant::now();
+    let db = loop {
+        let opened = sled::Config::new()
+            .path(dir)
+            .cache_capacity(cache_mb.saturating_mul(1024 * 1024))
+            // Every change is flushed before it is acknowledged; sled's own periodic
+            // flusher would only add a thread that holds the data dir's lock for a
+            // while after the store is dropped.
+            .flush_every_ms(None)
+            .open();
+        match opened {
+            Ok(db) => break db,
+            Err(sled::Error::Io(io)) if io.to_string().contains("could not acquire lock") => {
+                // Ours is held, so this is a lingering thread of ours, or an older
+                // image-catalog that did not know the lock file.
+                if started.elapsed() > SLED_LOCK_WAIT {
+                    return Err(StoreError::InUse(dir.to_owned()));
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => return Err(engine_error(dir, e.into())),
+        }
+    };
+    open_and_verify(dir, db).map_err(|e| engine_error(dir, e))
+}
+
+/// A failure while opening, said as what an operator faces: the folder, or damage.
+pub(super) fn engine_error(dir: &Path, err: StoreError) -> StoreError {
+    match err {
+        StoreError::Io(io)
+            if matches!(
+                io.kind(),
+                std::io::ErrorKind::PermissionDenied
+                    | std::io::ErrorKind::ReadOnlyFilesystem
+                    | std::io::ErrorKind::NotADirectory
+                    | std::io::ErrorKind::StorageFull
+            ) =>
+        {
+            crate::store::embedded::open::io_error(dir, &io)
+        }
+        StoreError::Io(other) => crate::store::embedded::open::damaged(dir, other),
+        StoreError::Engine(other) => crate::store::embedded::open::damaged(dir, other),
+        StoreError::Corrupt(detail) => crate::store::embedded::open::damaged(dir, detail),
+        other => other,
+    }
+}
+
+pub(super) fn open_and_verify(dir: &Path, db: sled::Db) -> Result<Opened, StoreError> {
+    let images = db.open_tree(IMAGES_TREE)?;
+    let audit = db.open_tree(AUDIT_TREE)?;
+    let meta = db.open_tree(META_TREE)?;
+    let mut fresh = false;
+    match db.get(FORMAT_KEY)? {
+        Some(found) if found.as_ref() == FORMAT_VERSION.as_bytes() => {}
+        Some(found) if found.as_ref() == b"1" => {
+            upgrade_from_1(&images, &audit, &meta)?;
+            db.insert(FORMAT_KEY, FORMAT_VERSION)?;
+            db.flush()?;
+            log::info!(
+                "the store at {} was upgraded in place from format 1 to {FORMAT_VERSION}",
+                dir.display()
+            );
+        }
+        Some(found) => {
+            return Err(StoreError::UnknownFormat {
+                dir: dir.to_owned(),
+                found: String::from_utf8_lossy(&found).into_owned(),
+            });
+        }
+        // A new store: set up once its mark is checked (see `Opened::fresh`).
+        None if images.is_empty() && audit.is_empty() => fresh = true,
+        None => {
+            return Err(StoreError::UnknownFormat {
+                dir: dir.to_owned(),
+                found: "none".into(),
+            });
+        }
+    }
+    if let Some(removed) = undo_interrupted_import(&images, &audit, &meta)? {
+        db.flush()?;
+        log::warn!(
+            "an import into {} was interrupted; undone: {removed} images it had created \
+             were removed, so that the import is all or nothing",
+            dir.display()
+        );
+    }
+    let tally = Tally::load(&meta)?;
+    // The first full read: every key and value of every tree, checked against the
+    // tally kept in step with them.
+    let default: &Tree = &db;
+    for tree in [default, &meta] {
+        for item in tree.iter() {
+            item?;
+        }
+    }
+    let mut stored_images = 0u64;
+    for item in images.iter() {
+        let (key, value) = item?;
+        // JSON, not the API's rules of the day: ids stored under older rules stay.
+        serde_json::from_slice::<serde::de::IgnoredAny>(&value).map_err(|e| {
+            let key = String::from_utf8_lossy(&key);
+            StoreError::Corrupt(format!("the record of image '{key}' is not JSON: {e}"))
+        })?;
+        stored_images += 1;
+    }
+    let mut stored_records = 0u64;
+    for item in audit.iter() {
+        let (key, _) = item?;
+        if u64_from_bytes(&key)? >= tally.next_seq {
+            return Err(StoreError::Corrupt(format!(
+                "an audit record has seq {} but the next seq is {}",
+                u64_from_bytes(&key)?,
+                tally.next_seq
+            )));
+        }
+        stored_records += 1;
+    }
+    if (stored_images, stored_records) != (tally.images, tally.audit_records) {
+        return Err(StoreError::Corrupt(format!(
+            "it holds {stored_images} images and {stored_records} audit records but counted \
+             {} and {}",
+            tally.images, tally.audit_records
+        )));
+    }
+    Ok(Opened {
+        db,
+        images,
+        audit,
+        meta,
+        tally,
+        fresh,
+    })
+}
