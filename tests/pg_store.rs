@@ -13,7 +13,7 @@ use futures_util::StreamExt;
 use image_catalog::domain::change::{AuditRecord, Change, Precondition};
 use image_catalog::domain::image::{Image, ImageId, ImagePatch, Provider};
 use image_catalog::store::postgres::{PgOptions, PgStore};
-use image_catalog::store::{Applied, Record, StoreError};
+use image_catalog::store::{Applied, Page, Record, StoreError};
 
 const PROVIDERS: [&str; 3] = ["ec2", "openstack", "static"];
 
@@ -85,7 +85,11 @@ async fn create_update_delete_with_their_audit_records() {
             Ok(Applied::Created)
         ));
         let stored = store.get(&id("a")).await.unwrap().unwrap();
-        assert_eq!(stored.as_ref(), a.to_json().as_slice(), "the exact JSON");
+        assert_eq!(
+            stored.json().as_ref(),
+            a.to_json().as_slice(),
+            "the exact JSON"
+        );
         let again = store.apply(Change::Create(image("a")), "admin").await;
         assert!(
             matches!(again, Err(StoreError::Conflict(ref i)) if i == "a"),
@@ -106,7 +110,7 @@ async fn create_update_delete_with_their_audit_records() {
             panic!("{updated:?}")
         };
         let now = store.get(&id("a")).await.unwrap().unwrap();
-        assert_eq!(record.json(), now.as_ref());
+        assert_eq!(record.json(), now.json());
         assert_eq!(record.image().unwrap().name.as_str(), "new name");
         let missing = store
             .apply(
@@ -134,7 +138,10 @@ async fn create_update_delete_with_their_audit_records() {
         assert!(matches!(twice, Err(StoreError::NotFound(_))), "{twice:?}");
         assert!(store.get(&id("a")).await.unwrap().is_none());
 
-        let (page, more) = store.audit_page(None, 10).await.unwrap();
+        let Page {
+            records: page,
+            more,
+        } = store.audit_page(None, 10).await.unwrap();
         assert!(!more);
         let records = audit(&page);
         let seen: Vec<(u64, &str, &str)> = records
@@ -169,7 +176,10 @@ async fn create_update_delete_with_their_audit_records() {
             page.iter().map(|b| b.len() as u64).sum::<u64>()
         );
         assert_eq!(counters.next_seq, 4);
-        let (older, more) = store.audit_page(Some(3), 1).await.unwrap();
+        let Page {
+            records: older,
+            more,
+        } = store.audit_page(Some(3), 1).await.unwrap();
         assert!(more);
         assert_eq!(audit(&older)[0].seq, 2);
     })
@@ -181,7 +191,7 @@ async fn if_match_is_a_compare_and_swap() {
     each_mode(|url, batch| async move {
         let store = connect(&url, batch).await;
         store.apply(Change::Create(image("x")), "a").await.unwrap();
-        let tag = etag(&store.get(&id("x")).await.unwrap().unwrap());
+        let tag = store.get(&id("x")).await.unwrap().unwrap().etag();
         assert_eq!(
             tag,
             etag(&image("x").to_json()),
@@ -198,7 +208,7 @@ async fn if_match_is_a_compare_and_swap() {
             "{stale:?}"
         );
         assert_eq!(
-            store.get(&id("x")).await.unwrap().unwrap().as_ref(),
+            store.get(&id("x")).await.unwrap().unwrap().json().as_ref(),
             image("x").to_json()
         );
         let Applied::Updated(record) = store
@@ -276,7 +286,7 @@ async fn concurrent_compare_and_swaps_one_wins() {
             .apply(Change::Create(image("cas")), "a")
             .await
             .unwrap();
-        let tag = etag(&nodes[1].get(&id("cas")).await.unwrap().unwrap());
+        let tag = nodes[1].get(&id("cas")).await.unwrap().unwrap().etag();
         let tasks: Vec<_> = (0..24)
             .map(|i| {
                 let node = nodes[i % 2].clone();
@@ -348,14 +358,17 @@ async fn audit_seqs_follow_commit_order_under_concurrent_writers() {
             checks += 1;
             // Paged with markers while writes land: everything up to the first
             // page's newest record is seen.
-            let (first, _) = reader.audit_page(None, 7).await.unwrap();
+            let Page { records: first, .. } = reader.audit_page(None, 7).await.unwrap();
             let Some(newest) = audit(&first).first().map(|r| r.seq) else {
                 continue;
             };
             let mut seen: Vec<u64> = audit(&first).iter().map(|r| r.seq).collect();
             let mut marker = *seen.last().unwrap();
             loop {
-                let (page, more) = reader.audit_page(Some(marker), 7).await.unwrap();
+                let Page {
+                    records: page,
+                    more,
+                } = reader.audit_page(Some(marker), 7).await.unwrap();
                 seen.extend(audit(&page).iter().map(|r| r.seq));
                 if !more {
                     break;
@@ -416,7 +429,10 @@ async fn lists_are_in_byte_order_with_provider_filter_and_paging() {
             .id
             .to_string()
     };
-    let (page, more) = store.list_page(None, None, 100).await.unwrap();
+    let Page {
+        records: page,
+        more,
+    } = store.list_page(None, None, 100).await.unwrap();
     assert!(!more);
     assert_eq!(page.iter().map(id_of).collect::<Vec<_>>(), sorted);
     let streamed: Vec<String> = store
@@ -436,7 +452,10 @@ async fn lists_are_in_byte_order_with_provider_filter_and_paging() {
         let mut seen = Vec::new();
         let mut after: Option<ImageId> = None;
         loop {
-            let (page, more) = store
+            let Page {
+                records: page,
+                more,
+            } = store
                 .list_page(after.as_ref(), Some(&provider), 4)
                 .await
                 .unwrap();
@@ -455,7 +474,10 @@ async fn lists_are_in_byte_order_with_provider_filter_and_paging() {
             .await;
         assert_eq!(streamed, wanted);
     }
-    let (tail, more) = store.list_page(Some(&id("e")), None, 3).await.unwrap();
+    let Page {
+        records: tail,
+        more,
+    } = store.list_page(Some(&id("e")), None, 3).await.unwrap();
     assert!(more);
     let expected: Vec<&str> = sorted
         .iter()
@@ -563,7 +585,7 @@ async fn import_is_all_or_nothing() {
     let counters = store.counters().await.unwrap();
     assert_eq!(counters.images, 1501);
     assert_eq!(counters.audit_records, 1501);
-    let (page, _) = store.audit_page(None, 1).await.unwrap();
+    let Page { records: page, .. } = store.audit_page(None, 1).await.unwrap();
     let newest = &audit(&page)[0];
     assert_eq!((newest.seq, newest.method.as_str()), (1501, "IMPORT"));
     assert_eq!(newest.id, "ok-01499");
@@ -609,7 +631,7 @@ async fn an_audit_trail_moves_in_with_its_seqs() {
         .apply(Change::Create(image("next")), "a")
         .await
         .unwrap();
-    let (page, _) = store.audit_page(None, 10).await.unwrap();
+    let Page { records: page, .. } = store.audit_page(None, 10).await.unwrap();
     let seqs: Vec<u64> = audit(&page).iter().map(|r| r.seq).collect();
     assert_eq!(seqs, [10, 9, 7, 3]);
     assert_eq!(audit(&page)[1], records[2], "kept as it was");
@@ -687,10 +709,11 @@ async fn images_and_their_trail_land_in_one_transaction() {
         .await
         .unwrap();
     assert_eq!(imported, 2);
-    let newest: Vec<(u64, String, String)> = audit(&store.audit_page(None, 3).await.unwrap().0)
-        .into_iter()
-        .map(|r| (r.seq, r.method, r.id))
-        .collect();
+    let newest: Vec<(u64, String, String)> =
+        audit(&store.audit_page(None, 3).await.unwrap().records)
+            .into_iter()
+            .map(|r| (r.seq, r.method, r.id))
+            .collect();
     assert_eq!(
         newest,
         [
@@ -751,7 +774,7 @@ async fn audit_retention_prunes_old_records_but_never_reuses_a_seq() {
     );
     store.keep_audit_for(Some(Duration::from_secs(30 * 86_400)));
     assert_eq!(store.prune_audit().await.unwrap(), 3);
-    let (page, _) = store.audit_page(None, 10).await.unwrap();
+    let Page { records: page, .. } = store.audit_page(None, 10).await.unwrap();
     assert_eq!(audit(&page).iter().map(|r| r.seq).collect::<Vec<_>>(), [4]);
     assert_eq!(store.audit_size().await.unwrap(), (1, page[0].len() as u64));
     store
@@ -1141,7 +1164,7 @@ async fn a_batch_gives_each_change_its_own_outcome() {
     };
     let store = connect(&db.url, true).await;
     store.apply(Change::Create(image("c0")), "a").await.unwrap();
-    let tag = etag(&store.get(&id("c0")).await.unwrap().unwrap());
+    let tag = store.get(&id("c0")).await.unwrap().unwrap().etag();
     let delete = |name: &str| Change::Delete {
         id: id(name),
         precondition: None,
@@ -1364,7 +1387,7 @@ fn reads_outlive_the_runtime_that_opened_their_connections() {
             .await
             .unwrap()
             .unwrap();
-        assert_eq!(page.0.len(), 1);
+        assert_eq!(page.records.len(), 1);
         assert_eq!(store.counters().await.unwrap().images, 1);
         // Writes still go through the store's writer.
         store
@@ -1477,7 +1500,13 @@ async fn a_page_comes_with_the_generation_it_was_read_at() {
         return;
     };
     let store = connect(&db.url, true).await;
-    let (generation, empty, more) = store.list_page_at(None, None, 10).await.unwrap();
+    let (
+        generation,
+        Page {
+            records: empty,
+            more,
+        },
+    ) = store.list_page_at(None, None, 10).await.unwrap();
     assert!(empty.is_empty() && !more);
     assert_eq!(generation, store.generation().await.unwrap());
     for name in ["c", "a", "b"] {
@@ -1490,7 +1519,13 @@ async fn a_page_comes_with_the_generation_it_was_read_at() {
         .apply(Change::Create(image_of("d", "static")), "admin")
         .await
         .unwrap();
-    let (now, page, more) = store.list_page_at(None, None, 2).await.unwrap();
+    let (
+        now,
+        Page {
+            records: page,
+            more,
+        },
+    ) = store.list_page_at(None, None, 2).await.unwrap();
     assert!(now > generation, "every write moves the generation");
     assert_eq!(now, store.generation().await.unwrap());
     let ids: Vec<String> = page
@@ -1499,16 +1534,22 @@ async fn a_page_comes_with_the_generation_it_was_read_at() {
         .collect();
     assert_eq!(ids, ["a", "b"]);
     assert!(more);
-    let (_, rest, more) = store.list_page_at(Some(&id("b")), None, 5).await.unwrap();
+    let (
+        _,
+        Page {
+            records: rest,
+            more,
+        },
+    ) = store.list_page_at(Some(&id("b")), None, 5).await.unwrap();
     assert_eq!(rest.len(), 2);
     assert!(!more);
     let static_only = Provider::parse("static", &providers()).unwrap();
-    let (_, page, _) = store
+    let (_, Page { records: page, .. }) = store
         .list_page_at(None, Some(&static_only), 5)
         .await
         .unwrap();
     assert_eq!(page.len(), 1);
-    let (_, none, _) = store
+    let (_, Page { records: none, .. }) = store
         .list_page_at(Some(&id("d")), Some(&static_only), 5)
         .await
         .unwrap();

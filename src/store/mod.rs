@@ -280,7 +280,7 @@ impl Store {
         match self {
             // A point read from sled's cache: cheaper than a thread hop.
             Store::Embedded(s) => s.get(id),
-            Store::Postgres(s) => Ok(s.get(id).await?.map(Record)),
+            Store::Postgres(s) => s.get(id).await,
         }
     }
 
@@ -309,10 +309,7 @@ impl Store {
     ) -> Result<Page, StoreError> {
         match self {
             Store::Embedded(s) => s.list_page(after, provider, limit).await,
-            Store::Postgres(s) => {
-                let (records, more) = s.list_page(after, provider, limit).await?;
-                Ok(Page { records, more })
-            }
+            Store::Postgres(s) => s.list_page(after, provider, limit).await,
         }
     }
 
@@ -331,10 +328,7 @@ impl Store {
                 let generation = s.generation();
                 Ok((generation, s.list_page(after, provider, limit).await?))
             }
-            Store::Postgres(s) => {
-                let (generation, records, more) = s.list_page_at(after, provider, limit).await?;
-                Ok((generation, Page { records, more }))
-            }
+            Store::Postgres(s) => s.list_page_at(after, provider, limit).await,
         }
     }
 
@@ -350,10 +344,7 @@ impl Store {
     pub async fn audit_page(&self, before: Option<u64>, limit: usize) -> Result<Page, StoreError> {
         match self {
             Store::Embedded(s) => s.audit_page(before, limit),
-            Store::Postgres(s) => {
-                let (records, more) = s.audit_page(before, limit).await?;
-                Ok(Page { records, more })
-            }
+            Store::Postgres(s) => s.audit_page(before, limit).await,
         }
     }
 

@@ -44,7 +44,8 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 use crate::domain::image::{Image, ImageId, Provider, ValidationError};
 use crate::store::queue::{Place, WriteQueue};
 use crate::store::{
-    Applied, AuditRecord, Author, Change, Record, StoreError, rules, trail_overlaps, trail_repeats,
+    Applied, AuditRecord, Author, Change, Page, Record, StoreError, rules, trail_overlaps,
+    trail_repeats,
 };
 use coalesce::Coalescer;
 

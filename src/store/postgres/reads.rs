@@ -21,10 +21,12 @@ macro_rules! with_generation {
 impl PgStore {
     /// The image's JSON, exactly as stored. On a request worker, GETs that arrive
     /// while one is on its way go together in one statement (`coalesce`).
-    pub async fn get(&self, id: &ImageId) -> Result<Option<Bytes>, StoreError> {
+    pub async fn get(&self, id: &ImageId) -> Result<Option<Record>, StoreError> {
         let by_ids = |inner: Arc<Inner>, ids| async move { inner.images_by_id(ids).await };
-        self.coalesced(|local| &local.gets, id.as_str().to_owned(), by_ids)
-            .await
+        let found = self
+            .coalesced(|local| &local.gets, id.as_str().to_owned(), by_ids)
+            .await?;
+        Ok(found.map(Record::from))
     }
 
     /// `query`'s answer from `run`: on a request worker through the coalescer `pick`
@@ -90,7 +92,7 @@ impl PgStore {
         after: Option<&ImageId>,
         provider: Option<&Provider>,
         limit: usize,
-    ) -> Result<(Vec<Bytes>, bool), StoreError> {
+    ) -> Result<Page, StoreError> {
         let inner = self.inner.clone();
         let after = after.map(|id| id.as_str().to_owned()).unwrap_or_default();
         let provider = provider.map(|p| p.as_str().to_owned());
@@ -99,7 +101,8 @@ impl PgStore {
             let mut rows = inner.images_after(after, provider, limit + 1).await?;
             let more = rows.len() as i64 > limit;
             rows.truncate(limit as usize);
-            Ok((rows.into_iter().map(|(_, json)| json).collect(), more))
+            let records = rows.into_iter().map(|(_, json)| json).collect();
+            Ok(Page { records, more })
         })
         .await
     }
@@ -112,7 +115,7 @@ impl PgStore {
         after: Option<&ImageId>,
         provider: Option<&Provider>,
         limit: usize,
-    ) -> Result<(u64, Vec<Bytes>, bool), StoreError> {
+    ) -> Result<(u64, Page), StoreError> {
         let ask = PageAsk {
             after: after.map(|id| id.as_str().to_owned()).unwrap_or_default(),
             provider: provider.map(|p| p.as_str().to_owned()),
@@ -126,7 +129,13 @@ impl PgStore {
         let (generation, mut rows) = self.coalesced(pick, ask, pages).await?;
         let more = rows.len() > limit;
         rows.truncate(limit);
-        Ok((generation, rows, more))
+        Ok((
+            generation,
+            Page {
+                records: rows,
+                more,
+            },
+        ))
     }
 
     /// Every image after `after`, in id byte order, fetched in keyset batches of
@@ -158,11 +167,7 @@ impl PgStore {
     }
 
     /// Up to `limit` audit records older than `before`, newest first.
-    pub async fn audit_page(
-        &self,
-        before: Option<u64>,
-        limit: usize,
-    ) -> Result<(Vec<Bytes>, bool), StoreError> {
+    pub async fn audit_page(&self, before: Option<u64>, limit: usize) -> Result<Page, StoreError> {
         let inner = self.inner.clone();
         let before = seq_bound(before);
         let limit = i64::try_from(limit).unwrap_or(i64::MAX - 1);
@@ -170,7 +175,8 @@ impl PgStore {
             let mut rows = inner.audit_before(before, limit + 1).await?;
             let more = rows.len() as i64 > limit;
             rows.truncate(limit as usize);
-            Ok((rows.into_iter().map(|(_, json)| json).collect(), more))
+            let records = rows.into_iter().map(|(_, json)| json).collect();
+            Ok(Page { records, more })
         })
         .await
     }
