@@ -125,7 +125,7 @@ impl AppState {
     pub async fn metrics_text(&self) -> Result<Vec<u8>, prometheus::Error> {
         let store = self
             .store
-            .stats()
+            .figures()
             .await
             .inspect_err(|e| log::warn!("cannot read the store's figures for /metrics: {e}"))
             .ok();

@@ -1394,7 +1394,7 @@ fn reads_outlive_the_runtime_that_opened_their_connections() {
             .apply(Change::Create(image("later")), "a")
             .await
             .unwrap();
-        store.shutdown();
+        store.shutdown().unwrap();
         let read = tokio::time::timeout(deadline, store.get(&id("kept")))
             .await
             .expect("a read after shutdown hung");

@@ -88,7 +88,7 @@ pub fn export(
     let runtime = runtime()?;
     let (_, store) = open_store(&runtime, config_path, data_dir)?;
     let stats = runtime
-        .block_on(store.stats())
+        .block_on(store.figures())
         .map_err(|e| CliError::Runtime(e.to_string()))?;
     let total = stats.images + if with_audit { stats.audit_records } else { 0 };
     let bar = progress(total, "exporting");

@@ -118,7 +118,10 @@ pub(crate) async fn list(
         if req.method() == Method::HEAD {
             return Ok(listing::streamed_head());
         }
-        return listing::streamed_array(auth.store().list_stream(marker.as_ref(), provider)).await;
+        return listing::streamed_array(
+            auth.store().list_stream(marker.as_ref(), provider.as_ref()),
+        )
+        .await;
     };
     let limit = listing::parse_limit(limit)?;
     let key = format!(

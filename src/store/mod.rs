@@ -13,7 +13,7 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::{Stream, StreamExt};
+use futures_util::Stream;
 
 use crate::config::StoreConfig;
 use crate::domain::change::AuditRecord;
@@ -190,6 +190,18 @@ pub struct Page {
 /// Items of a listing, read as the client takes them.
 pub type Listing = Pin<Box<dyn Stream<Item = Result<Bytes, StoreError>> + Send + 'static>>;
 
+/// Each engine has the same methods, with the same signatures (the engine interface):
+/// [`Store`] only forwards each call to the engine in use, and a method whose
+/// signature differed between the two would not compile here.
+macro_rules! engine {
+    ($store:expr, $e:ident => $call:expr) => {
+        match $store {
+            Store::Embedded($e) => $call,
+            Store::Postgres($e) => $call,
+        }
+    };
+}
+
 /// The catalog's store. Each method keeps the promise docs/contract.md states for it,
 /// on either backend.
 pub enum Store {
@@ -240,21 +252,14 @@ impl Store {
         change: Change,
         author: impl Into<Author>,
     ) -> Result<Applied, StoreError> {
-        let author = author.into();
-        match self {
-            Store::Embedded(s) => s.apply(change, author).await,
-            Store::Postgres(s) => s.apply(change, author).await,
-        }
+        engine!(self, e => e.apply(change, author).await)
     }
 
     /// Resolves once every change handed to the store before it has been answered:
     /// a reload waits for it, so that no change let in under the old policies is
     /// answered after the reload says it is done.
     pub async fn settle(&self) -> Result<(), StoreError> {
-        match self {
-            Store::Embedded(s) => s.settle().await,
-            Store::Postgres(s) => s.settle().await,
-        }
+        engine!(self, e => e.settle().await)
     }
 
     /// Moves in `trail` (audit records from another store, seqs kept) and creates all
@@ -269,35 +274,16 @@ impl Store {
         trail: Vec<AuditRecord>,
         author: impl Into<Author>,
     ) -> Result<u64, StoreError> {
-        let author = author.into();
-        match self {
-            Store::Embedded(s) => s.import(images, trail, author).await,
-            Store::Postgres(s) => s.import(images, trail, author.name()).await,
-        }
+        engine!(self, e => e.import(images, trail, author).await)
     }
 
     pub async fn get(&self, id: &ImageId) -> Result<Option<Record>, StoreError> {
-        match self {
-            // A point read from sled's cache: cheaper than a thread hop.
-            Store::Embedded(s) => s.get(id),
-            Store::Postgres(s) => s.get(id).await,
-        }
+        engine!(self, e => e.get(id).await)
     }
 
     /// Which of `ids` the catalog holds (an import names each clash before it starts).
     pub async fn existing(&self, ids: &[ImageId]) -> Result<Vec<ImageId>, StoreError> {
-        match self {
-            Store::Embedded(s) => {
-                let mut found = Vec::new();
-                for id in ids {
-                    if s.get(id)?.is_some() {
-                        found.push(id.clone());
-                    }
-                }
-                Ok(found)
-            }
-            Store::Postgres(s) => s.existing(ids).await,
-        }
+        engine!(self, e => e.existing(ids).await)
     }
 
     /// Up to `limit` images after `after` (exclusive), in id byte order.
@@ -307,10 +293,7 @@ impl Store {
         provider: Option<&Provider>,
         limit: usize,
     ) -> Result<Page, StoreError> {
-        match self {
-            Store::Embedded(s) => s.list_page(after, provider, limit).await,
-            Store::Postgres(s) => s.list_page(after, provider, limit).await,
-        }
+        engine!(self, e => e.list_page(after, provider, limit).await)
     }
 
     /// A page as [`Store::list_page`] gives it, with a generation no later than the
@@ -321,130 +304,65 @@ impl Store {
         provider: Option<&Provider>,
         limit: usize,
     ) -> Result<(u64, Page), StoreError> {
-        match self {
-            Store::Embedded(s) => {
-                // Read first: a page built while a write lands is then filed under
-                // the older generation, and never served after it.
-                let generation = s.generation();
-                Ok((generation, s.list_page(after, provider, limit).await?))
-            }
-            Store::Postgres(s) => s.list_page_at(after, provider, limit).await,
-        }
+        engine!(self, e => e.list_page_at(after, provider, limit).await)
     }
 
     /// Every image after `after`, in id byte order, with flat memory.
-    pub fn list_stream(&self, after: Option<&ImageId>, provider: Option<Provider>) -> Listing {
-        match self {
-            Store::Embedded(s) => off_the_workers(s.list_from(after, provider)),
-            Store::Postgres(s) => s.list_stream(after, provider.as_ref()).boxed(),
-        }
+    pub fn list_stream(&self, after: Option<&ImageId>, provider: Option<&Provider>) -> Listing {
+        engine!(self, e => e.list_stream(after, provider))
     }
 
     /// Up to `limit` audit records older than `before`, newest first.
     pub async fn audit_page(&self, before: Option<u64>, limit: usize) -> Result<Page, StoreError> {
-        match self {
-            Store::Embedded(s) => s.audit_page(before, limit),
-            Store::Postgres(s) => s.audit_page(before, limit).await,
-        }
+        engine!(self, e => e.audit_page(before, limit).await)
     }
 
     /// Every audit record older than `before`, newest first, with flat memory.
     pub fn audit_stream(&self, before: Option<u64>) -> Listing {
-        match self {
-            Store::Embedded(s) => off_the_workers(s.audit_from(before)),
-            Store::Postgres(s) => s.audit_stream(before).boxed(),
-        }
+        engine!(self, e => e.audit_stream(before))
     }
 
     /// Every audit record after `after`, oldest first, with flat memory.
     pub fn audit_ascending(&self, after: Option<u64>) -> Listing {
-        match self {
-            Store::Embedded(s) => off_the_workers(s.audit_after(after)),
-            Store::Postgres(s) => s.audit_ascending(after).boxed(),
-        }
+        engine!(self, e => e.audit_ascending(after))
     }
 
     /// A number that moves whenever the catalog may have changed, on any node: what
     /// was derived from the catalog may be reused while it stays the same.
     pub async fn generation(&self) -> Result<u64, StoreError> {
-        match self {
-            Store::Embedded(s) => Ok(s.generation()),
-            Store::Postgres(s) => s.generation().await,
-        }
+        engine!(self, e => e.generation().await)
     }
 
-    pub async fn stats(&self) -> Result<StoreFigures, StoreError> {
-        match self {
-            Store::Embedded(s) => {
-                let (audit_records, audit_bytes) = s.audit_size();
-                Ok(StoreFigures {
-                    images: s.image_count(),
-                    audit_records,
-                    audit_bytes,
-                    size_on_disk: s
-                        .size_on_disk()
-                        .inspect_err(|e| log::warn!("cannot read the store's size: {e}"))
-                        .ok(),
-                    connections: None,
-                })
-            }
-            Store::Postgres(s) => {
-                let counters = s.counters().await?;
-                let (open, idle) = s.pool_status();
-                Ok(StoreFigures {
-                    images: counters.images,
-                    audit_records: counters.audit_records,
-                    audit_bytes: counters.audit_bytes,
-                    size_on_disk: None,
-                    connections: Some((open as u64, idle as u64)),
-                })
-            }
-        }
+    /// The figures `/metrics` shows about the store.
+    pub async fn figures(&self) -> Result<StoreFigures, StoreError> {
+        engine!(self, e => e.figures().await)
     }
 
     /// Whether the store answers now; why not, if it does not.
     pub async fn health(&self) -> Result<(), StoreError> {
-        match self {
-            Store::Embedded(s) => s.health(),
-            Store::Postgres(s) => s.health().await,
-        }
+        engine!(self, e => e.health().await)
     }
 
     /// Resolves once the store has failed for good, and the process is to exit and
     /// start again on what is durable (sled's fail-stop); never for PostgreSQL, whose
     /// failures pass, and whose nodes reconnect.
     pub async fn failed(&self) -> String {
-        match self {
-            Store::Embedded(s) => s.failed().await,
-            Store::Postgres(_) => std::future::pending().await,
-        }
+        engine!(self, e => e.failed().await)
     }
 
     /// Keeps audit records for `keep` (`None`: for ever).
     pub fn keep_audit_for(&self, keep: Option<Duration>) {
-        match self {
-            Store::Embedded(s) => s.keep_audit_for(keep),
-            Store::Postgres(s) => s.keep_audit_for(keep),
-        }
+        engine!(self, e => e.keep_audit_for(keep))
     }
 
     /// Finishes what is queued and closes the store.
     pub fn shutdown(&self) -> Result<(), StoreError> {
-        match self {
-            Store::Embedded(s) => s.shutdown(),
-            Store::Postgres(s) => {
-                s.shutdown();
-                Ok(())
-            }
-        }
+        engine!(self, e => e.shutdown())
     }
 
     /// The embedded store's data dir, or `None` for a database.
     pub fn data_dir(&self) -> Option<&Path> {
-        match self {
-            Store::Embedded(s) => Some(s.dir()),
-            Store::Postgres(_) => None,
-        }
+        engine!(self, e => e.data_dir())
     }
 }
 
@@ -470,30 +388,4 @@ fn pg_options(config: &crate::config::PostgresConfig) -> PgOptions {
         pool_size: config.pool_size,
         ..PgOptions::default()
     }
-}
-
-/// Items of a blocking iterator, read on a blocking thread a few batches ahead of
-/// the client: a long scan never holds an async worker.
-fn off_the_workers<I>(items: I) -> Listing
-where
-    I: Iterator<Item = Result<Bytes, StoreError>> + Send + 'static,
-{
-    const BATCH: usize = 256;
-    let (sender, receiver) = tokio::sync::mpsc::channel::<Vec<Result<Bytes, StoreError>>>(2);
-    tokio::task::spawn_blocking(move || {
-        let mut items = items.peekable();
-        while items.peek().is_some() {
-            let batch: Vec<_> = items.by_ref().take(BATCH).collect();
-            // The client has gone: stop reading.
-            if sender.blocking_send(batch).is_err() {
-                break;
-            }
-        }
-    });
-    futures_util::stream::unfold(receiver, |mut receiver| async move {
-        let batch = receiver.recv().await?;
-        Some((futures_util::stream::iter(batch), receiver))
-    })
-    .flatten()
-    .boxed()
 }

@@ -191,7 +191,7 @@ async fn check_config_says_whether_postgres_answers_and_which_schema_it_holds() 
         all.contains(&masked) && all.contains("schema 2.0"),
         "names the database and what it holds: {all}"
     );
-    store.shutdown();
+    store.shutdown().unwrap();
 }
 
 #[test]
@@ -249,7 +249,7 @@ async fn serve_refuses_a_schema_of_another_major_with_exit_3() {
         .await
         .unwrap();
     store.set_schema_version_for_tests(2, 0).await.unwrap();
-    store.shutdown();
+    store.shutdown().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let path = write_config(dir.path(), &pg_config(Some(&db.url)));
     let (code, said) = serve_refused(&path);

@@ -30,6 +30,7 @@ use crate::store::{
     Applied, Author, Page, Record, StoreError, rules, trail_overlaps, trail_repeats,
 };
 
+mod engine;
 mod flush;
 mod import;
 pub mod mark;

@@ -19,7 +19,7 @@ impl SledStore {
         StoreError::from(e)
     }
 
-    pub fn get(&self, id: &ImageId) -> Result<Option<Record>, StoreError> {
+    pub fn read_image(&self, id: &ImageId) -> Result<Option<Record>, StoreError> {
         let key = id.as_str().as_bytes();
         let read = self.read(|| self.images.get(key))?;
         Ok(self
@@ -102,7 +102,7 @@ impl SledStore {
     }
 
     /// Up to `limit` audit records older than `before`, newest first.
-    pub fn audit_page(&self, before: Option<u64>, limit: usize) -> Result<Page, StoreError> {
+    pub fn audit_page_now(&self, before: Option<u64>, limit: usize) -> Result<Page, StoreError> {
         take_page(self.audit_from(before), limit)
     }
 
@@ -137,7 +137,7 @@ impl SledStore {
 
     /// A number that changes whenever the catalog may have changed, so that what was
     /// derived from it can be reused while it stays the same.
-    pub fn generation(&self) -> u64 {
+    pub fn generation_now(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
     }
 
@@ -159,11 +159,11 @@ impl SledStore {
 
     /// Whether the store still answers reads.
     pub fn is_healthy(&self) -> bool {
-        self.health().is_ok()
+        self.check_health().is_ok()
     }
 
     /// Why the store does not answer reads, if it does not.
-    pub fn health(&self) -> Result<(), StoreError> {
+    pub fn check_health(&self) -> Result<(), StoreError> {
         match self.read(|| self.db.get(FORMAT_KEY))? {
             Some(_) => Ok(()),
             None => Err(StoreError::Corrupt(

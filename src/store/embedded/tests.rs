@@ -55,7 +55,7 @@ fn create_conflict_and_audit_in_order() {
             .unwrap();
     });
     assert_eq!(store.image_count(), 0);
-    let page = store.audit_page(None, 10).unwrap();
+    let page = store.audit_page_now(None, 10).unwrap();
     let records: Vec<AuditRecord> = page
         .records
         .iter()
@@ -76,7 +76,12 @@ fn reopen_keeps_data_and_refuses_other_versions() {
     }
     {
         let store = SledStore::open(dir.path(), 8).unwrap();
-        assert!(store.get(&ImageId::parse("x").unwrap()).unwrap().is_some());
+        assert!(
+            store
+                .read_image(&ImageId::parse("x").unwrap())
+                .unwrap()
+                .is_some()
+        );
         assert_eq!(store.image_count(), 1, "the count is kept on disk");
         store.set_format_version_for_tests("99").unwrap();
     }
@@ -125,7 +130,12 @@ fn a_full_queue_refuses_writes_after_a_short_wait() {
             .await;
     });
     assert_eq!(store.image_count(), 2);
-    assert!(store.get(&ImageId::parse("q3").unwrap()).unwrap().is_none());
+    assert!(
+        store
+            .read_image(&ImageId::parse("q3").unwrap())
+            .unwrap()
+            .is_none()
+    );
 }
 
 #[test]
@@ -166,26 +176,29 @@ fn a_change_in_flight_is_shown_only_once_durable() {
         store.images.get("new").unwrap().is_some(),
         "applied in sled"
     );
-    assert!(store.get(&new).unwrap().is_none());
+    assert!(store.read_image(&new).unwrap().is_none());
     assert_eq!(shown(&store), ["old"]);
     assert_eq!(store.audit_after(None).count(), 1);
-    let generation = store.generation();
+    let generation = store.generation_now();
     release.send(()).unwrap();
     // The delete in flight: the image still shows, in its place.
     in_flight.recv().unwrap();
-    assert!(store.generation() > generation, "the create was revealed");
+    assert!(
+        store.generation_now() > generation,
+        "the create was revealed"
+    );
     assert!(
         store.images.get("old").unwrap().is_none(),
         "deleted in sled"
     );
-    assert!(store.get(&old).unwrap().is_some());
+    assert!(store.read_image(&old).unwrap().is_some());
     assert_eq!(shown(&store), ["new", "old"]);
     assert!(take_page(store.list_from(None, None), 1).unwrap().more);
-    assert_eq!(store.audit_page(None, 10).unwrap().records.len(), 2);
+    assert_eq!(store.audit_page_now(None, 10).unwrap().records.len(), 2);
     release.send(()).unwrap();
     write.join().unwrap();
     *store.before_flush.lock() = None;
-    assert!(store.get(&old).unwrap().is_none());
+    assert!(store.read_image(&old).unwrap().is_none());
     assert_eq!(shown(&store), ["new"]);
     assert_eq!(store.audit_after(None).count(), 3);
 }
@@ -243,7 +256,7 @@ fn a_change_whose_author_lost_the_policy_while_queued_is_refused() {
     );
     assert!(
         store
-            .get(&ImageId::parse("queued").unwrap())
+            .read_image(&ImageId::parse("queued").unwrap())
             .unwrap()
             .is_none()
     );
@@ -267,7 +280,7 @@ fn a_dead_writer_is_fail_stop() {
     assert_eq!(block_on(store.failed()), WRITER_PANICKED);
     let after = block_on(store.apply(Change::Create(image("later")), "a"));
     assert!(matches!(after, Err(StoreError::Stopped(_))), "{after:?}");
-    let read = store.get(&ImageId::parse("kept").unwrap());
+    let read = store.read_image(&ImageId::parse("kept").unwrap());
     assert!(matches!(read, Err(StoreError::Stopped(_))), "{read:?}");
     assert!(store.list_from(None, None).next().unwrap().is_err());
     assert!(store.shutdown().is_err(), "a failed store is not flushed");
@@ -295,7 +308,7 @@ fn an_import_that_fails_part_way_leaves_nothing() {
     // The next change takes the next seq after the surviving record.
     block_on(store.apply(Change::Create(image("next")), "a")).unwrap();
     // The seqs the undone chunks took are not given again.
-    let page = store.audit_page(None, 1).unwrap();
+    let page = store.audit_page_now(None, 1).unwrap();
     let newest: AuditRecord = serde_json::from_slice(&page.records[0]).unwrap();
     assert_eq!(newest.seq, 2 + 2 * IMPORT_CHUNK as u64);
 }
@@ -367,7 +380,7 @@ fn a_trail_moves_in_with_its_seqs_before_the_images_records() {
             .collect();
         assert_eq!(kept, moved, "kept as they were");
         let newest: AuditRecord =
-            serde_json::from_slice(&store.audit_page(None, 1).unwrap().records[0]).unwrap();
+            serde_json::from_slice(&store.audit_page_now(None, 1).unwrap().records[0]).unwrap();
         assert_eq!(
             (newest.seq, newest.method.as_str(), newest.id.as_str()),
             (11, "IMPORT", "m-2")
@@ -472,7 +485,7 @@ fn an_interrupted_import_with_a_trail_is_undone_at_the_next_open() {
     assert_eq!(store.image_count(), 1);
     assert!(
         store
-            .get(&ImageId::parse("kept").unwrap())
+            .read_image(&ImageId::parse("kept").unwrap())
             .unwrap()
             .is_some()
     );
@@ -548,7 +561,7 @@ fn retention_prunes_old_audit_records_but_never_reuses_a_seq() {
     let store = reopen(dir.path());
     assert_eq!(store.audit_size().0, 1, "the tally is kept on disk");
     block_on(store.apply(Change::Create(image("e")), "u")).unwrap();
-    let page = store.audit_page(None, 1).unwrap();
+    let page = store.audit_page_now(None, 1).unwrap();
     let newest: AuditRecord = serde_json::from_slice(&page.records[0]).unwrap();
     assert_eq!(newest.seq, 5);
 }
@@ -581,7 +594,7 @@ fn a_format_1_store_is_upgraded_in_place() {
     assert_eq!(store.image_count(), 3);
     assert_eq!(store.audit_size().0, 3);
     block_on(store.apply(Change::Create(image("d")), "u")).unwrap();
-    let page = store.audit_page(None, 1).unwrap();
+    let page = store.audit_page_now(None, 1).unwrap();
     let newest: AuditRecord = serde_json::from_slice(&page.records[0]).unwrap();
     assert_eq!(newest.seq, 4);
 }

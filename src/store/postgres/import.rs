@@ -12,10 +12,10 @@ impl PgStore {
         &self,
         images: Vec<Image>,
         trail: Vec<AuditRecord>,
-        user: &str,
+        author: impl Into<Author>,
     ) -> Result<u64, StoreError> {
         let inner = self.inner.clone();
-        let user = user.to_owned();
+        let user = author.into().name().to_owned();
         self.run(async move { inner.import(images, trail, user).await })
             .await
     }

@@ -340,7 +340,23 @@ impl PgStore {
     }
 
     /// Closes the pool and stops the store's runtime; what is in flight fails.
-    pub fn shutdown(&self) {
+    pub fn shutdown(&self) -> Result<(), StoreError> {
+        self.close();
+        Ok(())
+    }
+
+    /// Never resolves: a database's failures pass, and its nodes reconnect (the
+    /// embedded store's fail-stop has no counterpart here).
+    pub async fn failed(&self) -> String {
+        std::future::pending().await
+    }
+
+    /// `None`: the catalog is in the database, not in a data dir.
+    pub fn data_dir(&self) -> Option<&std::path::Path> {
+        None
+    }
+
+    fn close(&self) {
         self.inner.pool.close();
         for pool in self.inner.local_pools.lock().drain(..) {
             pool.close();
@@ -354,6 +370,6 @@ impl PgStore {
 
 impl Drop for PgStore {
     fn drop(&mut self) {
-        self.shutdown();
+        self.close();
     }
 }

@@ -2,6 +2,9 @@
 //! and the audit trail, and the counters behind the page cache and `/metrics`.
 
 use super::*;
+use crate::metrics::StoreFigures;
+use crate::store::Listing;
+use futures_util::StreamExt;
 
 pub(super) type Param = Box<dyn tokio_postgres::types::ToSql + Sync + Send>;
 
@@ -140,16 +143,12 @@ impl PgStore {
 
     /// Every image after `after`, in id byte order, fetched in keyset batches of
     /// `STREAM_BATCH` rows: memory does not grow with the catalog.
-    pub fn list_stream(
-        &self,
-        after: Option<&ImageId>,
-        provider: Option<&Provider>,
-    ) -> impl Stream<Item = Result<Bytes, StoreError>> + Send + 'static {
+    pub fn list_stream(&self, after: Option<&ImageId>, provider: Option<&Provider>) -> Listing {
         let inner = self.inner.clone();
         let handle = self.handle.clone();
         let after = after.map(|id| id.as_str().to_owned()).unwrap_or_default();
         let provider = provider.map(|p| p.as_str().to_owned());
-        batched(after, move |after: String| {
+        let items = batched(after, move |after: String| {
             let inner = inner.clone();
             let provider = provider.clone();
             let fetch = handle
@@ -163,7 +162,8 @@ impl PgStore {
                     last.filter(|_| full),
                 ))
             }
-        })
+        });
+        items.boxed()
     }
 
     /// Up to `limit` audit records older than `before`, newest first.
@@ -182,20 +182,14 @@ impl PgStore {
     }
 
     /// Every audit record older than `before`, newest first, in keyset batches.
-    pub fn audit_stream(
-        &self,
-        before: Option<u64>,
-    ) -> impl Stream<Item = Result<Bytes, StoreError>> + Send + 'static {
-        self.audit_batches(seq_bound(before), true)
+    pub fn audit_stream(&self, before: Option<u64>) -> Listing {
+        self.audit_batches(seq_bound(before), true).boxed()
     }
 
     /// Every audit record after `after`, oldest first, in keyset batches.
-    pub fn audit_ascending(
-        &self,
-        after: Option<u64>,
-    ) -> impl Stream<Item = Result<Bytes, StoreError>> + Send + 'static {
+    pub fn audit_ascending(&self, after: Option<u64>) -> Listing {
         let start = after.map_or(0, |seq| i64::try_from(seq).unwrap_or(i64::MAX));
-        self.audit_batches(start, false)
+        self.audit_batches(start, false).boxed()
     }
 
     /// Audit records from the seq `start` (exclusive) on, newest or oldest first,
@@ -266,6 +260,19 @@ impl PgStore {
     }
 
     /// Connections open in the pool, and how many of them are idle.
+    /// The figures `/metrics` shows: the counters, and this node's connections.
+    pub async fn figures(&self) -> Result<StoreFigures, StoreError> {
+        let counters = self.counters().await?;
+        let (open, idle) = self.pool_status();
+        Ok(StoreFigures {
+            images: counters.images,
+            audit_records: counters.audit_records,
+            audit_bytes: counters.audit_bytes,
+            size_on_disk: None,
+            connections: Some((open as u64, idle as u64)),
+        })
+    }
+
     pub fn pool_status(&self) -> (usize, usize) {
         let status = self.inner.pool.status();
         (status.size, status.available)
