@@ -598,3 +598,41 @@ async fn the_data_dir_lock_keeps_a_second_process_out() {
     assert_ne!(flock(libc::LOCK_EX | libc::LOCK_NB), 0);
     child.kill().await.unwrap();
 }
+
+/// After a clean stop the store opens without reading it through (its files are
+/// checked against the record of that stop); after a kill it is read through.
+#[tokio::test]
+async fn a_clean_stop_spares_the_next_start_its_read_through() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let config = config_for(dir.path(), &data);
+    let server = ChildServer::start(&config).await;
+    create_images(&server.address, 0..3).await;
+    stop(server).await;
+    assert!(
+        data.join("clean-stop").exists(),
+        "the clean stop is recorded"
+    );
+
+    let server = ChildServer::start(&config).await;
+    let opened = server
+        .startup_log
+        .iter()
+        .find(|line| line.contains("store at"))
+        .cloned()
+        .unwrap_or_default();
+    assert!(opened.contains("left at a clean stop"), "{opened}");
+    assert!(!data.join("clean-stop").exists(), "taken away at the open");
+    create_images(&server.address, 3..5).await;
+    server.kill();
+
+    let server = ChildServer::start(&config).await;
+    let opened = server
+        .startup_log
+        .iter()
+        .find(|line| line.contains("store at"))
+        .cloned()
+        .unwrap_or_default();
+    assert!(opened.contains("read through: 5 images"), "{opened}");
+    stop(server).await;
+}

@@ -30,6 +30,7 @@ use crate::store::{
     Applied, Author, Page, Record, StoreError, rules, trail_overlaps, trail_repeats,
 };
 
+mod clean;
 mod engine;
 mod flush;
 mod import;
@@ -221,6 +222,8 @@ pub struct SledStore {
     before_flush: BeforeFlush,
     mark: Arc<crate::store::embedded::mark::MarkKeeper>,
     dir: PathBuf,
+    /// Set by the first shutdown: the second (at drop) has nothing left to do.
+    closed: AtomicBool,
     /// The data dir's lock: declared last, so it is let go after sled's files.
     _lock: std::fs::File,
 }
@@ -249,6 +252,7 @@ impl SledStore {
         } = *options;
         let lock = crate::store::embedded::open::prepare(dir)?;
         let started = Instant::now();
+        let trusted = clean::take(dir);
         let Opened {
             db,
             images,
@@ -256,10 +260,15 @@ impl SledStore {
             meta,
             tally,
             fresh,
-        } = crate::store::embedded::open::contain(dir, || open_engine(dir, cache_mb))?;
+        } = crate::store::embedded::open::contain(dir, || open_engine(dir, cache_mb, trusted))?;
         log::info!(
-            "store at {} read through: {} images, {} audit records, {} changes in {:.0} ms",
+            "store at {} {}: {} images, {} audit records, {} changes in {:.0} ms",
             dir.display(),
+            if trusted {
+                "opened as it was left at a clean stop (files unchanged, read-through skipped)"
+            } else {
+                "read through"
+            },
             tally.images,
             tally.audit_records,
             tally.changes(),
@@ -357,6 +366,7 @@ impl SledStore {
             before_flush,
             mark,
             dir: dir.to_owned(),
+            closed: AtomicBool::new(false),
             _lock: lock,
         })
     }
@@ -491,6 +501,9 @@ impl SledStore {
         // reopens the store on what was durable), and the writer may be stuck in a
         // flush that never returns: it is not waited for.
         self.health.check()?;
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
         let writer = self.writer.lock().take();
         if let Some((sender, handle)) = writer {
             drop(sender);
@@ -501,6 +514,14 @@ impl SledStore {
         flushed.map_err(StoreError::Engine)?;
         self.flusher.close();
         self.mark.close();
+        // Only what sled flushed is recorded; a record that cannot be written only
+        // costs the next start its shortcut.
+        if let Err(e) = clean::record(&self.dir) {
+            log::warn!(
+                "cannot record the clean stop in {}: {e}; the next start reads the store through",
+                self.dir.display()
+            );
+        }
         Ok(())
     }
 }

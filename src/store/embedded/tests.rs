@@ -654,6 +654,8 @@ fn a_miscounted_store_is_damaged() {
         block_on(store.apply(Change::Create(image("a")), "u")).unwrap();
         store.images.remove("a").unwrap();
     }
+    // As after an unclean stop: no record of a clean one, so the store is read through.
+    std::fs::remove_file(dir.path().join(clean::CLEAN_FILE)).unwrap();
     let err = (|| loop {
         match SledStore::open(dir.path(), 8) {
             Err(StoreError::InUse(_)) => std::thread::yield_now(),

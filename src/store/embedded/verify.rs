@@ -23,7 +23,7 @@ pub(super) const SLED_LOCK_WAIT: Duration = Duration::from_secs(2);
 /// Opens sled in `dir` (locked already) and reads every entry once, so that damage
 /// shows now (an error, or a panic `store_open::contain` catches) rather than on a
 /// request. Any engine error here means the store cannot be trusted as it is.
-pub(super) fn open_engine(dir: &Path, cache_mb: u64) -> Result<Opened, StoreError> {
+pub(super) fn open_engine(dir: &Path, cache_mb: u64, trusted: bool) -> Result<Opened, StoreError> {
     let started = Instant::now();
     let db = loop {
         let opened = sled::Config::new()
@@ -47,7 +47,7 @@ pub(super) fn open_engine(dir: &Path, cache_mb: u64) -> Result<Opened, StoreErro
             Err(e) => return Err(engine_error(dir, e.into())),
         }
     };
-    open_and_verify(dir, db).map_err(|e| engine_error(dir, e))
+    open_and_verify(dir, db, trusted).map_err(|e| engine_error(dir, e))
 }
 
 /// A failure while opening, said as what an operator faces: the folder, or damage.
@@ -71,7 +71,13 @@ pub(super) fn engine_error(dir: &Path, err: StoreError) -> StoreError {
     }
 }
 
-pub(super) fn open_and_verify(dir: &Path, db: sled::Db) -> Result<Opened, StoreError> {
+/// `trusted`: the files are those of a clean stop (see `clean`), so the full read
+/// is skipped.
+pub(super) fn open_and_verify(
+    dir: &Path,
+    db: sled::Db,
+    trusted: bool,
+) -> Result<Opened, StoreError> {
     let images = db.open_tree(IMAGES_TREE)?;
     let audit = db.open_tree(AUDIT_TREE)?;
     let meta = db.open_tree(META_TREE)?;
@@ -111,6 +117,16 @@ pub(super) fn open_and_verify(dir: &Path, db: sled::Db) -> Result<Opened, StoreE
         );
     }
     let tally = Tally::load(&meta)?;
+    if trusted {
+        return Ok(Opened {
+            db,
+            images,
+            audit,
+            meta,
+            tally,
+            fresh,
+        });
+    }
     // The first full read: every key and value of every tree, checked against the
     // tally kept in step with them.
     let default: &Tree = &db;
