@@ -615,24 +615,24 @@ async fn a_clean_stop_spares_the_next_start_its_read_through() {
     );
 
     let server = ChildServer::start(&config).await;
-    let opened = server
-        .startup_log
-        .iter()
-        .find(|line| line.contains("store at"))
-        .cloned()
-        .unwrap_or_default();
+    let opened = opening_line(&server);
     assert!(opened.contains("left at a clean stop"), "{opened}");
     assert!(!data.join("clean-stop").exists(), "taken away at the open");
     create_images(&server.address, 3..5).await;
     server.kill();
 
     let server = ChildServer::start(&config).await;
-    let opened = server
+    let opened = opening_line(&server);
+    assert!(opened.contains("read through: 5 images"), "{opened}");
+    stop(server).await;
+}
+
+/// The start-up line that says how the store was opened.
+fn opening_line(server: &ChildServer) -> String {
+    server
         .startup_log
         .iter()
         .find(|line| line.contains("store at"))
         .cloned()
-        .unwrap_or_default();
-    assert!(opened.contains("read through: 5 images"), "{opened}");
-    stop(server).await;
+        .unwrap_or_default()
 }

@@ -117,20 +117,30 @@ pub(super) fn open_and_verify(
         );
     }
     let tally = Tally::load(&meta)?;
-    if trusted {
-        return Ok(Opened {
-            db,
-            images,
-            audit,
-            meta,
-            tally,
-            fresh,
-        });
+    if !trusted {
+        read_through(&db, &images, &audit, &meta, &tally)?;
     }
-    // The first full read: every key and value of every tree, checked against the
-    // tally kept in step with them.
-    let default: &Tree = &db;
-    for tree in [default, &meta] {
+    Ok(Opened {
+        db,
+        images,
+        audit,
+        meta,
+        tally,
+        fresh,
+    })
+}
+
+/// The first full read: every key and value of every tree, checked against the tally
+/// kept in step with them.
+fn read_through(
+    db: &sled::Db,
+    images: &Tree,
+    audit: &Tree,
+    meta: &Tree,
+    tally: &Tally,
+) -> Result<(), StoreError> {
+    let default: &Tree = db;
+    for tree in [default, meta] {
         for item in tree.iter() {
             item?;
         }
@@ -164,12 +174,5 @@ pub(super) fn open_and_verify(
             tally.images, tally.audit_records
         )));
     }
-    Ok(Opened {
-        db,
-        images,
-        audit,
-        meta,
-        tally,
-        fresh,
-    })
+    Ok(())
 }
