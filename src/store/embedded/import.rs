@@ -4,8 +4,8 @@
 use super::*;
 
 impl SledStore {
-    /// Moves in `trail` (seqs kept) and creates all `images` with their audit records,
-    /// in one atomic step (see `Store::import`); resolves once all of it is on disk.
+    /// [`crate::store::Store::import`], through the writer; resolves once all of it
+    /// is on disk.
     pub async fn import(
         &self,
         images: Vec<Image>,

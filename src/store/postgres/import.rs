@@ -3,11 +3,7 @@
 use super::*;
 
 impl PgStore {
-    /// Moves in `trail` (audit records from another store, seqs kept) and creates all
-    /// `images` with their audit records (method `IMPORT`, seqs after the highest of
-    /// the trail and of the database), in one transaction: all of it, or nothing if an
-    /// id exists already (`Conflict`) or the trail overlaps the one here (a seq
-    /// already present, or a record between its lowest and highest seq).
+    /// [`crate::store::Store::import`], in one transaction.
     pub async fn import(
         &self,
         images: Vec<Image>,
