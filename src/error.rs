@@ -141,7 +141,7 @@ impl From<StoreError> for ApiError {
             },
             StoreError::Busy => ApiError::StoreBusy,
             StoreError::Unavailable(why) => {
-                log::warn!("the database is unavailable: {why}");
+                log::warn!("the store is unavailable: {why}");
                 ApiError::StoreUnavailable
             }
             other => {

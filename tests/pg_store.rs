@@ -839,7 +839,7 @@ async fn schema_is_made_once_and_other_majors_are_refused() {
         .await
         .err()
         .expect("major 2 is refused");
-    assert!(matches!(err, StoreError::IncompatibleSchema(_)), "{err}");
+    assert!(matches!(err, StoreError::Unusable(_)), "{err}");
     assert!(err.to_string().contains("schema 2.0"), "{err}");
     // A database that another program uses.
     let Some(foreign) = postgres::database() else {

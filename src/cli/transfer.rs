@@ -249,7 +249,7 @@ pub fn import(config_path: &Path, file: &Path, data_dir: Option<PathBuf>) -> Res
         .block_on(store.import(images, trail, user.as_str()))
         .map_err(|e| match e {
             // Its message says what remains and what undoes it.
-            StoreError::ImportInterrupted { .. } => CliError::Runtime(e.to_string()),
+            StoreError::Failed(_) => CliError::Runtime(e.to_string()),
             StoreError::OutcomeUnknown(_) => CliError::Runtime(format!(
                 "{e}: the import is all or nothing, so either all of {} is in the store or \
                  none of it; `export` shows which",

@@ -47,6 +47,9 @@ impl Change {
     }
 }
 
+/// The method an import's records carry, one per image it created.
+pub const IMPORT_METHOD: &str = "IMPORT";
+
 /// One line of the audit trail.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct AuditRecord {
@@ -56,6 +59,27 @@ pub struct AuditRecord {
     pub method: String,
     pub id: String,
     pub status: u16,
+}
+
+impl AuditRecord {
+    /// The record of a change that was applied: only those are recorded, so its status
+    /// is always 200. `time` is RFC 3339 in UTC, to the microsecond.
+    pub fn applied(seq: u64, time: &str, user: &str, method: &str, id: &str) -> AuditRecord {
+        AuditRecord {
+            seq,
+            time: time.to_owned(),
+            user: user.to_owned(),
+            method: method.to_owned(),
+            id: id.to_owned(),
+            status: 200,
+        }
+    }
+
+    /// The record as both stores keep it and the API shows it. (Strings and numbers
+    /// cannot fail to serialize.)
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
 }
 
 /// The strong ETag of a stored record: its SHA-256, first 16 bytes in hex, quoted.

@@ -67,8 +67,8 @@ pub(crate) async fn list(
     if page.more
         && let Some(last) = page.records.last()
     {
-        let last: AuditRecord = serde_json::from_slice(last)
-            .map_err(|e| crate::store::StoreError::Corrupt(e.to_string()))?;
+        let last: AuditRecord =
+            serde_json::from_slice(last).map_err(crate::store::StoreError::unreadable)?;
         response.insert_header((
             "Link",
             listing::next_link("/v3/audit", &params, &last.seq.to_string()),

@@ -8,7 +8,7 @@
 //! types and its synchronous reads, SQL) stays in its module; everything here is
 //! async, and long work runs off the request workers.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::pin::Pin;
 use std::time::Duration;
 
@@ -30,7 +30,10 @@ pub use crate::domain::change::{Change, Precondition};
 use embedded::{EmbeddedOptions, SledStore};
 use postgres::{PgOptions, PgStore};
 
-#[derive(Debug, thiserror::Error)]
+/// What a caller of the store acts on. Each engine keeps its own detail (sled's and
+/// the file system's errors, SQL states) and says it here in one of these, in a
+/// sentence an operator can act on. `Clone`: the jobs of a batch share one error.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// The author lost the policy (a reload) before the change was applied.
     #[error(transparent)]
@@ -43,104 +46,46 @@ pub enum StoreError {
     PreconditionFailed(String),
     #[error(transparent)]
     Invalid(ValidationError),
-    #[error(
-        "the data dir {0} is in use by another image-catalog process (a server, export or import); stop it first"
-    )]
-    InUse(PathBuf),
-    #[error(
-        "the data dir {dir} holds store format version '{found}', but this build reads version {} only",
-        crate::store::embedded::FORMAT_VERSION
-    )]
-    UnknownFormat { dir: PathBuf, found: String },
-    #[error("a stored record is unreadable: {0}")]
-    Corrupt(String),
+    /// Too many changes are queued for the writer: nothing changed, retry shortly.
+    #[error("too many changes are waiting to be written")]
+    Busy,
+    /// Nothing was changed: the store cannot be reached now, or is shut down.
+    #[error("the store is unavailable, nothing was changed: {0}")]
+    Unavailable(String),
+    /// The store stopped after a failure (fail-stop) and applies nothing more.
+    #[error("the store has stopped after a failure ({0})")]
+    Stopped(String),
     /// The change may or may not be on disk: the store failed while making it durable.
     #[error(
         "the store failed while this change was being made durable ({0}); its outcome is unknown"
     )]
     OutcomeUnknown(String),
-    /// The store stopped after a failure (fail-stop) and applies nothing more.
-    #[error("the store has stopped after a failure ({0})")]
-    Stopped(String),
-    /// An import failed part way and could not be undone at once.
-    #[error(
-        "the import failed part way ({cause}) and could not be undone now ({undo}); nothing \
-         of it will remain: the next start of image-catalog (serve, export or import) undoes it"
-    )]
-    ImportInterrupted { cause: String, undo: String },
-    /// Too many changes are queued for the writer.
-    #[error("too many changes are waiting to be written")]
-    Busy,
-    #[error("the store is shut down")]
-    Closed,
-    /// The database could not be reached, or failed before the change was committed:
-    /// nothing was changed.
-    #[error("the database is unavailable, nothing was changed: {0}")]
-    Unavailable(String),
-    /// The database holds a schema this build does not read.
+    /// Stored data is unreadable, or missing: the engine's whole sentence.
     #[error("{0}")]
-    IncompatibleSchema(String),
-    #[error("storage engine: {0}")]
-    Engine(String),
-    #[error("storage I/O: {0}")]
-    Io(#[from] std::io::Error),
-    #[error("cannot open the store at {dir} as user {user}: {reason}")]
-    DataDir {
-        dir: PathBuf,
-        user: String,
-        reason: String,
-    },
-    #[error(
-        "cannot open the store at {dir} as user {user}: it is damaged ({detail}); {}",
-        crate::store::embedded::RESTORE_ADVICE
-    )]
-    Damaged {
-        dir: PathBuf,
-        user: String,
-        detail: String,
-    },
-    #[error(
-        "cannot open the store at {dir} as user {user}: it holds {store} changes but its \
-         high-water mark ({dir}/{}) says {mark} were made durable, so {} acknowledged changes \
-         are missing (its files were damaged or an older copy was put back); {}; or, to \
-         serve what is left and lose those changes, start once with \
-         `serve --accept-data-loss`",
-        crate::store::embedded::MARK_FILE,
-        mark - store,
-        crate::store::embedded::RESTORE_ADVICE
-    )]
-    BehindMark {
-        dir: PathBuf,
-        user: String,
-        store: u64,
-        mark: u64,
-    },
-    #[error(
-        "cannot open the store at {dir} as user {user}: its high-water mark ({dir}/{}) is \
-         gone, though the store recorded having one, so whether acknowledged changes are \
-         missing cannot be told (the mark was deleted, or the store's files were put back \
-         without it); {}; or, to serve the store as it is, start once with \
-         `serve --accept-data-loss`",
-        crate::store::embedded::MARK_FILE,
-        crate::store::embedded::RESTORE_ADVICE
-    )]
-    MarkLost { dir: PathBuf, user: String },
+    Damaged(String),
+    /// Another process holds the store.
+    #[error("{0}")]
+    InUse(String),
+    /// The data dir or database cannot be used as it is (no permission, a format or
+    /// schema this build does not read): the engine's whole sentence.
+    #[error("{0}")]
+    Unusable(String),
+    /// Any other failure, in the engine's words (say, an import it could not undo).
+    #[error("{0}")]
+    Failed(String),
 }
 
 impl StoreError {
+    /// A stored record (or counter) that cannot be read as what it should be.
+    pub fn unreadable(detail: impl std::fmt::Display) -> Self {
+        StoreError::Damaged(format!("a stored record is unreadable: {detail}"))
+    }
+
     /// Whether a restart cannot help: the data dir or the store needs an operator.
     /// A database of another schema major counts: restarting every few seconds
     /// against it (systemd's `Restart=on-failure`) would only fill the log.
     pub fn needs_operator(&self) -> bool {
-        matches!(
-            self,
-            StoreError::DataDir { .. }
-                | StoreError::Damaged { .. }
-                | StoreError::BehindMark { .. }
-                | StoreError::MarkLost { .. }
-                | StoreError::UnknownFormat { .. }
-                | StoreError::IncompatibleSchema(_)
-        )
+        matches!(self, StoreError::Damaged(_) | StoreError::Unusable(_))
     }
 }
 
@@ -169,7 +114,7 @@ impl Record {
     }
 
     pub fn image(&self) -> Result<Image, StoreError> {
-        serde_json::from_slice(&self.0).map_err(|e| StoreError::Corrupt(e.to_string()))
+        serde_json::from_slice(&self.0).map_err(StoreError::unreadable)
     }
 }
 
@@ -224,7 +169,7 @@ impl Store {
                 // Opening reads the whole store through: not on an async worker.
                 tokio::task::spawn_blocking(move || SledStore::open_with(&dir, &options))
                     .await
-                    .map_err(|e| StoreError::Engine(format!("opening the store failed: {e}")))?
+                    .map_err(|e| StoreError::Failed(format!("opening the store failed: {e}")))?
                     .map(Store::Embedded)
             }
             Some(pg) => PgStore::connect(pg.url.expose(), pg_options(pg))

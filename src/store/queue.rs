@@ -37,12 +37,14 @@ impl WriteQueue {
     pub async fn place(&self) -> Result<Place, StoreError> {
         match self.0.clone().try_acquire_owned() {
             Ok(place) => Ok(place),
-            Err(TryAcquireError::Closed) => Err(StoreError::Closed),
+            Err(TryAcquireError::Closed) => {
+                Err(StoreError::Unavailable("the store is shut down".into()))
+            }
             Err(TryAcquireError::NoPermits) => {
                 tokio::time::timeout(QUEUE_WAIT, self.0.clone().acquire_owned())
                     .await
                     .map_err(|_| StoreError::Busy)?
-                    .map_err(|_| StoreError::Closed)
+                    .map_err(|_| StoreError::Unavailable("the store is shut down".into()))
             }
         }
     }

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
-use super::{Health, Reply};
+use super::{Health, Reply, io_failed};
 use crate::store::{Applied, StoreError};
 
 /// sled's log, where every change lands.
@@ -41,7 +41,7 @@ impl Flusher {
         timeout: Duration,
         health: Health,
     ) -> Result<Flusher, StoreError> {
-        let data = File::open(dir.join(DATA_FILE))?;
+        let data = File::open(dir.join(DATA_FILE)).map_err(io_failed)?;
         Ok(Flusher {
             db,
             data,
@@ -117,7 +117,7 @@ impl Watchdog {
         std::thread::Builder::new()
             .name("store-watchdog".into())
             .spawn(move || watching.run())
-            .map_err(StoreError::Io)?;
+            .map_err(io_failed)?;
         Ok(watchdog)
     }
 

@@ -17,8 +17,8 @@ impl SledStore {
             .await?
         {
             Applied::Imported(count) => Ok(count),
-            _ => Err(StoreError::Corrupt(
-                "the writer answered an import oddly".into(),
+            _ => Err(StoreError::unreadable(
+                "the writer answered an import oddly",
             )),
         }
     }
@@ -57,17 +57,14 @@ impl Writer {
             .insert(IMPORT_KEY, marker)
             .map_err(|e| stuck(e.into()))?;
         self.flush("flushing an import's marker")
-            .map_err(|e| stuck(StoreError::Engine(e)))?;
+            .map_err(|e| stuck(StoreError::Failed(e)))?;
         let imported = self
             .import_trail(trail)
             .and_then(|()| self.import_chunks(batch, user));
         match imported {
             Ok(()) => {
                 let interrupted = |e: String| {
-                    ImportFailed::Stuck(StoreError::ImportInterrupted {
-                        cause: e,
-                        undo: "the store cannot write".into(),
-                    })
+                    ImportFailed::Stuck(interrupted_import(e, "the store cannot write"))
                 };
                 self.flush("flushing an import").map_err(interrupted)?;
                 self.meta
@@ -79,17 +76,14 @@ impl Writer {
                 let undone = undo_interrupted_import(&self.images, &self.audit, &self.meta)
                     .and_then(|_| {
                         self.flush("flushing an undone import")
-                            .map_err(StoreError::Engine)
+                            .map_err(StoreError::Failed)
                     });
                 if let Ok(tally) = Tally::load(&self.meta) {
                     self.set_tally(tally);
                 }
                 match undone {
                     Ok(_) => Err(ImportFailed::Undone(e)),
-                    Err(undo) => Err(ImportFailed::Stuck(StoreError::ImportInterrupted {
-                        cause: e.to_string(),
-                        undo: undo.to_string(),
-                    })),
+                    Err(undo) => Err(ImportFailed::Stuck(interrupted_import(e, undo))),
                 }
             }
         }
@@ -162,15 +156,8 @@ impl Writer {
                 .iter()
                 .zip(self.tally.next_seq..)
                 .map(|(image, seq)| {
-                    let record = AuditRecord {
-                        seq,
-                        time: time.clone(),
-                        user: user.to_owned(),
-                        method: IMPORT_METHOD.into(),
-                        id: image.id.to_string(),
-                        status: 200,
-                    };
-                    serde_json::to_vec(&record).unwrap_or_default()
+                    AuditRecord::applied(seq, &time, user, IMPORT_METHOD, image.id.as_str())
+                        .to_json()
                 })
                 .collect();
             let result =
@@ -197,6 +184,14 @@ impl Writer {
 
 /// How an import failed: undone (nothing of it remains), or stuck part way because the
 /// store itself failed (the next open undoes it).
+/// An import that failed part way and could not be undone at once.
+fn interrupted_import(cause: impl std::fmt::Display, undo: impl std::fmt::Display) -> StoreError {
+    StoreError::Failed(format!(
+        "the import failed part way ({cause}) and could not be undone now ({undo}); nothing \
+         of it will remain: the next start of image-catalog (serve, export or import) undoes it"
+    ))
+}
+
 pub(super) enum ImportFailed {
     Undone(StoreError),
     Stuck(StoreError),
@@ -216,8 +211,6 @@ pub(super) struct ImportMarker {
 
 pub(super) const IMPORT_KEY: &[u8] = b"import_in_progress";
 
-pub(super) const IMPORT_METHOD: &str = "IMPORT";
-
 /// Removes what an interrupted import left: its audit records (from the marker's first
 /// seq on, by that import's user) name exactly the images it created, in the same
 /// transactions; the trail it moved in is every record in the marker's trail range.
@@ -232,8 +225,7 @@ pub(super) fn undo_interrupted_import(
     let Some(marker) = meta.get(IMPORT_KEY)? else {
         return Ok(None);
     };
-    let marker: ImportMarker =
-        serde_json::from_slice(&marker).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let marker: ImportMarker = serde_json::from_slice(&marker).map_err(StoreError::unreadable)?;
     let mut removed = 0u64;
     let mut bytes = 0u64;
     let mut batch_images = sled::Batch::default();
@@ -249,8 +241,7 @@ pub(super) fn undo_interrupted_import(
     }
     for item in audit.range(marker.first_seq.to_be_bytes()..) {
         let (key, value) = item?;
-        let record: AuditRecord =
-            serde_json::from_slice(&value).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let record: AuditRecord = serde_json::from_slice(&value).map_err(StoreError::unreadable)?;
         if record.method != IMPORT_METHOD || record.user != marker.user {
             continue;
         }

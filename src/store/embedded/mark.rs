@@ -18,7 +18,8 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crate::store::StoreError;
-use crate::store::embedded::open::{damaged, data_dir_error};
+use crate::store::embedded::fault::io_failed;
+use crate::store::embedded::open::{behind_mark, damaged, data_dir_error, mark_lost};
 
 /// Beside sled's files: the count as text, one line.
 pub const MARK_FILE: &str = "high-water-mark";
@@ -76,10 +77,7 @@ pub fn check(
         mark
     };
     match read(dir)? {
-        None if had_mark && !accept_data_loss => Err(StoreError::MarkLost {
-            dir: dir.to_owned(),
-            user: crate::store::embedded::open::user_name(),
-        }),
+        None if had_mark && !accept_data_loss => Err(mark_lost(dir)),
         None if had_mark => {
             log::warn!(
                 "--accept-data-loss: the store at {} lost its high-water mark; it is served as \
@@ -101,12 +99,7 @@ pub fn check(
         },
         Some(mark) if store < mark => {
             if !accept_data_loss {
-                return Err(StoreError::BehindMark {
-                    dir: dir.to_owned(),
-                    user: crate::store::embedded::open::user_name(),
-                    store,
-                    mark,
-                });
+                return Err(behind_mark(dir, store, mark));
             }
             log::warn!(
                 "--accept-data-loss: the store at {} holds {store} changes but its high-water \
@@ -158,7 +151,7 @@ impl MarkKeeper {
         let thread = std::thread::Builder::new()
             .name("store-mark".into())
             .spawn(move || keep(&folder, &shared))
-            .map_err(StoreError::Io)?;
+            .map_err(io_failed)?;
         Ok(MarkKeeper {
             progress,
             thread: Mutex::new(Some(thread)),

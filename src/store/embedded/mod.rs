@@ -23,7 +23,7 @@ use sled::transaction::{ConflictableTransactionError, TransactionError, Transact
 use sled::{IVec, Tree};
 use tokio::sync::{oneshot, watch};
 
-use crate::domain::change::{AuditRecord, Change};
+use crate::domain::change::{AuditRecord, Change, IMPORT_METHOD};
 use crate::domain::image::{Image, ImageId, Provider};
 use crate::store::queue::{Place, WriteQueue};
 use crate::store::{
@@ -32,6 +32,7 @@ use crate::store::{
 
 mod clean;
 mod engine;
+mod fault;
 mod flush;
 mod import;
 pub mod mark;
@@ -45,7 +46,9 @@ mod verify;
 mod visible;
 mod writer;
 
+use fault::*;
 use import::*;
+use open::{in_use, unknown_format};
 use tally::*;
 use verify::*;
 use writer::*;
@@ -55,15 +58,6 @@ use visible::Visible;
 
 pub use mark::MARK_FILE;
 pub use open::RESTORE_ADVICE;
-
-impl From<sled::Error> for StoreError {
-    fn from(e: sled::Error) -> Self {
-        match e {
-            sled::Error::Io(io) => StoreError::Io(io),
-            other => StoreError::Engine(other.to_string()),
-        }
-    }
-}
 
 /// Written into every store; a store of an older version is upgraded in place at
 /// open, one of an unknown (newer) version is refused, not guessed at.
@@ -291,9 +285,9 @@ impl SledStore {
         db.flush()?;
         // The store's files were just made (or found): their names must survive a
         // power cut as much as their data.
-        flush::sync_dir(dir)?;
+        flush::sync_dir(dir).map_err(io_failed)?;
         if fresh && let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-            flush::sync_dir(parent)?;
+            flush::sync_dir(parent).map_err(io_failed)?;
         }
         let mark = Arc::new(crate::store::embedded::mark::MarkKeeper::start(
             dir,
@@ -347,7 +341,7 @@ impl SledStore {
                     watched.fail(WRITER_PANICKED.into());
                 }
             })
-            .map_err(StoreError::Io)?;
+            .map_err(io_failed)?;
         Ok(SledStore {
             db,
             images,
@@ -425,7 +419,9 @@ impl SledStore {
         };
         {
             let writer = self.writer.lock();
-            let (sender, _) = writer.as_ref().ok_or(StoreError::Closed)?;
+            let (sender, _) = writer
+                .as_ref()
+                .ok_or(StoreError::Unavailable("the store is shut down".into()))?;
             // Not sent: the writer is gone, and the change was never applied.
             sender.send(job).map_err(|_| self.stopped())?;
         }
@@ -442,7 +438,7 @@ impl SledStore {
     fn stopped(&self) -> StoreError {
         match self.health.failure() {
             Some(reason) => StoreError::Stopped(reason),
-            None => StoreError::Closed,
+            None => StoreError::Unavailable("the store is shut down".into()),
         }
     }
 
@@ -511,7 +507,7 @@ impl SledStore {
         }
         self.health.check()?;
         let (_, flushed) = self.flusher.flush("the final flush", Vec::new());
-        flushed.map_err(StoreError::Engine)?;
+        flushed.map_err(StoreError::Failed)?;
         self.flusher.close();
         self.mark.close();
         // Only what sled flushed is recorded; a record that cannot be written only

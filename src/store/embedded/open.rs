@@ -13,6 +13,7 @@ use std::sync::Once;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::store::StoreError;
+use crate::store::embedded::{FORMAT_VERSION, MARK_FILE};
 
 /// Beside sled's files; held (flock) for as long as a process has the store open.
 pub const LOCK_FILE: &str = "lock";
@@ -47,7 +48,7 @@ pub fn prepare(dir: &Path) -> Result<File, StoreError> {
     // newer than the crate's rust-version.
     match fs4::FileExt::try_lock(&lock) {
         Ok(()) => Ok(lock),
-        Err(fs4::TryLockError::WouldBlock) => Err(StoreError::InUse(dir.to_owned())),
+        Err(fs4::TryLockError::WouldBlock) => Err(in_use(dir)),
         Err(fs4::TryLockError::Error(err)) => Err(io_error(dir, &err)),
     }
 }
@@ -97,11 +98,27 @@ pub fn io_error(dir: &Path, err: &std::io::Error) -> StoreError {
 }
 
 pub fn data_dir_error(dir: &Path, reason: String) -> StoreError {
-    StoreError::DataDir {
-        dir: dir.to_owned(),
-        user: user_name(),
-        reason,
-    }
+    StoreError::Unusable(format!(
+        "cannot open the store at {} as user {}: {reason}",
+        dir.display(),
+        user_name()
+    ))
+}
+
+pub fn in_use(dir: &Path) -> StoreError {
+    StoreError::InUse(format!(
+        "the data dir {} is in use by another image-catalog process (a server, export or \
+         import); stop it first",
+        dir.display()
+    ))
+}
+
+pub fn unknown_format(dir: &Path, found: &str) -> StoreError {
+    StoreError::Unusable(format!(
+        "the data dir {} holds store format version '{found}', but this build reads version \
+         {FORMAT_VERSION} only",
+        dir.display()
+    ))
 }
 
 /// What an operator does about a store that cannot be trusted.
@@ -110,11 +127,38 @@ pub const RESTORE_ADVICE: &str = "stop here: restore this folder from a backup t
     `GET /v3/images`) into a fresh data dir";
 
 pub fn damaged(dir: &Path, detail: impl std::fmt::Display) -> StoreError {
-    StoreError::Damaged {
-        dir: dir.to_owned(),
-        user: user_name(),
-        detail: detail.to_string(),
-    }
+    StoreError::Damaged(format!(
+        "cannot open the store at {} as user {}: it is damaged ({detail}); {RESTORE_ADVICE}",
+        dir.display(),
+        user_name()
+    ))
+}
+
+/// The store holds fewer changes than its high-water mark says were made durable.
+pub fn behind_mark(dir: &Path, store: u64, mark: u64) -> StoreError {
+    let dir = dir.display();
+    StoreError::Damaged(format!(
+        "cannot open the store at {dir} as user {}: it holds {store} changes but its \
+         high-water mark ({dir}/{MARK_FILE}) says {mark} were made durable, so {} acknowledged \
+         changes are missing (its files were damaged or an older copy was put back); \
+         {RESTORE_ADVICE}; or, to serve what is left and lose those changes, start once with \
+         `serve --accept-data-loss`",
+        user_name(),
+        mark - store,
+    ))
+}
+
+/// The store recorded having a high-water mark, and it is gone.
+pub fn mark_lost(dir: &Path) -> StoreError {
+    let dir = dir.display();
+    StoreError::Damaged(format!(
+        "cannot open the store at {dir} as user {}: its high-water mark ({dir}/{MARK_FILE}) is \
+         gone, though the store recorded having one, so whether acknowledged changes are \
+         missing cannot be told (the mark was deleted, or the store's files were put back \
+         without it); {RESTORE_ADVICE}; or, to serve the store as it is, start once with \
+         `serve --accept-data-loss`",
+        user_name(),
+    ))
 }
 
 /// The name of the effective OS user, or its uid when it has no name.

@@ -43,7 +43,7 @@ impl SledStore {
         }
         tokio::task::spawn_blocking(move || take_page(items, limit))
             .await
-            .map_err(|e| StoreError::Corrupt(format!("a listing thread failed: {e}")))?
+            .map_err(|e| StoreError::unreadable(format!("a listing thread failed: {e}")))?
     }
 
     /// Every image after `after`, in id order, read lazily: memory does not grow with
@@ -166,8 +166,8 @@ impl SledStore {
     pub fn check_health(&self) -> Result<(), StoreError> {
         match self.read(|| self.db.get(FORMAT_KEY))? {
             Some(_) => Ok(()),
-            None => Err(StoreError::Corrupt(
-                "the store has lost its format version".into(),
+            None => Err(StoreError::unreadable(
+                "the store has lost its format version",
             )),
         }
     }

@@ -135,6 +135,6 @@ pub(super) fn upgrade_from_1(images: &Tree, audit: &Tree, meta: &Tree) -> Result
 pub(super) fn u64_from_bytes(bytes: &[u8]) -> Result<u64, StoreError> {
     let bytes: [u8; 8] = bytes
         .try_into()
-        .map_err(|_| StoreError::Corrupt("a counter or audit key is not 8 bytes".into()))?;
+        .map_err(|_| StoreError::unreadable("a counter or audit key is not 8 bytes"))?;
     Ok(u64::from_be_bytes(bytes))
 }

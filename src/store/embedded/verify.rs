@@ -40,7 +40,7 @@ pub(super) fn open_engine(dir: &Path, cache_mb: u64, trusted: bool) -> Result<Op
                 // Ours is held, so this is a lingering thread of ours, or an older
                 // image-catalog that did not know the lock file.
                 if started.elapsed() > SLED_LOCK_WAIT {
-                    return Err(StoreError::InUse(dir.to_owned()));
+                    return Err(in_use(dir));
                 }
                 std::thread::sleep(Duration::from_millis(10));
             }
@@ -51,9 +51,9 @@ pub(super) fn open_engine(dir: &Path, cache_mb: u64, trusted: bool) -> Result<Op
 }
 
 /// A failure while opening, said as what an operator faces: the folder, or damage.
-pub(super) fn engine_error(dir: &Path, err: StoreError) -> StoreError {
+pub(super) fn engine_error(dir: &Path, err: Fault) -> StoreError {
     match err {
-        StoreError::Io(io)
+        Fault::Io(io)
             if matches!(
                 io.kind(),
                 std::io::ErrorKind::PermissionDenied
@@ -64,20 +64,18 @@ pub(super) fn engine_error(dir: &Path, err: StoreError) -> StoreError {
         {
             crate::store::embedded::open::io_error(dir, &io)
         }
-        StoreError::Io(other) => crate::store::embedded::open::damaged(dir, other),
-        StoreError::Engine(other) => crate::store::embedded::open::damaged(dir, other),
-        StoreError::Corrupt(detail) => crate::store::embedded::open::damaged(dir, detail),
-        other => other,
+        Fault::Io(other) => crate::store::embedded::open::damaged(dir, other),
+        Fault::Engine(other) => crate::store::embedded::open::damaged(dir, other),
+        Fault::Store(StoreError::Damaged(detail)) => {
+            crate::store::embedded::open::damaged(dir, detail)
+        }
+        Fault::Store(other) => other,
     }
 }
 
 /// `trusted`: the files are those of a clean stop (see `clean`), so the full read
 /// is skipped.
-pub(super) fn open_and_verify(
-    dir: &Path,
-    db: sled::Db,
-    trusted: bool,
-) -> Result<Opened, StoreError> {
+pub(super) fn open_and_verify(dir: &Path, db: sled::Db, trusted: bool) -> Result<Opened, Fault> {
     let images = db.open_tree(IMAGES_TREE)?;
     let audit = db.open_tree(AUDIT_TREE)?;
     let meta = db.open_tree(META_TREE)?;
@@ -94,18 +92,12 @@ pub(super) fn open_and_verify(
             );
         }
         Some(found) => {
-            return Err(StoreError::UnknownFormat {
-                dir: dir.to_owned(),
-                found: String::from_utf8_lossy(&found).into_owned(),
-            });
+            return Err(unknown_format(dir, &String::from_utf8_lossy(&found)).into());
         }
         // A new store: set up once its mark is checked (see `Opened::fresh`).
         None if images.is_empty() && audit.is_empty() => fresh = true,
         None => {
-            return Err(StoreError::UnknownFormat {
-                dir: dir.to_owned(),
-                found: "none".into(),
-            });
+            return Err(unknown_format(dir, "none").into());
         }
     }
     if let Some(removed) = undo_interrupted_import(&images, &audit, &meta)? {
@@ -138,7 +130,7 @@ fn read_through(
     audit: &Tree,
     meta: &Tree,
     tally: &Tally,
-) -> Result<(), StoreError> {
+) -> Result<(), Fault> {
     let default: &Tree = db;
     for tree in [default, meta] {
         for item in tree.iter() {
@@ -151,7 +143,7 @@ fn read_through(
         // JSON, not the API's rules of the day: ids stored under older rules stay.
         serde_json::from_slice::<serde::de::IgnoredAny>(&value).map_err(|e| {
             let key = String::from_utf8_lossy(&key);
-            StoreError::Corrupt(format!("the record of image '{key}' is not JSON: {e}"))
+            StoreError::unreadable(format!("the record of image '{key}' is not JSON: {e}"))
         })?;
         stored_images += 1;
     }
@@ -159,20 +151,22 @@ fn read_through(
     for item in audit.iter() {
         let (key, _) = item?;
         if u64_from_bytes(&key)? >= tally.next_seq {
-            return Err(StoreError::Corrupt(format!(
+            return Err(StoreError::Damaged(format!(
                 "an audit record has seq {} but the next seq is {}",
                 u64_from_bytes(&key)?,
                 tally.next_seq
-            )));
+            ))
+            .into());
         }
         stored_records += 1;
     }
     if (stored_images, stored_records) != (tally.images, tally.audit_records) {
-        return Err(StoreError::Corrupt(format!(
+        return Err(StoreError::Damaged(format!(
             "it holds {stored_images} images and {stored_records} audit records but counted \
              {} and {}",
             tally.images, tally.audit_records
-        )));
+        ))
+        .into());
     }
     Ok(())
 }

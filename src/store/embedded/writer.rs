@@ -220,15 +220,14 @@ impl Writer {
                         _ => {}
                     }
                     if outcome.is_ok() {
-                        let record = AuditRecord {
-                            seq: tally.next_seq,
-                            time: time.clone(),
-                            user: (*user).to_owned(),
-                            method: change.method().to_owned(),
-                            id: change.id().as_str().to_owned(),
-                            status: 200,
-                        };
-                        let json = serde_json::to_vec(&record).unwrap_or_default();
+                        let record = AuditRecord::applied(
+                            tally.next_seq,
+                            &time,
+                            user,
+                            change.method(),
+                            change.id().as_str(),
+                        );
+                        let json = record.to_json();
                         tally.audited(json.len());
                         audit.insert(&record.seq.to_be_bytes(), json)?;
                     }

@@ -102,12 +102,12 @@ impl<Q: Send + 'static, A: Send + 'static> Coalescer<Q, A> {
                 Ok(answers) => {
                     let why = format!("{asked} reads gave {} answers", answers.len());
                     for reply in replies {
-                        let _ = reply.send(Err(StoreError::Corrupt(why.clone())));
+                        let _ = reply.send(Err(StoreError::unreadable(why.clone())));
                     }
                 }
                 Err(e) => {
                     for reply in replies {
-                        let _ = reply.send(Err(copy_read_error(&e)));
+                        let _ = reply.send(Err(e.clone()));
                     }
                 }
             }
@@ -128,16 +128,6 @@ impl<Q, A> Drop for Driving<'_, Q, A> {
                 "a database read failed".into(),
             )));
         }
-    }
-}
-
-/// The same error for each read of a batch.
-fn copy_read_error(error: &StoreError) -> StoreError {
-    match error {
-        StoreError::Corrupt(why) => StoreError::Corrupt(why.clone()),
-        StoreError::Closed => StoreError::Closed,
-        StoreError::Unavailable(why) => StoreError::Unavailable(why.clone()),
-        other => StoreError::Unavailable(other.to_string()),
     }
 }
 
@@ -255,7 +245,7 @@ mod tests {
             let short = |_: Vec<u32>| async { Ok(vec![]) };
             assert!(matches!(
                 coalescer.ask(1, short).await,
-                Err(StoreError::Corrupt(_))
+                Err(StoreError::Damaged(_))
             ));
         });
     }

@@ -22,7 +22,6 @@ mod tests;
 mod tls;
 mod writer;
 
-use pool::*;
 use reads::*;
 use writer::*;
 
@@ -41,6 +40,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::error::SqlState;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
+use crate::domain::change::IMPORT_METHOD;
 use crate::domain::image::{Image, ImageId, Provider, ValidationError};
 use crate::store::queue::{Place, WriteQueue};
 use crate::store::{
@@ -98,7 +98,6 @@ const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often old audit records are looked for, when a retention is set.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 const PRUNE_CHUNK: i64 = 10_000;
-const IMPORT_METHOD: &str = "IMPORT";
 
 /// Numbers the stores of a process, for the per-thread read pools.
 static STORE_IDS: AtomicU64 = AtomicU64::new(1);
@@ -126,31 +125,25 @@ struct Local {
     counters: Arc<Coalescer<(), Counters>>,
 }
 
-/// Seqs are assigned, the audit JSON built (field for field as serde writes an
-/// `AuditRecord`) and inserted, and the counters moved, in one statement, while the
-/// counter row is locked: its lock is held to COMMIT, so seqs are given in commit order.
-/// $1 records, $2 image count change, $3 bytes of the records less their seq digits,
-/// $4 users (JSON strings), $5 methods, $6 ids (JSON strings).
+/// Takes seqs for $1 audit records and moves the counters ($2: the change in image
+/// count), giving the first seq and the records' time (the database's clock, shared by
+/// every node). The counter row stays locked to COMMIT, so seqs are given in commit
+/// order; the records themselves are made by `AuditRecord` and stored by `AUDIT_SQL`.
+const SEQS_SQL: &str = r#"
+UPDATE counters SET
+    next_seq = next_seq + $1,
+    generation = generation + 1,
+    images = images + $2,
+    audit_records = audit_records + $1
+WHERE id = 1
+RETURNING next_seq - $1,
+    to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
+"#;
+
+/// Stores audit records: $1 seqs, $2 time, $3 JSONs, $4 their bytes in all.
 const AUDIT_SQL: &str = r#"
-WITH c AS (
-    UPDATE counters SET
-        next_seq = next_seq + $1,
-        generation = generation + 1,
-        images = images + $2,
-        audit_records = audit_records + $1,
-        audit_bytes = audit_bytes + $3
-            + (SELECT coalesce(sum(length((next_seq + g)::text)), 0)
-               FROM generate_series(0::bigint, $1 - 1) AS g)
-    WHERE id = 1
-    RETURNING next_seq - $1 AS first,
-        to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') AS t
-)
-INSERT INTO audit (seq, time, json)
-SELECT c.first + u.ord - 1, c.t,
-    convert_to('{"seq":' || (c.first + u.ord - 1) || ',"time":"' || c.t || '","user":'
-        || u.user_json || ',"method":"' || u.method || '","id":' || u.id_json
-        || ',"status":200}', 'UTF8')
-FROM c, unnest($4::text[], $5::text[], $6::text[]) WITH ORDINALITY AS u(user_json, method, id_json, ord)
+WITH counted AS (UPDATE counters SET audit_bytes = audit_bytes + $4 WHERE id = 1)
+INSERT INTO audit (seq, time, json) SELECT seq, $2, json FROM unnest($1::bigint[], $3::bytea[]) AS u(seq, json)
 "#;
 
 /// How the store connects; the defaults suit a database on the same network.
@@ -321,7 +314,7 @@ impl PgStore {
             Err(e) if e.is_panic() => Err(StoreError::OutcomeUnknown(
                 "a database task panicked".into(),
             )),
-            Err(_) => Err(StoreError::Closed),
+            Err(_) => Err(StoreError::Unavailable("the store is shut down".into())),
         }
     }
 

@@ -262,16 +262,6 @@ pub(super) fn new_pool(
         .map_err(|e| StoreError::Unavailable(format!("the connection pool: {e}")))
 }
 
-/// A copy of an error for each of several jobs that share it.
-pub(super) fn copy_error(error: &StoreError) -> StoreError {
-    match error {
-        StoreError::OutcomeUnknown(why) => StoreError::OutcomeUnknown(why.clone()),
-        StoreError::Unavailable(why) => StoreError::Unavailable(why.clone()),
-        StoreError::Closed => StoreError::Closed,
-        other => StoreError::Unavailable(other.to_string()),
-    }
-}
-
 /// What went wrong, in words for the log: the server's message and SQLSTATE when it
 /// answered, the cause when the connection failed.
 pub(super) fn describe(e: &tokio_postgres::Error) -> String {

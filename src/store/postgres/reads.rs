@@ -58,9 +58,7 @@ impl PgStore {
                 let mut answers = self.run(run(inner, vec![query])).await?;
                 match (answers.pop(), answers.is_empty()) {
                     (Some(answer), true) => Ok(answer),
-                    _ => Err(StoreError::Corrupt(
-                        "one read did not give one answer".into(),
-                    )),
+                    _ => Err(StoreError::unreadable("one read did not give one answer")),
                 }
             }
         }
@@ -82,8 +80,7 @@ impl PgStore {
             .await?;
         rows.into_iter()
             .map(|row| {
-                ImageId::parse_existing(row.get::<_, &str>(0))
-                    .map_err(|e| StoreError::Corrupt(e.to_string()))
+                ImageId::parse_existing(row.get::<_, &str>(0)).map_err(StoreError::unreadable)
             })
             .collect()
     }
@@ -154,7 +151,9 @@ impl PgStore {
             let fetch = handle
                 .spawn(async move { inner.images_after(after, provider, STREAM_BATCH).await });
             async move {
-                let rows = fetch.await.map_err(|_| StoreError::Closed)??;
+                let rows = fetch
+                    .await
+                    .map_err(|_| StoreError::Unavailable("the store is shut down".into()))??;
                 let last = rows.last().map(|(id, _)| id.clone());
                 let full = rows.len() as i64 == STREAM_BATCH;
                 Ok((
@@ -211,7 +210,9 @@ impl PgStore {
                 }
             });
             async move {
-                let rows = fetch.await.map_err(|_| StoreError::Closed)??;
+                let rows = fetch
+                    .await
+                    .map_err(|_| StoreError::Unavailable("the store is shut down".into()))??;
                 let last = rows.last().map(|(seq, _)| *seq);
                 let full = rows.len() as i64 == STREAM_BATCH;
                 Ok((
@@ -457,16 +458,14 @@ impl Inner {
             let page = usize::try_from(page - 1)
                 .ok()
                 .and_then(|page| spans.get_mut(page))
-                .ok_or_else(|| {
-                    StoreError::Corrupt("a page of a batch that was not asked".into())
-                })?;
+                .ok_or_else(|| StoreError::unreadable("a page of a batch that was not asked"))?;
             let start = buffer.len();
             buffer.extend_from_slice(json);
             page.push((id, start..buffer.len()));
         }
         let generation = generation
             .and_then(|g| u64::try_from(g).ok())
-            .ok_or_else(|| StoreError::Corrupt("the counters row is missing".into()))?;
+            .ok_or_else(|| StoreError::unreadable("the counters row is missing"))?;
         let buffer = buffer.freeze();
         Ok(spans
             .into_iter()
@@ -539,7 +538,7 @@ impl Inner {
             .await?;
         let row = rows
             .first()
-            .ok_or_else(|| StoreError::Corrupt("the counters row is missing".into()))?;
+            .ok_or_else(|| StoreError::unreadable("the counters row is missing"))?;
         let get = |i: usize| u64::try_from(row.get::<_, i64>(i)).unwrap_or(0);
         Ok(Counters {
             images: get(0),

@@ -78,7 +78,7 @@ impl Inner {
             .map_err(unavailable)?
             .get(0);
         if encoding != "UTF8" {
-            return Err(StoreError::IncompatibleSchema(format!(
+            return Err(StoreError::Unusable(format!(
                 "the database's encoding is {encoding}; image-catalog needs UTF8 \
                  (CREATE DATABASE ... ENCODING 'UTF8')"
             )));
@@ -128,7 +128,7 @@ impl Inner {
 }
 
 pub(super) fn foreign_tables() -> StoreError {
-    StoreError::IncompatibleSchema(
+    StoreError::Unusable(
         "the database has an 'images' table but no schema_version: it was not made by \
          image-catalog; give image-catalog a database of its own"
             .into(),
@@ -136,7 +136,7 @@ pub(super) fn foreign_tables() -> StoreError {
 }
 
 pub(super) fn other_major(major: i32, minor: i32) -> StoreError {
-    StoreError::IncompatibleSchema(format!(
+    StoreError::Unusable(format!(
         "the database holds the image-catalog schema {major}.{minor}, but this build reads \
          schema {SCHEMA_MAJOR}.x only; run a release that matches it"
     ))

@@ -1,3 +1,4 @@
+use super::pool::scrub;
 use super::*;
 
 /// The store and its futures can move between threads (a trait object, a
@@ -35,17 +36,27 @@ fn secrets_are_scrubbed() {
 }
 
 #[test]
-fn audit_bytes_less_seq_digits_match_serde() {
+fn audit_rows_are_the_records_serde_writes_with_their_bytes() {
     let mut batch = AuditBatch::default();
     batch.push("bob \"the\" admin", "PUT", "ïd-ü");
-    let record = AuditRecord {
-        seq: 12345,
-        time: "2026-11-28T04:00:00.123456Z".into(),
-        user: "bob \"the\" admin".into(),
-        method: "PUT".into(),
-        id: "ïd-ü".into(),
-        status: 200,
-    };
-    let full = serde_json::to_vec(&record).unwrap().len() as i64;
-    assert_eq!(batch.bytes + 5, full);
+    batch.push("alice", "DELETE", "x");
+    let rows = batch.rows(12345, "2026-11-28T04:00:00.123456Z".into());
+    assert_eq!(rows.seqs, [12345, 12346]);
+    let first: AuditRecord = serde_json::from_slice(&rows.jsons[0]).unwrap();
+    assert_eq!(
+        first,
+        AuditRecord::applied(
+            12345,
+            "2026-11-28T04:00:00.123456Z",
+            "bob \"the\" admin",
+            "PUT",
+            "ïd-ü"
+        )
+    );
+    let second: AuditRecord = serde_json::from_slice(&rows.jsons[1]).unwrap();
+    assert_eq!((second.seq, second.method.as_str()), (12346, "DELETE"));
+    assert_eq!(
+        rows.bytes,
+        (rows.jsons[0].len() + rows.jsons[1].len()) as i64
+    );
 }

@@ -26,7 +26,9 @@ impl PgStore {
             reply,
             _place: Some(place),
         };
-        writer.send(job).map_err(|_| StoreError::Closed)?;
+        writer
+            .send(job)
+            .map_err(|_| StoreError::Unavailable("the store is shut down".into()))?;
         answer.await.unwrap_or_else(|_| {
             Err(StoreError::OutcomeUnknown(
                 "the database writer ended with this change in hand".into(),
@@ -56,7 +58,9 @@ impl Inner {
             _place: None,
         };
         self.write_batch(vec![job]).await;
-        answer.await.unwrap_or(Err(StoreError::Closed))
+        answer.await.unwrap_or(Err(StoreError::Unavailable(
+            "the store is shut down".into(),
+        )))
     }
 
     /// The writer: takes every change queued meanwhile and commits them together.
@@ -73,7 +77,7 @@ impl Inner {
                 // No connection could be had: what queued meanwhile would wait as
                 // long again for the same answer. It gets it now.
                 while let Ok(job) = jobs.try_recv() {
-                    let _ = job.reply.send(Err(copy_error(&error)));
+                    let _ = job.reply.send(Err(error.clone()));
                 }
             }
         }
@@ -109,7 +113,7 @@ impl Inner {
             Err(broken) => {
                 let error = broken.into_error();
                 for job in jobs {
-                    let _ = job.reply.send(Err(copy_error(&error)));
+                    let _ = job.reply.send(Err(error.clone()));
                 }
                 return Some(error);
             }
@@ -128,7 +132,7 @@ impl Inner {
                 // 409 after a create of the same id) that was not committed.
                 let error = broken.into_error();
                 for job in jobs {
-                    let _ = job.reply.send(Err(copy_error(&error)));
+                    let _ = job.reply.send(Err(error.clone()));
                 }
             }
         }
@@ -208,6 +212,7 @@ impl Inner {
     ) -> Result<Option<Vec<Result<Applied, StoreError>>>, Broken> {
         let insert = self.bounded(client.prepare_cached(INSERT_SQL)).await?;
         let delete = self.bounded(client.prepare_cached(DELETE_SQL)).await?;
+        let seqs_sql = self.bounded(client.prepare_cached(SEQS_SQL)).await?;
         let audit_sql = self.bounded(client.prepare_cached(AUDIT_SQL)).await?;
         let mut audit = AuditBatch::default();
         let mut images_delta = 0i64;
@@ -240,27 +245,33 @@ impl Inner {
             }
         });
         let records = audit.len();
-        let audit_params: [&(dyn tokio_postgres::types::ToSql + Sync); 6] = [
-            &records,
-            &images_delta,
-            &audit.bytes,
-            &audit.users,
-            &audit.methods,
-            &audit.ids,
-        ];
+        let seqs_params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] =
+            [&records, &images_delta];
         // Futures send their request when first polled, and these are polled in
-        // order: BEGIN, the changes, the audit statement (the counter row locked last).
+        // order: BEGIN, the changes, the seqs taken (the counter row locked last).
         let sent = futures_util::future::try_join3(
             client.batch_execute("BEGIN"),
             futures_util::future::try_join_all(statements),
-            client.execute(&audit_sql, &audit_params),
+            client.query_one(&seqs_sql, &seqs_params),
         );
-        let (_, counts, _) = self.bounded(sent).await?;
+        let (_, counts, taken) = self.bounded(sent).await?;
         if counts.contains(&0) {
             self.bounded(client.batch_execute("ROLLBACK")).await?;
             return Ok(None);
         }
-        self.commit_with(client.batch_execute("COMMIT")).await?;
+        // The records and COMMIT at once: a record refused (a database error) turns
+        // the COMMIT into a rollback, and is what comes back.
+        let rows = audit.rows(taken.get(0), taken.get(1));
+        let params = rows.params();
+        let stored_then_committed = async {
+            let (stored, committed) = futures_util::future::join(
+                client.execute(&audit_sql, &params),
+                client.batch_execute("COMMIT"),
+            )
+            .await;
+            stored.and(committed)
+        };
+        self.commit_with(stored_then_committed).await?;
         Ok(Some(
             jobs.iter()
                 .map(|job| match job.change {
@@ -278,19 +289,13 @@ impl Inner {
         audit: &AuditBatch,
         images_delta: i64,
     ) -> Result<(), Broken> {
-        let statement = self.bounded(tx.prepare_cached(AUDIT_SQL)).await?;
-        self.bounded(tx.execute(
-            &statement,
-            &[
-                &audit.len(),
-                &images_delta,
-                &audit.bytes,
-                &audit.users,
-                &audit.methods,
-                &audit.ids,
-            ],
-        ))
-        .await?;
+        let seqs = self.bounded(tx.prepare_cached(SEQS_SQL)).await?;
+        let store = self.bounded(tx.prepare_cached(AUDIT_SQL)).await?;
+        let taken = self
+            .bounded(tx.query_one(&seqs, &[&audit.len(), &images_delta]))
+            .await?;
+        let rows = audit.rows(taken.get(0), taken.get(1));
+        self.bounded(tx.execute(&store, &rows.params())).await?;
         Ok(())
     }
 
@@ -436,35 +441,53 @@ pub(super) fn one_statement(change: &Change) -> bool {
     )
 }
 
-/// The audit records of one transaction, as `AUDIT_SQL` takes them.
+/// The audit records of one transaction, before they have seqs and a time.
 #[derive(Default)]
 pub(super) struct AuditBatch {
-    pub(super) users: Vec<String>,
-    pub(super) methods: Vec<String>,
-    pub(super) ids: Vec<String>,
-    /// Bytes of the records' JSON less the digits of their seqs.
+    /// User, method and id of each.
+    changes: Vec<(String, &'static str, String)>,
+}
+
+/// `AuditBatch`'s records as `AUDIT_SQL` takes them.
+pub(super) struct AuditRows {
+    pub(super) seqs: Vec<i64>,
+    pub(super) time: String,
+    pub(super) jsons: Vec<Vec<u8>>,
     pub(super) bytes: i64,
 }
 
 impl AuditBatch {
-    pub(super) fn push(&mut self, user: &str, method: &str, id: &str) {
-        let record = AuditRecord {
-            seq: 0,
-            time: "0000-00-00T00:00:00.000000Z".into(),
-            user: user.to_owned(),
-            method: method.to_owned(),
-            id: id.to_owned(),
-            status: 200,
-        };
-        let len = serde_json::to_vec(&record).map_or(0, |v| v.len()) - 1;
-        self.bytes += len as i64;
-        self.users
-            .push(serde_json::to_string(user).unwrap_or_default());
-        self.methods.push(method.to_owned());
-        self.ids.push(serde_json::to_string(id).unwrap_or_default());
+    pub(super) fn push(&mut self, user: &str, method: &'static str, id: &str) {
+        self.changes.push((user.to_owned(), method, id.to_owned()));
     }
 
     pub(super) fn len(&self) -> i64 {
-        self.users.len() as i64
+        self.changes.len() as i64
+    }
+
+    /// The records, seqs from `first`, at `time`.
+    pub(super) fn rows(&self, first: i64, time: String) -> AuditRows {
+        let seqs: Vec<i64> = (first..).take(self.changes.len()).collect();
+        let jsons: Vec<Vec<u8>> = self
+            .changes
+            .iter()
+            .zip(&seqs)
+            .map(|((user, method, id), &seq)| {
+                AuditRecord::applied(seq as u64, &time, user, method, id).to_json()
+            })
+            .collect();
+        let bytes = jsons.iter().map(|json| json.len() as i64).sum();
+        AuditRows {
+            seqs,
+            time,
+            jsons,
+            bytes,
+        }
+    }
+}
+
+impl AuditRows {
+    pub(super) fn params(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 4] {
+        [&self.seqs, &self.time, &self.jsons, &self.bytes]
     }
 }
