@@ -23,6 +23,40 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import run  # noqa: E402
 
 
+def prepare(work, binaries, images, hash_line):
+    """One store of `images` images (imported with the after build), copied for each
+    build; returns {variant: folder} for "before" and "after"."""
+    folders = {}
+    for variant in ("before", "after"):
+        folder = os.path.join(work, variant)
+        os.makedirs(folder)
+        run.write_config(folder, run.free_port(), hash_line, 32)
+        folders[variant] = folder
+    jsonl = os.path.join(work, "images.jsonl")
+    run.write_images(jsonl, images)
+    subprocess.run([binaries["after"], "--config", os.path.join(folders["after"], "config.toml"),
+                    "import", jsonl], check=True, capture_output=True)
+    os.remove(jsonl)
+    shutil.copytree(os.path.join(folders["after"], "data"), os.path.join(folders["before"], "data"))
+    return folders
+
+
+def measure(folders, binaries, rounds):
+    """Clean restarts, the order alternating by round, after one uncounted start of
+    each build; returns {variant: [seconds from spawn to /healthz 200, ...]}."""
+    samples = {"before": [], "after": []}
+    for round_ in range(-1, rounds):
+        order = ["before", "after"] if round_ % 2 == 0 else ["after", "before"]
+        for variant in order:
+            run.BINARY = binaries[variant]
+            server = run.Server(folders[variant], f"serve-{round_}")
+            if round_ >= 0:
+                samples[variant].append(server.ready_seconds)
+            server.stop()
+            print(f"round {round_} {variant}: ready in {server.ready_seconds:.3f} s", file=sys.stderr)
+    return samples
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--before", required=True)
@@ -32,29 +66,10 @@ def main():
     args = parser.parse_args()
     run.BINARY = args.after
     hash_line = run.hash_password()
+    binaries = {"before": args.before, "after": args.after}
     with tempfile.TemporaryDirectory() as work:
-        folders = {}
-        for variant in ("before", "after"):
-            folder = os.path.join(work, variant)
-            os.makedirs(folder)
-            run.write_config(folder, run.free_port(), hash_line, 32)
-            folders[variant] = folder
-        images = os.path.join(work, "images.jsonl")
-        run.write_images(images, args.images)
-        subprocess.run([args.after, "--config", os.path.join(folders["after"], "config.toml"),
-                        "import", images], check=True, capture_output=True)
-        shutil.copytree(os.path.join(folders["after"], "data"), os.path.join(folders["before"], "data"))
-        binaries = {"before": args.before, "after": args.after}
-        samples = {"before": [], "after": []}
-        for round_ in range(-1, args.rounds):
-            order = ["before", "after"] if round_ % 2 == 0 else ["after", "before"]
-            for variant in order:
-                run.BINARY = binaries[variant]
-                server = run.Server(folders[variant], f"serve-{round_}")
-                if round_ >= 0:
-                    samples[variant].append(server.ready_seconds)
-                server.stop()
-                print(f"round {round_} {variant}: ready in {server.ready_seconds:.3f} s", file=sys.stderr)
+        folders = prepare(work, binaries, args.images, hash_line)
+        samples = measure(folders, binaries, args.rounds)
         for variant in ("before", "after"):
             values = samples[variant]
             print(f"{variant}: ready median {statistics.median(values):.3f} s "

@@ -151,8 +151,9 @@ class Server:
 
     def wait_warm(self):
         # The store logs "read through" once it has read every record (older builds
-        # said "store warmed").
-        while not re.search("read through|store warmed", open(self.log_path).read()):
+        # said "store warmed"), or that it skipped that read after a clean stop.
+        while not re.search("read through|store warmed|left at a clean stop",
+                            open(self.log_path).read()):
             time.sleep(0.05)
 
     def rss(self):

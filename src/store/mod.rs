@@ -124,6 +124,8 @@ pub enum Applied {
     Updated(Record),
     Deleted,
     Imported(u64),
+    /// Audit records removed by retention.
+    Pruned(u64),
 }
 
 /// A page of a listing; `more` says whether anything follows it.
@@ -296,6 +298,12 @@ impl Store {
     }
 
     /// Keeps audit records for `keep` (`None`: for ever).
+    /// Removes audit records older than the retention now (rather than in the
+    /// background, at least once a minute); returns how many.
+    pub async fn prune_audit(&self) -> Result<u64, StoreError> {
+        engine!(self, e => e.prune_audit().await)
+    }
+
     pub fn keep_audit_for(&self, keep: Option<Duration>) {
         engine!(self, e => e.keep_audit_for(keep))
     }

@@ -61,7 +61,7 @@ pub struct TestDb {
 }
 
 /// Why the tests cannot have a PostgreSQL here, if they cannot.
-fn missing() -> Option<String> {
+pub fn missing() -> Option<String> {
     let bin = bin_dir();
     for tool in ["initdb", "postgres", "psql"] {
         if !bin.join(tool).is_file() {
@@ -84,7 +84,7 @@ fn bin_dir() -> PathBuf {
 }
 
 /// `None` (and one line printed) when PostgreSQL is not installed and this is not CI.
-fn available() -> bool {
+pub fn available() -> bool {
     static SAID: OnceLock<()> = OnceLock::new();
     let Some(why) = missing() else {
         return true;

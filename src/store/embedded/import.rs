@@ -17,8 +17,8 @@ impl SledStore {
             .await?
         {
             Applied::Imported(count) => Ok(count),
-            _ => Err(StoreError::unreadable(
-                "the writer answered an import oddly",
+            _ => Err(StoreError::Failed(
+                "the writer answered an import oddly".into(),
             )),
         }
     }

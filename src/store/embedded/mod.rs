@@ -96,6 +96,8 @@ enum Work {
     },
     /// Answered once every job queued before it has been answered.
     Barrier,
+    /// Audit retention, now rather than when the writer is next idle.
+    Prune,
     /// Makes the writer panic, to test that its death is watched.
     #[cfg(test)]
     Crash,

@@ -3,6 +3,21 @@
 
 use super::*;
 
+impl SledStore {
+    /// Removes audit records older than the retention now; returns how many.
+    pub async fn prune_audit(&self) -> Result<u64, StoreError> {
+        match self
+            .submit(Work::Prune, Author::tool("image-catalog"))
+            .await?
+        {
+            Applied::Pruned(count) => Ok(count),
+            _ => Err(StoreError::Failed(
+                "the writer answered a prune oddly".into(),
+            )),
+        }
+    }
+}
+
 impl Writer {
     /// How long the writer may wait for work before pruning is due.
     pub(super) fn until_prune(&self) -> Duration {
@@ -15,12 +30,25 @@ impl Writer {
         }
     }
 
+    /// Removes every audit record older than the retention; returns how many.
+    pub(super) fn prune_all(&mut self) -> Result<u64, String> {
+        let mut removed = 0;
+        loop {
+            let chunk = self.prune()?;
+            removed += chunk;
+            if chunk < PRUNE_CHUNK as u64 {
+                return Ok(removed);
+            }
+        }
+    }
+
     /// Removes audit records older than the retention, a chunk per transaction; when a
-    /// chunk was full, the next one is due at once (after any queued writes).
-    pub(super) fn prune(&mut self) -> Result<(), String> {
+    /// chunk was full, the next one is due at once (after any queued writes). Returns
+    /// how many it removed.
+    pub(super) fn prune(&mut self) -> Result<u64, String> {
         let keep = self.retention.load(Ordering::Relaxed);
         if keep == 0 {
-            return Ok(());
+            return Ok(0);
         }
         let cutoff = time::OffsetDateTime::now_utc() - Duration::from_secs(keep);
         let cutoff = rfc3339(cutoff);
@@ -41,7 +69,7 @@ impl Writer {
         let full = expired.len() == PRUNE_CHUNK;
         self.last_prune = (!full).then(Instant::now);
         if expired.is_empty() {
-            return Ok(());
+            return Ok(0);
         }
         let mut removals = sled::Batch::default();
         for key in &expired {
@@ -62,6 +90,6 @@ impl Writer {
             })?;
         self.set_tally(tally);
         log::info!("audit retention: removed {count} records older than {cutoff}");
-        Ok(())
+        Ok(count)
     }
 }

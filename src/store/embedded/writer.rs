@@ -93,6 +93,7 @@ impl Writer {
         let mut changes = Vec::new();
         let mut imports = Vec::new();
         let mut barriers = Vec::new();
+        let mut prunes = Vec::new();
         for job in batch {
             match &job.work {
                 // A reload may have taken the policy away since the request was let
@@ -102,6 +103,7 @@ impl Writer {
                     Err(refused) => answers.push((job.reply, Err(refused))),
                 },
                 Work::Import { .. } => imports.push(job),
+                Work::Prune => prunes.push(job),
                 _ => barriers.push(job),
             }
         }
@@ -146,6 +148,16 @@ impl Writer {
                     }
                     Ok(applied) => Ok(applied),
                 }
+            };
+            answers.push((job.reply, result));
+        }
+        for job in prunes {
+            let result = match &failure {
+                Some(_) => Err(StoreError::Stopped("an earlier commit failed".into())),
+                None => self.prune_all().map(Applied::Pruned).map_err(|reason| {
+                    failure = Some(reason.clone());
+                    StoreError::Stopped(reason)
+                }),
             };
             answers.push((job.reply, result));
         }
