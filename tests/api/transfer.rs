@@ -453,7 +453,7 @@ async fn an_import_that_overlaps_a_trail_or_an_image_leaves_nothing() {
 
 #[tokio::test]
 async fn a_catalog_moves_from_sled_to_postgres_with_its_trail() {
-    // The test PostgreSQL (skipped without one, as tests/pg_store.rs is).
+    // The test PostgreSQL (skipped without one, as in tests/pg_store.rs).
     let Some(db) = crate::pg::database() else {
         return;
     };

@@ -76,7 +76,7 @@ impl Writer {
                 let undone = undo_interrupted_import(&self.images, &self.audit, &self.meta)
                     .and_then(|_| {
                         self.flush("flushing an undone import")
-                            .map_err(StoreError::Failed)
+                            .map_err(Fault::Engine)
                     });
                 if let Ok(tally) = Tally::load(&self.meta) {
                     self.set_tally(tally);
@@ -221,11 +221,12 @@ pub(super) fn undo_interrupted_import(
     images: &Tree,
     audit: &Tree,
     meta: &Tree,
-) -> Result<Option<u64>, StoreError> {
+) -> Result<Option<u64>, Fault> {
     let Some(marker) = meta.get(IMPORT_KEY)? else {
         return Ok(None);
     };
-    let marker: ImportMarker = serde_json::from_slice(&marker).map_err(StoreError::unreadable)?;
+    let marker: ImportMarker =
+        serde_json::from_slice(&marker).map_err(|e| Fault::from(StoreError::unreadable(e)))?;
     let mut removed = 0u64;
     let mut bytes = 0u64;
     let mut batch_images = sled::Batch::default();
@@ -241,7 +242,8 @@ pub(super) fn undo_interrupted_import(
     }
     for item in audit.range(marker.first_seq.to_be_bytes()..) {
         let (key, value) = item?;
-        let record: AuditRecord = serde_json::from_slice(&value).map_err(StoreError::unreadable)?;
+        let record: AuditRecord =
+            serde_json::from_slice(&value).map_err(|e| Fault::from(StoreError::unreadable(e)))?;
         if record.method != IMPORT_METHOD || record.user != marker.user {
             continue;
         }
@@ -263,6 +265,6 @@ pub(super) fn undo_interrupted_import(
             meta.remove(IMPORT_KEY)?;
             Ok::<_, ConflictableTransactionError<StoreError>>(())
         })
-        .map_err(from_transaction)?;
+        .map_err(fault_of)?;
     Ok(Some(removed))
 }

@@ -41,7 +41,7 @@ impl Tally {
         ]
     }
 
-    pub(super) fn load(meta: &Tree) -> Result<Tally, StoreError> {
+    pub(super) fn load(meta: &Tree) -> Result<Tally, Fault> {
         let mut values = [0u64; 4];
         for (value, key) in values.iter_mut().zip(Self::KEYS) {
             if let Some(bytes) = meta.get(key)? {
@@ -51,7 +51,7 @@ impl Tally {
         Ok(Tally::from_values(values))
     }
 
-    pub(super) fn store(&self, meta: &Tree) -> Result<(), StoreError> {
+    pub(super) fn store(&self, meta: &Tree) -> Result<(), Fault> {
         for (value, key) in self.values().into_iter().zip(Self::KEYS) {
             meta.insert(key, &value.to_be_bytes())?;
         }
@@ -113,7 +113,7 @@ impl Gauges {
 }
 
 /// Format 1 kept only the image count: count the trail once.
-pub(super) fn upgrade_from_1(images: &Tree, audit: &Tree, meta: &Tree) -> Result<(), StoreError> {
+pub(super) fn upgrade_from_1(images: &Tree, audit: &Tree, meta: &Tree) -> Result<(), Fault> {
     let mut tally = Tally::load(meta)?;
     if meta.get(IMAGE_COUNT_KEY)?.is_none() {
         tally.images = images.len() as u64;

@@ -336,7 +336,10 @@ fn a_moved_trail_and_its_tally_survive_a_reopen() {
         let images = vec![image("m-1"), image("m-2")];
         block_on(store.import(images, trail(&[3, 7, 9]), "import:f")).unwrap();
         assert_eq!(seqs_of(&store), [3, 7, 9, 10, 11]);
-        assert!(store.meta_import_marker().is_none(), "a finished import's marker goes");
+        assert!(
+            store.meta_import_marker().is_none(),
+            "a finished import's marker goes"
+        );
         store.shutdown().unwrap();
     }
     let store = reopen(dir.path());

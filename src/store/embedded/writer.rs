@@ -298,8 +298,13 @@ pub(super) fn apply_one(
 
 /// A transaction's failure as the store's: a change refused inside it, or the engine.
 pub(super) fn from_transaction(e: TransactionError<StoreError>) -> StoreError {
+    fault_of(e).into()
+}
+
+/// As `from_transaction`, keeping an I/O error's kind (see `Fault`).
+pub(super) fn fault_of(e: TransactionError<StoreError>) -> Fault {
     match e {
-        TransactionError::Abort(e) => e,
+        TransactionError::Abort(e) => Fault::Store(e),
         TransactionError::Storage(e) => e.into(),
     }
 }
