@@ -423,7 +423,7 @@ impl SledStore {
             let writer = self.writer.lock();
             let (sender, _) = writer
                 .as_ref()
-                .ok_or(StoreError::Unavailable("the store is shut down".into()))?;
+                .ok_or_else(|| StoreError::Unavailable("the store is shut down".into()))?;
             // Not sent: the writer is gone, and the change was never applied.
             sender.send(job).map_err(|_| self.stopped())?;
         }
