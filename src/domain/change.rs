@@ -111,4 +111,14 @@ mod tests {
         // SHA-256("abc") = ba7816bf8f01cfea414140de5dae2223 b00361a396177a9cb410ff61f20015ad
         assert_eq!(etag_of(b"abc"), "\"ba7816bf8f01cfea414140de5dae2223\"");
     }
+
+    #[test]
+    fn an_audit_record_is_stored_in_the_order_and_escaping_the_api_shows() {
+        let record =
+            AuditRecord::applied(7, "2026-12-03T10:00:00.000001Z", "bob \"b\"", "PUT", "ïd");
+        assert_eq!(
+            String::from_utf8(record.to_json()).unwrap(),
+            r#"{"seq":7,"time":"2026-12-03T10:00:00.000001Z","user":"bob \"b\"","method":"PUT","id":"ïd","status":200}"#
+        );
+    }
 }
