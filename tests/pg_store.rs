@@ -2,39 +2,19 @@
 //! (see support/postgres.rs): its schema, TLS, outages, timeouts and lost connections.
 //! The contract both engines keep is tested once, on both, in tests/engines/.
 
+#[path = "support/images.rs"]
+mod images;
 #[path = "support/postgres.rs"]
 mod postgres;
+
+use images::{id, image, rename};
 
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use image_catalog::domain::change::Change;
-use image_catalog::domain::image::{Image, ImageId, ImagePatch};
 use image_catalog::store::StoreError;
 use image_catalog::store::postgres::{PgOptions, PgStore};
-
-const PROVIDERS: [&str; 3] = ["ec2", "openstack", "static"];
-
-fn providers() -> Vec<String> {
-    PROVIDERS.iter().map(|p| p.to_string()).collect()
-}
-
-fn image_of(id: &str, provider: &str) -> Image {
-    let body = serde_json::json!({"id": id, "provider": provider, "remote_user": "u"});
-    Image::from_json(body.to_string().as_bytes(), &providers()).unwrap()
-}
-
-fn image(id: &str) -> Image {
-    image_of(id, "ec2")
-}
-
-fn id(id: &str) -> ImageId {
-    ImageId::parse(id).unwrap()
-}
-
-fn rename(name: &str) -> ImagePatch {
-    ImagePatch::from_json(serde_json::json!({ "name": name }).to_string().as_bytes()).unwrap()
-}
 
 fn options(batch_writes: bool) -> PgOptions {
     PgOptions {

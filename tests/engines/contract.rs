@@ -7,10 +7,11 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use image_catalog::domain::change::{AuditRecord, Change, Precondition};
-use image_catalog::domain::image::{Image, ImageId, ImagePatch, Provider};
+use image_catalog::domain::image::{Image, ImageId, Provider};
 use image_catalog::store::{Applied, Page, Record, Store, StoreError};
 
 use crate::Engine;
+use crate::images::{PROVIDERS, id, image, image_of, providers, rename};
 
 /// Every test of the contract, by name.
 pub const TESTS: &[(&str, crate::Test)] = &crate::tests![
@@ -33,29 +34,6 @@ pub const TESTS: &[(&str, crate::Test)] = &crate::tests![
     creates_and_deletes_sent_together_keep_their_own_outcomes,
     a_page_comes_with_the_generation_it_was_read_at,
 ];
-
-const PROVIDERS: [&str; 3] = ["ec2", "openstack", "static"];
-
-fn providers() -> Vec<String> {
-    PROVIDERS.iter().map(|p| p.to_string()).collect()
-}
-
-fn image_of(id: &str, provider: &str) -> Image {
-    let body = serde_json::json!({"id": id, "provider": provider, "remote_user": "u"});
-    Image::from_json(body.to_string().as_bytes(), &providers()).unwrap()
-}
-
-fn image(id: &str) -> Image {
-    image_of(id, "ec2")
-}
-
-fn id(id: &str) -> ImageId {
-    ImageId::parse(id).unwrap()
-}
-
-fn rename(name: &str) -> ImagePatch {
-    ImagePatch::from_json(serde_json::json!({ "name": name }).to_string().as_bytes()).unwrap()
-}
 
 fn etag(json: &[u8]) -> String {
     Record::from(bytes::Bytes::copy_from_slice(json)).etag()
@@ -112,6 +90,15 @@ async fn seqs_of(store: &Store) -> Vec<u64> {
                 .seq
         })
         .collect()
+        .await
+}
+
+/// The bytes of every audit record, as the full trail streams them.
+async fn streamed_audit_bytes(store: &Store) -> u64 {
+    store
+        .audit_stream(None)
+        .map(|r| r.unwrap().len() as u64)
+        .fold(0, |a, b| async move { a + b })
         .await
 }
 
@@ -601,12 +588,7 @@ pub async fn import_is_all_or_nothing(engine: Engine) {
         records[..1500].iter().map(|r| r.seq).collect::<Vec<_>>(),
         (newest.seq - 1499..=newest.seq).rev().collect::<Vec<_>>()
     );
-    let total: u64 = store
-        .audit_stream(None)
-        .map(|r| r.unwrap().len() as u64)
-        .fold(0, |a, b| async move { a + b })
-        .await;
-    assert_eq!(counters.audit_bytes, total);
+    assert_eq!(counters.audit_bytes, streamed_audit_bytes(&store).await);
 }
 
 pub async fn an_audit_trail_moves_in_with_its_seqs(engine: Engine) {
@@ -742,12 +724,7 @@ pub async fn images_and_their_trail_land_in_one_transaction(engine: Engine) {
         (counters.images, counters.audit_records),
         (3, 1 + 1 + 2005 + 2)
     );
-    let total: u64 = store
-        .audit_stream(None)
-        .map(|r| r.unwrap().len() as u64)
-        .fold(0, |a, b| async move { a + b })
-        .await;
-    assert_eq!(counters.audit_bytes, total);
+    assert_eq!(counters.audit_bytes, streamed_audit_bytes(&store).await);
 }
 
 pub async fn a_trail_that_overlaps_the_one_here_refuses_everything(engine: Engine) {

@@ -8,6 +8,9 @@
 #[path = "../support/postgres.rs"]
 mod postgres;
 
+#[path = "../support/images.rs"]
+mod images;
+
 mod contract;
 
 use std::future::Future;
