@@ -651,8 +651,8 @@ impl Config {
         if self.server.tls.is_none() && !is_loopback(&self.server.bind) {
             warnings.push(format!(
                 "bind {} is reachable from other machines over plain HTTP: passwords and \
-                 tokens would cross the network in clear; serve HTTPS (README, \"TLS\"), put a \
-                 TLS proxy in front, or bind 127.0.0.1",
+                 tokens would cross the network in clear; serve HTTPS (the guide's \"4. Deploying\", \"TLS\"), \
+                 put a TLS proxy in front, or bind 127.0.0.1",
                 self.server.bind
             ));
         }

@@ -17,11 +17,22 @@ pub struct InitOptions {
     pub admin: String,
     /// A group that may read the file (mode 0640), for a service user.
     pub group: Option<String>,
+    /// Where the admin password goes (a new file, mode 0600), instead of stdout: a
+    /// package's install script must not leave it in a terminal's scrollback or a log.
+    pub password_file: Option<PathBuf>,
 }
 
-/// Writes a new config at `path`, never over an existing file, and prints the admin
-/// password once.
+/// Writes a new config at `path`, never over an existing file, and shows the admin
+/// password once: printed, or in the new file `--password-file` names.
 pub fn init(path: &Path, options: &InitOptions) -> Result<(), CliError> {
+    if let Some(file) = &options.password_file
+        && file.exists()
+    {
+        return Err(CliError::Usage(format!(
+            "{} exists already; init never overwrites a password file",
+            file.display()
+        )));
+    }
     let password = new_password();
     let hash = crate::auth::hash_password(password.as_bytes())
         .map_err(|e| CliError::Runtime(format!("cannot hash the new password: {e}")))?;
@@ -54,6 +65,16 @@ pub fn init(path: &Path, options: &InitOptions) -> Result<(), CliError> {
             path.display()
         )));
     }
+    if let Some(file) = &options.password_file
+        && let Err(e) = write_new_private(file, format!("{password}\n").as_bytes())
+    {
+        // Without its password the config is of no use: leave nothing behind.
+        let _ = std::fs::remove_file(path);
+        return Err(CliError::Runtime(format!(
+            "cannot write the password to {}: {e}",
+            file.display()
+        )));
+    }
     if let Some(gid) = gid {
         std::os::unix::fs::chown(path, None, Some(gid))
             .and_then(|()| std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o640)))
@@ -64,11 +85,37 @@ pub fn init(path: &Path, options: &InitOptions) -> Result<(), CliError> {
                 ))
             })?;
     }
-    super::print_lines(&[
-        format!("wrote {}", path.display()),
-        format!("user '{}', password: {password}", options.admin),
-        "(shown once: store it now; `image-catalog hash-password` makes a new one)".into(),
-    ])
+    match &options.password_file {
+        None => super::print_lines(&[
+            format!("wrote {}", path.display()),
+            format!("user '{}', password: {password}", options.admin),
+            "(shown once: store it now; `image-catalog hash-password` makes a new one)".into(),
+        ]),
+        Some(file) => super::print_lines(&[
+            format!("wrote {}", path.display()),
+            format!(
+                "user '{}': the password is in {} (mode 0600); store it elsewhere, then \
+                 delete the file",
+                options.admin,
+                file.display()
+            ),
+        ]),
+    }
+}
+
+/// Creates `path` (never over an existing file) readable only by its owner, with
+/// `bytes`, on disk before this returns.
+fn write_new_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    let written = file.write_all(bytes).and_then(|()| file.sync_all());
+    if written.is_err() {
+        let _ = std::fs::remove_file(path);
+    }
+    written
 }
 
 /// 24 random bytes, URL-safe base64: 192 bits, easy to paste.
@@ -81,7 +128,8 @@ fn new_password() -> String {
 fn config_text(options: &InitOptions, hash: &str) -> String {
     let quote = |s: &str| toml::Value::String(s.to_owned()).to_string();
     format!(
-        r#"# Written by `image-catalog init`. Reference: README.md, "Reference".
+        r#"# Written by `image-catalog init`. Reference: docs/guide/09-reference.md
+# (installed: /usr/share/doc/image-catalog/guide/09-reference.md).
 providers = ["ec2", "openstack", "static"]
 
 [server]
@@ -143,6 +191,7 @@ mod tests {
             bind: "0.0.0.0:8080".into(),
             admin: "ops \"lead\"".into(),
             group: None,
+            password_file: None,
         };
         let text = config_text(
             &options,

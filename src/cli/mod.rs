@@ -12,6 +12,7 @@ use rand::RngCore;
 use crate::config::{Config, ConfigError};
 
 mod init;
+mod manual;
 mod transfer;
 use crate::routes::TABLE;
 use crate::startup::{Application, demo_password_users, warn_demo_passwords};
@@ -66,6 +67,10 @@ pub enum Command {
         /// otherwise it is 0600.
         #[arg(long)]
         group: Option<String>,
+        /// Write the admin password to this new file (mode 0600, owned by the user
+        /// running init) instead of printing it.
+        #[arg(long, value_name = "PATH")]
+        password_file: Option<PathBuf>,
     },
     /// Read a password from stdin and print the password_hash line for config.toml.
     HashPassword,
@@ -102,8 +107,15 @@ pub enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
-    /// Print the manual page (roff; `image-catalog man | man -l -`).
-    Man,
+    /// Print a manual page (roff; `image-catalog man serve | man -l -`), or write them
+    /// all to a folder.
+    Man {
+        /// The subcommand whose page to print; without it, the top page.
+        subcommand: Option<String>,
+        /// Write every page (image-catalog.1, image-catalog-serve.1, ...) into DIR.
+        #[arg(long, value_name = "DIR", conflicts_with = "subcommand")]
+        dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -154,6 +166,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             bind,
             admin,
             group,
+            password_file,
         } => init::init(
             &cli.config,
             &init::InitOptions {
@@ -161,6 +174,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 bind,
                 admin,
                 group,
+                password_file,
             },
         ),
         Command::NewToken => {
@@ -177,13 +191,10 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             clap_complete::generate(shell, &mut command, "image-catalog", &mut out);
             write_stdout(&out)
         }
-        Command::Man => {
-            let mut out = Vec::new();
-            clap_mangen::Man::new(<Cli as clap::CommandFactory>::command())
-                .render(&mut out)
-                .map_err(|e| CliError::Runtime(format!("cannot render the man page: {e}")))?;
-            write_stdout(&out)
-        }
+        Command::Man { subcommand, dir } => match dir {
+            Some(dir) => print_lines(&manual::write_all(&dir)?),
+            None => write_stdout(&manual::page(subcommand.as_deref())?),
+        },
         Command::CheckConfig => check_config(&cli.config),
         Command::Export {
             data_dir,
@@ -417,6 +428,12 @@ fn print_lines(lines: &[String]) -> Result<(), CliError> {
 
 fn check_config(path: &std::path::Path) -> Result<(), CliError> {
     let config = Config::load(path)?;
+    // The pair as `serve` loads it, as the user running this: a key the service user
+    // cannot read, or one that does not match, fails here rather than at the restart.
+    if let Some(files) = &config.server.tls {
+        crate::tls::Certificates::load(&files.cert, &files.key)
+            .map_err(|e| CliError::Usage(e.to_string()))?;
+    }
     let mut warnings = config.warnings(path);
     let store = match &config.store.postgres {
         None => format!("store: sled in {}", config.server.data_dir.display()),

@@ -160,7 +160,7 @@ fn resource(path: &'static str) -> Resource {
 
 pub async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
     Err(ApiError::NotFound(format!(
-        "no route {} {}; the API lives under /v3 (see README)",
+        "no route {} {}; the API lives under /v3 (GET /v3/openapi.json lists its routes)",
         req.method(),
         req.path()
     )))

@@ -206,6 +206,71 @@ fn init_writes_a_private_config_whose_admin_password_works() {
 }
 
 #[test]
+fn init_can_put_the_password_in_a_private_file_instead() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let (config, secret) = (
+        dir.path().join("config.toml"),
+        dir.path().join("admin-password"),
+    );
+    let init = || {
+        binary()
+            .arg("--config")
+            .arg(&config)
+            .args(["init", "--data-dir", "catalog", "--password-file"])
+            .arg(&secret)
+            .output()
+            .unwrap()
+    };
+    let output = init();
+    assert!(output.status.success(), "{output:?}");
+    let said = String::from_utf8(output.stdout).unwrap();
+    let password = std::fs::read_to_string(&secret).unwrap();
+    let password = password.strip_suffix('\n').expect("one line");
+    assert!(!said.contains(password), "not printed: {said}");
+    assert!(
+        said.contains(&secret.display().to_string()),
+        "names the file: {said}"
+    );
+    let meta = std::fs::metadata(&secret).unwrap();
+    assert_eq!(meta.mode() & 0o777, 0o600);
+    assert_eq!(meta.uid(), unsafe { libc::geteuid() });
+    let loaded = image_catalog::config::Config::load(&config).unwrap();
+    let hash = loaded.access.user("admin").unwrap().password_hash.clone();
+    assert!(image_catalog::auth::verify_password(
+        password.as_bytes(),
+        hash.as_ref().unwrap()
+    ));
+
+    // Written once: with the config moved away, the old password file still refuses.
+    std::fs::remove_file(&config).unwrap();
+    let again = init();
+    assert_eq!(again.status.code(), Some(2), "{again:?}");
+    assert!(String::from_utf8_lossy(&again.stderr).contains("password file"));
+    assert!(!config.exists(), "nothing written when refused");
+    assert_eq!(
+        std::fs::read_to_string(&secret).unwrap().trim_end(),
+        password
+    );
+}
+
+#[test]
+fn the_changelog_has_a_section_for_the_version_printed() {
+    let output = binary().arg("--version").output().unwrap();
+    let printed = String::from_utf8(output.stdout).unwrap();
+    let version = env!("CARGO_PKG_VERSION");
+    assert_eq!(printed.trim(), format!("image-catalog {version}"));
+    let changelog =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/CHANGELOG.md")).unwrap();
+    assert!(
+        changelog
+            .lines()
+            .any(|l| l.starts_with(&format!("## [{version}]"))),
+        "CHANGELOG.md has no section for {version}"
+    );
+}
+
+#[test]
 fn completions_and_man_page_are_generated() {
     for (shell, words) in [
         ("bash", "COMPREPLY"),
@@ -227,6 +292,22 @@ fn completions_and_man_page_are_generated() {
         text.starts_with(".ie") || text.contains(".TH image-catalog"),
         "{text}"
     );
+    // Every page the top one names, written where `man` finds them.
+    let dir = tempfile::tempdir().unwrap();
+    let output = binary()
+        .args(["man", "--dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    for page in [
+        "image-catalog.1",
+        "image-catalog-serve.1",
+        "image-catalog-init.1",
+    ] {
+        let text = std::fs::read_to_string(dir.path().join(page)).unwrap();
+        assert!(text.contains("EXIT STATUS"), "{page}");
+    }
 }
 
 #[test]

@@ -1,4 +1,4 @@
-//! Several nodes on one PostgreSQL (README, "Several nodes on one PostgreSQL"): two or
+//! Several nodes on one PostgreSQL (docs/guide/06-several-nodes.md): two or
 //! three real `image-catalog serve` processes, each with its own config.toml and port,
 //! on one private database, must answer as one service would. One test per promise:
 //! read-your-writes across nodes (the list-page cache included), races over nodes,

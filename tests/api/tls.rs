@@ -81,6 +81,40 @@ async fn https_serves_and_sighup_swaps_the_certificate_or_keeps_it() {
 }
 
 #[test]
+fn check_config_loads_the_pair_as_serve_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &tls_config());
+    let check = || {
+        crate::process::binary()
+            .arg("--config")
+            .arg(&config)
+            .arg("check-config")
+            .output()
+            .unwrap()
+    };
+    write_pair(dir.path(), &certificate());
+    let output = check();
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+
+    let (cert, _) = certificate();
+    let (_, other_key) = certificate();
+    write_pair(dir.path(), &(cert, other_key));
+    let output = check();
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{said}");
+    assert!(
+        said.contains("does not belong to the certificate"),
+        "{said}"
+    );
+
+    std::fs::remove_file(dir.path().join("server.key")).unwrap();
+    let output = check();
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{said}");
+    assert!(said.contains("cannot read the TLS key"), "{said}");
+}
+
+#[test]
 fn a_bad_pair_at_start_is_a_config_error() {
     let dir = tempfile::tempdir().unwrap();
     let (cert, _) = certificate();
