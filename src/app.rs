@@ -101,6 +101,12 @@ impl AppState {
         self.store.failed().await
     }
 
+    /// Audit retention now, rather than at its next turn (at least once a minute):
+    /// for tests that look at what a prune leaves. Returns how many records went.
+    pub async fn prune_audit_now(&self) -> Result<u64, crate::store::StoreError> {
+        self.store.prune_audit().await
+    }
+
     /// Stops the store's writer after what is queued, and flushes.
     pub fn shutdown_store(&self) -> Result<(), crate::store::StoreError> {
         self.store.shutdown()
@@ -243,10 +249,12 @@ pub struct PageCache {
     pages: RwLock<HashMap<String, CachedPage>>,
 }
 
-/// A page's body and its `Link` header, as of a store generation.
+/// A page's body and its `Link` header, as of a store generation, and the audit seq
+/// read with it (`X-Audit-Seq`).
 #[derive(Clone)]
 pub struct CachedPage {
     pub generation: u64,
+    pub seq: u64,
     pub body: Bytes,
     pub link: Option<String>,
 }
@@ -286,6 +294,7 @@ mod tests {
         let cache = PageCache::default();
         let page = |generation| CachedPage {
             generation,
+            seq: 0,
             body: Bytes::from_static(b"[]"),
             link: None,
         };

@@ -38,6 +38,9 @@ pub enum ApiError {
     NotAcceptable(String),
     #[error("an image with id '{0}' already exists")]
     Conflict(String),
+    /// What a feed asks for is no longer there (pruned), or never was.
+    #[error("{0}")]
+    Gone(String),
     #[error("If-Match does not match the current ETag of image '{0}'; fetch it again and retry")]
     PreconditionFailed(String),
     #[error("the request body is larger than the {limit} bytes this server accepts")]
@@ -177,6 +180,7 @@ impl ResponseError for ApiError {
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::NotAcceptable(_) => StatusCode::NOT_ACCEPTABLE,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Gone(_) => StatusCode::GONE,
             ApiError::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,

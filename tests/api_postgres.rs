@@ -28,6 +28,8 @@ mod config;
 mod edges;
 #[path = "api/errors.rs"]
 mod errors;
+#[path = "api/feed.rs"]
+mod feed;
 #[path = "api/helpers.rs"]
 mod helpers;
 #[path = "api/hostile.rs"]

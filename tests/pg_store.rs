@@ -470,7 +470,7 @@ async fn probe_reports_the_schema_and_changes_nothing() {
     let store = connect(&db.url, true).await;
     assert_eq!(
         PgStore::probe(&db.url, fast.clone()).await.unwrap(),
-        Some((1, 0))
+        Some((1, 1))
     );
     store.set_schema_version_for_tests(3, 1).await.unwrap();
     let err = PgStore::probe(&db.url, fast.clone()).await.unwrap_err();
@@ -479,6 +479,59 @@ async fn probe_reports_the_schema_and_changes_nothing() {
     let err = PgStore::probe(&closed, fast).await.unwrap_err();
     assert!(matches!(err, StoreError::Unavailable(_)), "{err}");
     assert!(!err.to_string().contains(&db.password), "{err}");
+}
+
+/// Schema 1.0 (before the audit trail by image) is brought to 1.1 in place at the
+/// next connect, its records indexed; a node of 1.0 still writing during a rolling
+/// upgrade (no `image_id` in its insert) has its records indexed all the same.
+#[tokio::test]
+async fn schema_1_0_is_upgraded_in_place_to_the_trail_by_image() {
+    use image_catalog::store::AuditRange;
+    let Some(db) = postgres::database() else {
+        return;
+    };
+    let store = connect(&db.url, true).await;
+    for name in ["a", "ab", "b"] {
+        store.apply(Change::Create(image(name)), "u").await.unwrap();
+    }
+    drop(store);
+    let cluster = postgres::shared().unwrap();
+    // What 1.0 had: no image_id, no index, no trigger.
+    cluster.psql_in(
+        &db.name,
+        "DROP TRIGGER audit_image_id ON audit; DROP FUNCTION audit_image_id(); \
+         ALTER TABLE audit DROP COLUMN image_id; UPDATE schema_version SET minor = 0",
+    );
+    let store = connect(&db.url, true).await;
+    let version = cluster.psql_in(&db.name, "SELECT major || '.' || minor FROM schema_version");
+    assert_eq!(version, "1.1");
+    let history = |id: &'static str| {
+        let store = &store;
+        async move {
+            let page = store
+                .audit_page(AuditRange::Before(None), Some(&images::id(id)), 10)
+                .await
+                .unwrap();
+            page.records
+                .iter()
+                .map(|r| {
+                    serde_json::from_slice::<serde_json::Value>(r).unwrap()["seq"]
+                        .as_u64()
+                        .unwrap()
+                })
+                .collect::<Vec<u64>>()
+        }
+    };
+    assert_eq!(history("a").await, [1]);
+    assert_eq!(history("ab").await, [2]);
+    // An insert as release 1.0 writes it, without image_id.
+    cluster.psql_in(
+        &db.name,
+        "INSERT INTO audit (seq, time, json) VALUES (9, '2026-01-01T00:00:00.000000Z', \
+         convert_to('{\"seq\":9,\"time\":\"2026-01-01T00:00:00.000000Z\",\"user\":\"old\",\
+         \"method\":\"DELETE\",\"id\":\"ab\",\"status\":200}', 'UTF8'))",
+    );
+    assert_eq!(history("ab").await, [9, 2]);
 }
 
 /// Reads on a runtime of the caller's use connections that runtime drives (no hop to

@@ -290,6 +290,11 @@ struct AuditLine {
     method: String,
     id: String,
     status: u16,
+    /// Absent on records exported before records carried images.
+    #[serde(default)]
+    before: Option<Image>,
+    #[serde(default)]
+    after: Option<Image>,
 }
 
 /// An audit line checked: its fields, its seq (unique in the file, and one that
@@ -302,6 +307,8 @@ fn check_audit_line(line: &[u8], seen: &HashMap<u64, String>) -> Result<AuditRec
         method,
         id,
         status,
+        before,
+        after,
     } = serde_json::from_slice(line).map_err(|e| format!("not an audit record: {e}"))?;
     if seq == 0 || seq >= i64::MAX as u64 {
         return Err(format!("audit seq {seq} is out of range"));
@@ -321,6 +328,8 @@ fn check_audit_line(line: &[u8], seen: &HashMap<u64, String>) -> Result<AuditRec
         method,
         id,
         status,
+        before,
+        after,
     })
 }
 

@@ -66,6 +66,12 @@ impl<P: Policy> Authorized<P> {
     pub fn state(&self) -> &AppState {
         &self.state
     }
+
+    /// Whether the caller also holds `Q` (as authenticated: what a response may show,
+    /// such as the images in audit records).
+    pub fn also_holds<Q: Policy>(&self) -> bool {
+        self.granted.user().holds(Q::NAME)
+    }
 }
 
 /// Whether `user` still holds `P` in the access table in force.

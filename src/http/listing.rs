@@ -83,16 +83,31 @@ pub fn parse_limit(value: &str) -> Result<usize, ApiError> {
 
 /// `Link` to the next page: the same query with `marker` set to `marker`.
 pub fn next_link(path: &str, params: &BTreeMap<String, String>, marker: &str) -> String {
+    link_with(path, params, "marker", marker)
+}
+
+/// `Link` to the next page: the same query with `key` set to `value`.
+pub fn link_with(path: &str, params: &BTreeMap<String, String>, key: &str, value: &str) -> String {
     let mut query: Vec<String> = params
         .iter()
-        .filter(|(k, _)| k.as_str() != "marker")
+        .filter(|(k, _)| k.as_str() != key)
         .map(|(k, v)| format!("{k}={}", utf8_percent_encode(v, QUERY_VALUE)))
         .collect();
-    query.push(format!(
-        "marker={}",
-        utf8_percent_encode(marker, QUERY_VALUE)
-    ));
+    query.push(format!("{key}={}", utf8_percent_encode(value, QUERY_VALUE)));
     format!("<{path}?{}>; rel=\"next\"", query.join("&"))
+}
+
+/// The header that says the highest durable audit seq as of an answer: a client
+/// that follows the feed from it misses nothing the answer does not show.
+pub const AUDIT_SEQ: &str = "x-audit-seq";
+
+/// `response` with `X-Audit-Seq: seq`.
+pub fn with_audit_seq(mut response: actix_web::HttpResponse, seq: u64) -> actix_web::HttpResponse {
+    response.headers_mut().insert(
+        actix_web::http::header::HeaderName::from_static(AUDIT_SEQ),
+        actix_web::http::header::HeaderValue::from(seq),
+    );
+    response
 }
 
 /// A JSON array of pre-serialized items.

@@ -115,13 +115,16 @@ pub(crate) async fn list(
         })
         .transpose()?;
     let Some(limit) = params.get("limit") else {
-        if req.method() == Method::HEAD {
-            return Ok(listing::streamed_head());
-        }
-        return listing::streamed_array(
-            auth.store().list_stream(marker.as_ref(), provider.as_ref()),
-        )
-        .await;
+        // Before the listing begins: resuming the feed from it misses nothing (and
+        // may repeat a change the listing shows).
+        let seq = auth.store().snapshot().await?.seq;
+        let response = if req.method() == Method::HEAD {
+            listing::streamed_head()
+        } else {
+            listing::streamed_array(auth.store().list_stream(marker.as_ref(), provider.as_ref()))
+                .await?
+        };
+        return Ok(listing::with_audit_seq(response, seq));
     };
     let limit = listing::parse_limit(limit)?;
     let key = format!(
@@ -133,13 +136,13 @@ pub(crate) async fn list(
     // same (on PostgreSQL, that is one small read, of any node's writes); a page not
     // seen before is read with its generation at once, without asking twice.
     let cached = match auth.pages().peek(&key) {
-        Some(page) if page.generation == auth.store().generation().await? => Some(page),
+        Some(page) if page.generation == auth.store().snapshot().await?.generation => Some(page),
         _ => None,
     };
     let page = match cached {
         Some(page) => page,
         None => {
-            let (generation, found) = auth
+            let (snapshot, found) = auth
                 .store()
                 .list_page_at(marker.as_ref(), provider.as_ref(), limit)
                 .await?;
@@ -151,7 +154,8 @@ pub(crate) async fn list(
                 _ => None,
             };
             let page = CachedPage {
-                generation,
+                generation: snapshot.generation,
+                seq: snapshot.seq,
                 body: listing::json_array(&found.records).into(),
                 link,
             };
@@ -163,6 +167,7 @@ pub(crate) async fn list(
     if let Some(link) = page.link {
         response.insert_header(("Link", link));
     }
+    response.insert_header((listing::AUDIT_SEQ, page.seq));
     Ok(response.content_type("application/json").body(page.body))
 }
 

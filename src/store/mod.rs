@@ -128,6 +128,32 @@ pub enum Applied {
     Pruned(u64),
 }
 
+/// Which audit records a read wants, in which order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuditRange {
+    /// Older than this seq (every record, with `None`), newest first.
+    Before(Option<u64>),
+    /// Newer than this seq, oldest first: a feed.
+    After(u64),
+}
+
+/// Where the catalog stands at one moment, on any node: `generation` moves with every
+/// change (what was derived from the catalog may be reused while it stays), and `seq`
+/// is the highest audit seq durable then (`X-Audit-Seq`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Snapshot {
+    pub generation: u64,
+    pub seq: u64,
+}
+
+/// The seqs the audit trail holds: its lowest (`None`: no record is held) and the
+/// highest durable seq given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TrailSpan {
+    pub lowest: Option<u64>,
+    pub highest: u64,
+}
+
 /// A page of a listing; `more` says whether anything follows it.
 pub struct Page {
     pub records: Vec<Bytes>,
@@ -243,14 +269,15 @@ impl Store {
         engine!(self, e => e.list_page(after, provider, limit).await)
     }
 
-    /// A page as [`Store::list_page`] gives it, with a generation no later than the
-    /// page (see [`Store::generation`]): what a cache may file the page under.
+    /// A page as [`Store::list_page`] gives it, with a snapshot no later than the
+    /// page (see [`Store::snapshot`]): what a cache may file the page under, and the
+    /// seq a feed may resume from without missing what the page does not show.
     pub async fn list_page_at(
         &self,
         after: Option<&ImageId>,
         provider: Option<&Provider>,
         limit: usize,
-    ) -> Result<(u64, Page), StoreError> {
+    ) -> Result<(Snapshot, Page), StoreError> {
         engine!(self, e => e.list_page_at(after, provider, limit).await)
     }
 
@@ -259,14 +286,27 @@ impl Store {
         engine!(self, e => e.list_stream(after, provider))
     }
 
-    /// Up to `limit` audit records older than `before`, newest first.
-    pub async fn audit_page(&self, before: Option<u64>, limit: usize) -> Result<Page, StoreError> {
-        engine!(self, e => e.audit_page(before, limit).await)
+    /// Up to `limit` audit records of `range`, only image `id`'s if given (through
+    /// an index).
+    pub async fn audit_page(
+        &self,
+        range: AuditRange,
+        id: Option<&ImageId>,
+        limit: usize,
+    ) -> Result<Page, StoreError> {
+        engine!(self, e => e.audit_page(range, id, limit).await)
     }
 
-    /// Every audit record older than `before`, newest first, with flat memory.
-    pub fn audit_stream(&self, before: Option<u64>) -> Listing {
-        engine!(self, e => e.audit_stream(before))
+    /// Every audit record older than `before`, newest first, only image `id`'s if
+    /// given, with flat memory.
+    pub fn audit_stream(&self, before: Option<u64>, id: Option<&ImageId>) -> Listing {
+        engine!(self, e => e.audit_stream(before, id))
+    }
+
+    /// The lowest seq held and the highest durable one: a feed that asks for records
+    /// after a seq outside them has missed some (pruned), or is from another history.
+    pub async fn trail_span(&self) -> Result<TrailSpan, StoreError> {
+        engine!(self, e => e.trail_span().await)
     }
 
     /// Every audit record after `after`, oldest first, with flat memory.
@@ -274,10 +314,9 @@ impl Store {
         engine!(self, e => e.audit_ascending(after))
     }
 
-    /// A number that moves whenever the catalog may have changed, on any node: what
-    /// was derived from the catalog may be reused while it stays the same.
-    pub async fn generation(&self) -> Result<u64, StoreError> {
-        engine!(self, e => e.generation().await)
+    /// Where the catalog stands now (see [`Snapshot`]), as one read.
+    pub async fn snapshot(&self) -> Result<Snapshot, StoreError> {
+        engine!(self, e => e.snapshot().await)
     }
 
     /// The figures `/metrics` shows about the store.
@@ -317,14 +356,6 @@ impl Store {
     pub fn data_dir(&self) -> Option<&Path> {
         engine!(self, e => e.data_dir())
     }
-}
-
-/// An imported trail refused: the store's trail holds `seq`, within `low..=high`.
-pub(crate) fn trail_overlaps(seq: u64, low: u64, high: u64) -> StoreError {
-    StoreError::Invalid(ValidationError(format!(
-        "the audit trail here already holds a record with seq {seq}, and the imported \
-         trail spans seqs {low} to {high}: the two would overlap"
-    )))
 }
 
 /// An imported trail refused: it gives `seq` twice.

@@ -63,7 +63,12 @@ async fn each_successful_change_is_audited_newest_first() {
             .collect();
         let mut sorted = keys.clone();
         sorted.sort();
-        assert_eq!(sorted, ["id", "method", "seq", "status", "time", "user"]);
+        assert_eq!(
+            sorted,
+            [
+                "after", "before", "id", "method", "seq", "status", "time", "user"
+            ]
+        );
         assert_rfc3339_utc(record["time"].as_str().unwrap());
     }
 }

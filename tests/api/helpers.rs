@@ -214,6 +214,11 @@ impl TestApp {
         self.address.trim_start_matches("http://")
     }
 
+    /// Prunes the audit trail now, as `[audit] keep_days` does at its next turn.
+    pub async fn prune_audit(&self) -> u64 {
+        self.state.prune_audit_now().await.unwrap()
+    }
+
     /// Writes `config` over the server's config.toml and reloads it, as SIGHUP does.
     pub async fn reload(&self, config: &str) {
         std::fs::write(&self.config_path, config).unwrap();

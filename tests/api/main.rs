@@ -21,6 +21,7 @@ mod durability;
 mod edges;
 mod embedded;
 mod errors;
+mod feed;
 mod helpers;
 mod hostile;
 mod images;

@@ -178,7 +178,7 @@ async fn check_config_says_whether_postgres_answers_and_which_schema_it_holds() 
         let said = String::from_utf8(output.stdout).unwrap();
         assert_eq!(
             line(&said, "store: "),
-            format!("store: postgres at {masked}: reachable, schema 1.0")
+            format!("store: postgres at {masked}: reachable, schema 1.1")
         );
     }
 

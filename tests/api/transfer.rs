@@ -262,6 +262,13 @@ fn assert_moved_in(audit: &[Value], old: &[Value], ids: &[&str], file: &Path) {
     let high = old[0]["seq"].as_u64().unwrap();
     let (added, kept) = audit.split_at(ids.len());
     assert_eq!(kept, old, "the trail moved in as it was, seqs kept");
+    for record in added {
+        assert_eq!(
+            record["after"]["id"], record["id"],
+            "an import's record: {record}"
+        );
+        assert!(record["before"].is_null(), "{record}");
+    }
     let added: Vec<(u64, &str, &str, &str)> = added
         .iter()
         .map(|r| {
@@ -357,7 +364,7 @@ async fn an_import_that_overlaps_a_trail_or_an_image_leaves_nothing() {
         out.stdout
     };
 
-    // A target whose trail holds seq 1: the trail moved in would give it twice.
+    // A target that has given seq 1: the trail moved in would not lie above it.
     let own = dir.path().join("own.jsonl");
     std::fs::write(
         &own,
@@ -377,8 +384,7 @@ async fn an_import_that_overlaps_a_trail_or_an_image_leaves_nothing() {
     assert_eq!(refused.status.code(), Some(1));
     let message = stderr(&refused);
     assert!(
-        message.contains("already holds a record with seq 1")
-            && message.contains("nothing was imported"),
+        message.contains("has given seqs up to 1") && message.contains("nothing was imported"),
         "{message}"
     );
     assert_eq!(state(), before, "nothing of it, images nor trail");

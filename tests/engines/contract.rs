@@ -6,9 +6,9 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use image_catalog::domain::change::{AuditRecord, Change, Precondition};
+use image_catalog::domain::change::{AuditRecord, Change, Precondition, Transition};
 use image_catalog::domain::image::{Image, ImageId, Provider};
-use image_catalog::store::{Applied, Page, Record, Store, StoreError};
+use image_catalog::store::{Applied, AuditRange, Page, Record, Store, StoreError};
 
 use crate::Engine;
 use crate::images::{PROVIDERS, id, image, image_of, providers, rename};
@@ -25,7 +25,7 @@ pub const TESTS: &[(&str, crate::Test)] = &crate::tests![
     import_is_all_or_nothing,
     an_audit_trail_moves_in_with_its_seqs,
     images_and_their_trail_land_in_one_transaction,
-    a_trail_that_overlaps_the_one_here_refuses_everything,
+    a_trail_below_a_seq_given_here_refuses_everything,
     an_import_refused_by_an_id_takes_its_trail_back_out,
     audit_retention_prunes_old_records_but_never_reuses_a_seq,
     the_generation_moves_with_every_write_of_any_node,
@@ -56,7 +56,10 @@ struct Counters {
 
 async fn counters(store: &Store) -> Counters {
     let figures = store.figures().await.unwrap();
-    let Page { records, .. } = store.audit_page(None, 1).await.unwrap();
+    let Page { records, .. } = store
+        .audit_page(AuditRange::Before(None), None, 1)
+        .await
+        .unwrap();
     Counters {
         images: figures.images,
         audit_records: figures.audit_records,
@@ -75,6 +78,7 @@ fn trail(seqs: &[u64]) -> Vec<AuditRecord> {
                 "old",
                 "POST",
                 &format!("i{seq}"),
+                Transition::default(),
             )
         })
         .collect()
@@ -96,7 +100,7 @@ async fn seqs_of(store: &Store) -> Vec<u64> {
 /// The bytes of every audit record, as the full trail streams them.
 async fn streamed_audit_bytes(store: &Store) -> u64 {
     store
-        .audit_stream(None)
+        .audit_stream(None, None)
         .map(|r| r.unwrap().len() as u64)
         .fold(0, |a, b| async move { a + b })
         .await
@@ -172,7 +176,10 @@ pub async fn create_update_delete_with_their_audit_records(engine: Engine) {
     let Page {
         records: page,
         more,
-    } = store.audit_page(None, 10).await.unwrap();
+    } = store
+        .audit_page(AuditRange::Before(None), None, 10)
+        .await
+        .unwrap();
     assert!(!more);
     let records = audit(&page);
     let seen: Vec<(u64, &str, &str)> = records
@@ -210,7 +217,10 @@ pub async fn create_update_delete_with_their_audit_records(engine: Engine) {
     let Page {
         records: older,
         more,
-    } = store.audit_page(Some(3), 1).await.unwrap();
+    } = store
+        .audit_page(AuditRange::Before(Some(3)), None, 1)
+        .await
+        .unwrap();
     assert!(more);
     assert_eq!(audit(&older)[0].seq, 2);
 }
@@ -352,7 +362,7 @@ pub async fn audit_seqs_follow_commit_order_under_concurrent_writers(engine: Eng
     while !writers.iter().all(|w| w.is_finished()) || checks < 3 {
         // The whole trail at once: contiguous.
         let seqs: Vec<u64> = reader
-            .audit_stream(None)
+            .audit_stream(None, None)
             .map(|r| {
                 serde_json::from_slice::<AuditRecord>(&r.unwrap())
                     .unwrap()
@@ -365,7 +375,10 @@ pub async fn audit_seqs_follow_commit_order_under_concurrent_writers(engine: Eng
         checks += 1;
         // Paged with markers while writes land: everything up to the first
         // page's newest record is seen.
-        let Page { records: first, .. } = reader.audit_page(None, 7).await.unwrap();
+        let Page { records: first, .. } = reader
+            .audit_page(AuditRange::Before(None), None, 7)
+            .await
+            .unwrap();
         let Some(newest) = audit(&first).first().map(|r| r.seq) else {
             continue;
         };
@@ -375,7 +388,10 @@ pub async fn audit_seqs_follow_commit_order_under_concurrent_writers(engine: Eng
             let Page {
                 records: page,
                 more,
-            } = reader.audit_page(Some(marker), 7).await.unwrap();
+            } = reader
+                .audit_page(AuditRange::Before(Some(marker)), None, 7)
+                .await
+                .unwrap();
             seen.extend(audit(&page).iter().map(|r| r.seq));
             if !more {
                 break;
@@ -399,7 +415,7 @@ pub async fn audit_seqs_follow_commit_order_under_concurrent_writers(engine: Eng
     assert_eq!(counters.next_seq, changes + 1);
     assert_eq!(counters.images, 8 * 16);
     let all: BTreeSet<u64> = nodes[0]
-        .audit_stream(None)
+        .audit_stream(None, None)
         .map(|r| {
             serde_json::from_slice::<AuditRecord>(&r.unwrap())
                 .unwrap()
@@ -523,7 +539,7 @@ pub async fn the_full_list_streams_in_batches(engine: Engine) {
     assert_eq!(last, "zz-late");
     // The audit trail streams the same way, newest first.
     let seqs: Vec<u64> = store
-        .audit_stream(Some(1200))
+        .audit_stream(Some(1200), None)
         .map(|r| {
             serde_json::from_slice::<AuditRecord>(&r.unwrap())
                 .unwrap()
@@ -576,7 +592,10 @@ pub async fn import_is_all_or_nothing(engine: Engine) {
     assert_eq!(counters.audit_records, 1501);
     // The import's records follow the first one's seq, in a row; seqs an undone
     // import took may be skipped (never given twice), not reused.
-    let Page { records: page, .. } = store.audit_page(None, 1501).await.unwrap();
+    let Page { records: page, .. } = store
+        .audit_page(AuditRange::Before(None), None, 1501)
+        .await
+        .unwrap();
     let records = audit(&page);
     let (newest, oldest) = (&records[0], &records[1500]);
     assert_eq!((oldest.seq, oldest.id.as_str()), (1, "taken"));
@@ -602,6 +621,8 @@ pub async fn an_audit_trail_moves_in_with_its_seqs(engine: Engine) {
             method: "POST".into(),
             id: format!("i{seq}"),
             status: 200,
+            before: None,
+            after: None,
         })
         .collect();
     assert_eq!(
@@ -616,12 +637,18 @@ pub async fn an_audit_trail_moves_in_with_its_seqs(engine: Engine) {
         .import(Vec::new(), records[1..2].to_vec(), "import:f")
         .await
         .unwrap_err();
-    assert!(again.to_string().contains("seq 7"), "{again}");
+    assert!(
+        again.to_string().contains("spans seqs 7 to 7") && again.to_string().contains("up to 9"),
+        "a trail must lie above every seq given: {again}"
+    );
     store
         .apply(Change::Create(image("next")), "a")
         .await
         .unwrap();
-    let Page { records: page, .. } = store.audit_page(None, 10).await.unwrap();
+    let Page { records: page, .. } = store
+        .audit_page(AuditRange::Before(None), None, 10)
+        .await
+        .unwrap();
     let seqs: Vec<u64> = audit(&page).iter().map(|r| r.seq).collect();
     assert_eq!(seqs, [10, 9, 7, 3]);
     assert_eq!(audit(&page)[1], records[2], "kept as it was");
@@ -638,6 +665,8 @@ pub async fn images_and_their_trail_land_in_one_transaction(engine: Engine) {
             method: "POST".into(),
             id: format!("i{seq}"),
             status: 200,
+            before: None,
+            after: None,
         })
         .collect()
     };
@@ -663,8 +692,8 @@ pub async fn images_and_their_trail_land_in_one_transaction(engine: Engine) {
             .unwrap(),
         0
     );
-    // A trail that would interleave with the one here (seq 3000 lies between its
-    // seqs) refuses the images too, and so does a seq out of range.
+    // A trail that does not lie above every seq given here (3000) refuses the images
+    // too, and so does a seq out of range.
     let with_seqs = |seqs: &[u64]| -> Vec<AuditRecord> {
         seqs.iter()
             .map(|&seq| AuditRecord {
@@ -675,7 +704,7 @@ pub async fn images_and_their_trail_land_in_one_transaction(engine: Engine) {
     };
     for (seqs, words) in [
         (&[0u64, 3][..], "seq 0 is out of range"),
-        (&[2, 3005], "seq 3000"),
+        (&[2, 3005], "up to 3000"),
     ] {
         let err = store
             .import(vec![image("fresh")], with_seqs(seqs), "import:f")
@@ -689,23 +718,28 @@ pub async fn images_and_their_trail_land_in_one_transaction(engine: Engine) {
     let imported = store
         .import(
             vec![image("fresh"), image("other")],
-            old(5..2010),
+            old(3005..5010),
             "import:f",
         )
         .await
         .unwrap();
     assert_eq!(imported, 2);
-    let newest: Vec<(u64, String, String)> =
-        audit(&store.audit_page(None, 3).await.unwrap().records)
-            .into_iter()
-            .map(|r| (r.seq, r.method, r.id))
-            .collect();
+    let newest: Vec<(u64, String, String)> = audit(
+        &store
+            .audit_page(AuditRange::Before(None), None, 3)
+            .await
+            .unwrap()
+            .records,
+    )
+    .into_iter()
+    .map(|r| (r.seq, r.method, r.id))
+    .collect();
     assert_eq!(
         newest,
         [
-            (3002, "IMPORT".into(), "other".into()),
-            (3001, "IMPORT".into(), "fresh".into()),
-            (3000, "POST".into(), "i3000".into()),
+            (5011, "IMPORT".into(), "other".into()),
+            (5010, "IMPORT".into(), "fresh".into()),
+            (5009, "POST".into(), "i5009".into()),
         ]
     );
     let oldest: Vec<u64> = store
@@ -718,7 +752,7 @@ pub async fn images_and_their_trail_land_in_one_transaction(engine: Engine) {
         })
         .collect()
         .await;
-    assert_eq!(oldest, [1, 5, 6], "oldest first");
+    assert_eq!(oldest, [1, 3000, 3005], "oldest first");
     let counters = counters(&store).await;
     assert_eq!(
         (counters.images, counters.audit_records),
@@ -727,7 +761,7 @@ pub async fn images_and_their_trail_land_in_one_transaction(engine: Engine) {
     assert_eq!(counters.audit_bytes, streamed_audit_bytes(&store).await);
 }
 
-pub async fn a_trail_that_overlaps_the_one_here_refuses_everything(engine: Engine) {
+pub async fn a_trail_below_a_seq_given_here_refuses_everything(engine: Engine) {
     let store = engine.store().await;
     for name in ["a", "b"] {
         store.apply(Change::Create(image(name)), "u").await.unwrap();
@@ -739,11 +773,11 @@ pub async fn a_trail_that_overlaps_the_one_here_refuses_everything(engine: Engin
     assert_eq!(seqs_of(&store).await, [1, 2, 10]);
     let before = (audit_size(&store).await, seqs_of(&store).await);
     for (seqs, words) in [
-        (vec![2u64, 5], "seq 2"),
-        // Seq 10 lies between them: the two trails would interleave.
-        (vec![4, 12], "seq 10"),
-        (vec![8, 8], "seq 8 twice"),
-        (vec![0, 8], "seq 0 is out of range"),
+        (vec![2u64, 5], "up to 10"),
+        // Above every seq held but one: a follower past seq 10 would miss 4.
+        (vec![4, 12], "up to 10"),
+        (vec![11, 11], "seq 11 twice"),
+        (vec![0, 12], "seq 0 is out of range"),
     ] {
         let err = store
             .import(vec![image("new")], trail(&seqs), "import:f")
@@ -754,12 +788,12 @@ pub async fn a_trail_that_overlaps_the_one_here_refuses_everything(engine: Engin
         assert_eq!(after, before, "{seqs:?}");
         assert_eq!(counters(&store).await.images, 2);
     }
-    // After the seqs here: fine.
+    // Above the seqs here: fine.
     store
-        .import(vec![image("new")], trail(&[5, 6]), "import:f")
+        .import(vec![image("new")], trail(&[12, 13]), "import:f")
         .await
         .unwrap();
-    assert_eq!(seqs_of(&store).await, [1, 2, 5, 6, 10, 11]);
+    assert_eq!(seqs_of(&store).await, [1, 2, 10, 12, 13, 14]);
 }
 
 pub async fn an_import_refused_by_an_id_takes_its_trail_back_out(engine: Engine) {
@@ -780,7 +814,10 @@ pub async fn an_import_refused_by_an_id_takes_its_trail_back_out(engine: Engine)
         .unwrap_err();
     assert!(matches!(err, StoreError::Conflict(_)), "{err}");
     assert_eq!(seqs_of(&store).await, [1]);
-    let Page { records, .. } = store.audit_page(None, 10).await.unwrap();
+    let Page { records, .. } = store
+        .audit_page(AuditRange::Before(None), None, 10)
+        .await
+        .unwrap();
     assert_eq!(audit_size(&store).await, (1, records[0].len() as u64));
     assert_eq!(counters(&store).await.images, 1);
     // The same trail may be tried again: its seqs are free.
@@ -801,6 +838,8 @@ pub async fn audit_retention_prunes_old_records_but_never_reuses_a_seq(engine: E
             method: "POST".into(),
             id: format!("o{seq}"),
             status: 200,
+            before: None,
+            after: None,
         })
         .collect();
     store.import(Vec::new(), old, "import:f").await.unwrap();
@@ -815,7 +854,10 @@ pub async fn audit_retention_prunes_old_records_but_never_reuses_a_seq(engine: E
     );
     store.keep_audit_for(Some(Duration::from_secs(30 * 86_400)));
     assert_eq!(store.prune_audit().await.unwrap(), 3);
-    let Page { records: page, .. } = store.audit_page(None, 10).await.unwrap();
+    let Page { records: page, .. } = store
+        .audit_page(AuditRange::Before(None), None, 10)
+        .await
+        .unwrap();
     assert_eq!(audit(&page).iter().map(|r| r.seq).collect::<Vec<_>>(), [4]);
     assert_eq!(audit_size(&store).await, (1, page[0].len() as u64));
     store
@@ -827,17 +869,17 @@ pub async fn audit_retention_prunes_old_records_but_never_reuses_a_seq(engine: E
 
 pub async fn the_generation_moves_with_every_write_of_any_node(engine: Engine) {
     let nodes = engine.nodes(2).await;
-    let before = nodes[1].generation().await.unwrap();
+    let before = nodes[1].snapshot().await.unwrap().generation;
     nodes[0]
         .apply(Change::Create(image("g")), "a")
         .await
         .unwrap();
-    let after = nodes[1].generation().await.unwrap();
+    let after = nodes[1].snapshot().await.unwrap().generation;
     assert_ne!(before, after);
     let refused = nodes[0].apply(Change::Create(image("g")), "a").await;
     assert!(refused.is_err());
     assert_eq!(
-        nodes[1].generation().await.unwrap(),
+        nodes[1].snapshot().await.unwrap().generation,
         after,
         "a refusal changes nothing"
     );
@@ -973,7 +1015,7 @@ pub async fn creates_and_deletes_sent_together_keep_their_own_outcomes(engine: E
     assert_eq!(counters.images, 10 + 1, "the q's and a");
     assert_eq!(counters.audit_records, 30 + 3);
     let seqs: Vec<u64> = store
-        .audit_stream(None)
+        .audit_stream(None, None)
         .map(|r| {
             serde_json::from_slice::<AuditRecord>(&r.unwrap())
                 .unwrap()
@@ -1006,7 +1048,8 @@ pub async fn a_page_comes_with_the_generation_it_was_read_at(engine: Engine) {
         },
     ) = store.list_page_at(None, None, 10).await.unwrap();
     assert!(empty.is_empty() && !more);
-    assert_eq!(generation, store.generation().await.unwrap());
+    assert_eq!(generation, store.snapshot().await.unwrap());
+    assert_eq!(generation.seq, 0);
     for name in ["c", "a", "b"] {
         store
             .apply(Change::Create(image(name)), "admin")
@@ -1024,8 +1067,12 @@ pub async fn a_page_comes_with_the_generation_it_was_read_at(engine: Engine) {
             more,
         },
     ) = store.list_page_at(None, None, 2).await.unwrap();
-    assert!(now > generation, "every write moves the generation");
-    assert_eq!(now, store.generation().await.unwrap());
+    assert!(
+        now.generation > generation.generation,
+        "every write moves the generation"
+    );
+    assert_eq!(now, store.snapshot().await.unwrap());
+    assert_eq!(now.seq, 4, "the seq of the last change, read with the page");
     let ids: Vec<String> = page
         .iter()
         .map(|json| Record::from(json.clone()).image().unwrap().id.to_string())

@@ -9,7 +9,7 @@ use futures_util::StreamExt;
 
 use super::*;
 use crate::metrics::StoreFigures;
-use crate::store::Listing;
+use crate::store::{Listing, Snapshot, TrailSpan};
 
 impl SledStore {
     pub async fn get(&self, id: &ImageId) -> Result<Option<Record>, StoreError> {
@@ -31,31 +31,50 @@ impl SledStore {
         after: Option<&ImageId>,
         provider: Option<&Provider>,
         limit: usize,
-    ) -> Result<(u64, Page), StoreError> {
+    ) -> Result<(Snapshot, Page), StoreError> {
         // Read first: a page built while a write lands is then filed under the older
-        // generation, and never served after it.
-        let generation = self.generation_now();
-        Ok((generation, self.list_page(after, provider, limit).await?))
+        // generation, and never served after it; and its seq is one the page shows.
+        let snapshot = self.snapshot_now();
+        Ok((snapshot, self.list_page(after, provider, limit).await?))
     }
 
     pub fn list_stream(&self, after: Option<&ImageId>, provider: Option<&Provider>) -> Listing {
         off_the_workers(self.list_from(after, provider.cloned()))
     }
 
-    pub async fn audit_page(&self, before: Option<u64>, limit: usize) -> Result<Page, StoreError> {
-        self.audit_page_now(before, limit)
+    pub async fn audit_page(
+        &self,
+        range: AuditRange,
+        id: Option<&ImageId>,
+        limit: usize,
+    ) -> Result<Page, StoreError> {
+        self.audit_page_now(range, id, limit)
     }
 
-    pub fn audit_stream(&self, before: Option<u64>) -> Listing {
-        off_the_workers(self.audit_from(before))
+    pub fn audit_stream(&self, before: Option<u64>, id: Option<&ImageId>) -> Listing {
+        match id {
+            None => off_the_workers(self.audit_from(before)),
+            Some(id) => off_the_workers(self.audit_of(id, AuditRange::Before(before))),
+        }
+    }
+
+    pub async fn trail_span(&self) -> Result<TrailSpan, StoreError> {
+        // The highest first: a record pruned meanwhile only raises the lowest.
+        let highest = self.durable_seq();
+        let lowest = self
+            .read(|| self.audit.first())?
+            .map(|(key, _)| u64_from_bytes(&key))
+            .transpose()?
+            .filter(|&lowest| lowest <= highest);
+        Ok(TrailSpan { lowest, highest })
     }
 
     pub fn audit_ascending(&self, after: Option<u64>) -> Listing {
         off_the_workers(self.audit_after(after))
     }
 
-    pub async fn generation(&self) -> Result<u64, StoreError> {
-        Ok(self.generation_now())
+    pub async fn snapshot(&self) -> Result<Snapshot, StoreError> {
+        Ok(self.snapshot_now())
     }
 
     pub async fn figures(&self) -> Result<StoreFigures, StoreError> {

@@ -51,6 +51,7 @@ impl Writer {
             first_seq,
             user: user.to_owned(),
             trail: span,
+            next_seq: Some(self.tally.next_seq),
         })
         .unwrap_or_default();
         self.meta
@@ -73,11 +74,12 @@ impl Writer {
                 Ok(Applied::Imported(batch.len() as u64))
             }
             Err(e) => {
-                let undone = undo_interrupted_import(&self.images, &self.audit, &self.meta)
-                    .and_then(|_| {
-                        self.flush("flushing an undone import")
-                            .map_err(Fault::Engine)
-                    });
+                let undone =
+                    undo_interrupted_import(&self.images, &self.audit, &self.by_id, &self.meta)
+                        .and_then(|_| {
+                            self.flush("flushing an undone import")
+                                .map_err(Fault::Engine)
+                        });
                 if let Ok(tally) = Tally::load(&self.meta) {
                     self.set_tally(tally);
                 }
@@ -102,22 +104,9 @@ impl Writer {
         let (Some(&low), Some(&high)) = (seqs.first(), seqs.last()) else {
             return Ok(None);
         };
-        if low == 0 || high >= i64::MAX as u64 {
-            let seq = if low == 0 { low } else { high };
-            return Err(StoreError::Invalid(crate::domain::image::ValidationError(
-                format!("audit seq {seq} is out of range"),
-            )));
-        }
+        rules::trail_fits(low, high, self.tally.next_seq.saturating_sub(1))?;
         if let Some(pair) = seqs.windows(2).find(|pair| pair[0] == pair[1]) {
             return Err(trail_repeats(pair[0]));
-        }
-        if let Some(item) = self
-            .audit
-            .range(low.to_be_bytes()..=high.to_be_bytes())
-            .next()
-        {
-            let (key, _) = item?;
-            return Err(trail_overlaps(u64_from_bytes(&key)?, low, high));
         }
         Ok(Some((low, high)))
     }
@@ -130,19 +119,21 @@ impl Writer {
                 .iter()
                 .map(|r| (r.seq, serde_json::to_vec(r).unwrap_or_default()))
                 .collect();
-            let result = (&self.audit, &self.meta).transaction(|(audit, meta)| {
-                let mut tally = Tally::read(meta)?;
-                for (seq, json) in &records {
-                    if audit.insert(&seq.to_be_bytes(), json.as_slice())?.is_some() {
-                        return abort(trail_repeats(*seq));
+            let result =
+                (&self.audit, &self.by_id, &self.meta).transaction(|(audit, by_id, meta)| {
+                    let mut tally = Tally::read(meta)?;
+                    for ((seq, json), record) in records.iter().zip(chunk) {
+                        if audit.insert(&seq.to_be_bytes(), json.as_slice())?.is_some() {
+                            return abort(trail_repeats(*seq));
+                        }
+                        by_id.insert(by_id_key(&record.id, *seq), &[])?;
+                        tally.audit_records += 1;
+                        tally.audit_bytes += json.len() as u64;
+                        tally.next_seq = tally.next_seq.max(seq + 1);
                     }
-                    tally.audit_records += 1;
-                    tally.audit_bytes += json.len() as u64;
-                    tally.next_seq = tally.next_seq.max(seq + 1);
-                }
-                tally.write(meta)?;
-                Ok(tally)
-            });
+                    tally.write(meta)?;
+                    Ok(tally)
+                });
             let tally = result.map_err(from_transaction)?;
             self.set_tally(tally);
         }
@@ -156,25 +147,27 @@ impl Writer {
                 .iter()
                 .zip(self.tally.next_seq..)
                 .map(|(image, seq)| {
-                    AuditRecord::applied(seq, &time, user, IMPORT_METHOD, image.id.as_str())
-                        .to_json()
+                    let transition = Transition::created(image.clone());
+                    let id = image.id.as_str();
+                    AuditRecord::applied(seq, &time, user, IMPORT_METHOD, id, transition).to_json()
                 })
                 .collect();
-            let result =
-                (&self.images, &self.audit, &self.meta).transaction(|(images, audit, meta)| {
-                    let mut tally = Tally::read(meta)?;
-                    for (image, record) in chunk.iter().zip(&records) {
-                        let key = image.id.as_str().as_bytes();
-                        if images.insert(key, image.to_json())?.is_some() {
-                            return abort(StoreError::Conflict(image.id.to_string()));
-                        }
-                        audit.insert(&tally.next_seq.to_be_bytes(), record.as_slice())?;
-                        tally.images += 1;
-                        tally.audited(record.len());
+            let trees = (&self.images, &self.audit, &self.by_id, &self.meta);
+            let result = trees.transaction(|(images, audit, by_id, meta)| {
+                let mut tally = Tally::read(meta)?;
+                for (image, record) in chunk.iter().zip(&records) {
+                    let key = image.id.as_str().as_bytes();
+                    if images.insert(key, image.to_json())?.is_some() {
+                        return abort(StoreError::Conflict(image.id.to_string()));
                     }
-                    tally.write(meta)?;
-                    Ok(tally)
-                });
+                    audit.insert(&tally.next_seq.to_be_bytes(), record.as_slice())?;
+                    by_id.insert(by_id_key(image.id.as_str(), tally.next_seq), &[])?;
+                    tally.images += 1;
+                    tally.audited(record.len());
+                }
+                tally.write(meta)?;
+                Ok(tally)
+            });
             let tally = result.map_err(from_transaction)?;
             self.set_tally(tally);
         }
@@ -207,6 +200,12 @@ pub(super) struct ImportMarker {
     /// that range is the import's (it was refused if any was there before).
     #[serde(default)]
     pub(super) trail: Option<(u64, u64)>,
+    /// The next seq before the import: an undone import gives back the seqs it took,
+    /// as a rolled back transaction does on PostgreSQL. No client saw them (imports
+    /// run with the data dir locked against servers), and a trail imported again must
+    /// still lie above every seq given.
+    #[serde(default)]
+    pub(super) next_seq: Option<u64>,
 }
 
 pub(super) const IMPORT_KEY: &[u8] = b"import_in_progress";
@@ -220,6 +219,7 @@ pub(super) const IMPORT_KEY: &[u8] = b"import_in_progress";
 pub(super) fn undo_interrupted_import(
     images: &Tree,
     audit: &Tree,
+    by_id: &Tree,
     meta: &Tree,
 ) -> Result<Option<u64>, Fault> {
     let Some(marker) = meta.get(IMPORT_KEY)? else {
@@ -231,10 +231,12 @@ pub(super) fn undo_interrupted_import(
     let mut bytes = 0u64;
     let mut batch_images = sled::Batch::default();
     let mut batch_audit = sled::Batch::default();
+    let mut batch_by_id = sled::Batch::default();
     let mut trail_removed = 0u64;
     if let Some((low, high)) = marker.trail {
         for item in audit.range(low.to_be_bytes()..=high.to_be_bytes()) {
             let (key, value) = item?;
+            batch_by_id.remove(by_id_key(&id_of_record(&value)?, u64_from_bytes(&key)?));
             batch_audit.remove(key);
             trail_removed += 1;
             bytes += value.len() as u64;
@@ -248,16 +250,20 @@ pub(super) fn undo_interrupted_import(
             continue;
         }
         batch_images.remove(record.id.as_bytes());
+        batch_by_id.remove(by_id_key(&record.id, record.seq));
         batch_audit.remove(key);
         removed += 1;
         bytes += value.len() as u64;
     }
-    (images, audit, meta)
-        .transaction(|(images, audit, meta)| {
+    (images, audit, by_id, meta)
+        .transaction(|(images, audit, by_id, meta)| {
             images.apply_batch(&batch_images)?;
             audit.apply_batch(&batch_audit)?;
-            // The seqs it took stay taken: a seq is never given twice.
+            by_id.apply_batch(&batch_by_id)?;
             let mut tally = Tally::read(meta)?;
+            if let Some(next_seq) = marker.next_seq {
+                tally.next_seq = next_seq;
+            }
             tally.images = tally.images.saturating_sub(removed);
             tally.audit_records = tally.audit_records.saturating_sub(removed + trail_removed);
             tally.audit_bytes = tally.audit_bytes.saturating_sub(bytes);

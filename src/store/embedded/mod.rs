@@ -23,13 +23,12 @@ use sled::transaction::{ConflictableTransactionError, TransactionError, Transact
 use sled::{IVec, Tree};
 use tokio::sync::{oneshot, watch};
 
-use crate::domain::change::{AuditRecord, Change, IMPORT_METHOD};
+use crate::domain::change::{AuditRecord, Change, IMPORT_METHOD, Transition};
 use crate::domain::image::{Image, ImageId, Provider};
 use crate::store::queue::{Place, WriteQueue};
-use crate::store::{
-    Applied, Author, Page, Record, StoreError, rules, trail_overlaps, trail_repeats,
-};
+use crate::store::{Applied, AuditRange, Author, Page, Record, StoreError, rules, trail_repeats};
 
+mod by_id;
 mod clean;
 mod engine;
 mod fault;
@@ -46,6 +45,7 @@ mod verify;
 mod visible;
 mod writer;
 
+use by_id::*;
 use fault::*;
 use import::*;
 use open::{in_use, unknown_format};
@@ -64,10 +64,13 @@ pub use open::RESTORE_ADVICE;
 ///
 /// 2: the meta tree keeps the audit trail's record count, size and next seq, so that
 /// pruning old records never lets a seq be given twice.
-pub const FORMAT_VERSION: &str = "2";
+/// 3: the trail is indexed by image (`by_id`), for one image's history.
+pub const FORMAT_VERSION: &str = "3";
 const FORMAT_KEY: &[u8] = b"format_version";
 const IMAGES_TREE: &[u8] = b"images";
 const AUDIT_TREE: &[u8] = b"audit";
+/// The audit trail's index by image: see `by_id`.
+const AUDIT_BY_ID_TREE: &[u8] = b"audit_by_id";
 /// Counters kept in step with the data, so that nothing has to scan the catalog.
 const META_TREE: &[u8] = b"meta";
 const IMAGE_COUNT_KEY: &[u8] = b"image_count";
@@ -200,6 +203,7 @@ pub struct SledStore {
     db: sled::Db,
     images: Tree,
     audit: Tree,
+    by_id: Tree,
     visible: Arc<Visible>,
     flusher: Arc<Flusher>,
     gauges: Arc<Gauges>,
@@ -253,6 +257,7 @@ impl SledStore {
             db,
             images,
             audit,
+            by_id,
             meta,
             tally,
             fresh,
@@ -316,6 +321,7 @@ impl SledStore {
         let writer = Writer {
             images: images.clone(),
             audit: audit.clone(),
+            by_id: by_id.clone(),
             meta,
             gauges: gauges.clone(),
             generation: generation.clone(),
@@ -348,6 +354,7 @@ impl SledStore {
             db,
             images,
             audit,
+            by_id,
             visible,
             flusher,
             gauges,

@@ -53,6 +53,7 @@ impl Writer {
         let cutoff = time::OffsetDateTime::now_utc() - Duration::from_secs(keep);
         let cutoff = rfc3339(cutoff);
         let mut expired = Vec::new();
+        let mut index_keys = sled::Batch::default();
         let mut bytes = 0u64;
         for item in self.audit.iter() {
             let (key, value) = item.map_err(|e| format!("reading the audit trail failed: {e}"))?;
@@ -64,6 +65,7 @@ impl Writer {
                 break;
             }
             bytes += value.len() as u64;
+            index_keys.remove(by_id_key(&record.id, record.seq));
             expired.push(key);
         }
         let full = expired.len() == PRUNE_CHUNK;
@@ -76,9 +78,10 @@ impl Writer {
             removals.remove(key.clone());
         }
         let count = expired.len() as u64;
-        let tally = (&self.audit, &self.meta)
-            .transaction(|(audit, meta)| {
+        let tally = (&self.audit, &self.by_id, &self.meta)
+            .transaction(|(audit, by_id, meta)| {
                 audit.apply_batch(&removals)?;
+                by_id.apply_batch(&index_keys)?;
                 let mut tally = Tally::read(meta)?;
                 tally.audit_records = tally.audit_records.saturating_sub(count);
                 tally.audit_bytes = tally.audit_bytes.saturating_sub(bytes);

@@ -101,9 +101,54 @@ impl SledStore {
         })
     }
 
-    /// Up to `limit` audit records older than `before`, newest first.
-    pub fn audit_page_now(&self, before: Option<u64>, limit: usize) -> Result<Page, StoreError> {
-        take_page(self.audit_from(before), limit)
+    /// Up to `limit` audit records of `range`, of image `id` only if given.
+    pub fn audit_page_now(
+        &self,
+        range: AuditRange,
+        id: Option<&ImageId>,
+        limit: usize,
+    ) -> Result<Page, StoreError> {
+        match (range, id) {
+            (AuditRange::Before(before), None) => take_page(self.audit_from(before), limit),
+            (AuditRange::After(after), None) => take_page(self.audit_after(Some(after)), limit),
+            (range, Some(id)) => take_page(self.audit_of(id, range), limit),
+        }
+    }
+
+    /// Image `id`'s audit records in `range`, through the index, read lazily.
+    pub fn audit_of(
+        &self,
+        id: &ImageId,
+        range: AuditRange,
+    ) -> impl Iterator<Item = Result<Bytes, StoreError>> + Send + 'static {
+        // Nothing above the durable seq: its change may still be in flight.
+        let durable = self.visible.durable_seq();
+        let (seqs, newest_first) = match range {
+            AuditRange::Before(before) => {
+                let below = before.map_or(durable, |b| b.saturating_sub(1).min(durable));
+                ((Bound::Unbounded, Bound::Included(below)), true)
+            }
+            AuditRange::After(after) => ((Bound::Excluded(after), Bound::Included(durable)), false),
+        };
+        let keys = self.by_id.range(by_id_range(id.as_str(), seqs));
+        let keys: Box<dyn Iterator<Item = sled::Result<(IVec, IVec)>> + Send> = if newest_first {
+            Box::new(keys.rev())
+        } else {
+            Box::new(keys)
+        };
+        let audit = self.audit.clone();
+        let records = keys.filter_map(move |item| {
+            let (key, _) = match item {
+                Ok(entry) => entry,
+                Err(e) => return Some(Err(e)),
+            };
+            match seq_of_key(&key) {
+                // None: pruned since its key was read.
+                Ok(seq) => audit.get(seq.to_be_bytes()).transpose(),
+                Err(e) => Some(Err(sled::Error::Unsupported(e.to_string()))),
+            }
+        });
+        self.vouched(records)
     }
 
     /// Every audit record older than `before`, newest first, read lazily.
@@ -139,6 +184,17 @@ impl SledStore {
     /// derived from it can be reused while it stays the same.
     pub fn generation_now(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
+    }
+
+    /// The generation and the durable seq, the seq first: a batch revealed between the
+    /// two reads is then at most shown without its seq (a feed repeats it), never
+    /// counted without being shown.
+    pub fn snapshot_now(&self) -> crate::store::Snapshot {
+        let seq = self.durable_seq();
+        crate::store::Snapshot {
+            generation: self.generation_now(),
+            seq,
+        }
     }
 
     pub fn image_count(&self) -> u64 {

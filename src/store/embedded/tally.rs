@@ -81,8 +81,8 @@ impl Tally {
     }
 
     /// Changes ever applied: every one took a seq, and a seq is never given twice nor
-    /// taken back (pruning and an undone import leave `next_seq` alone). This is what
-    /// the high-water mark counts.
+    /// taken back once durable (pruning leaves `next_seq` alone; an undone import gives
+    /// back the seqs no client saw). This is what the high-water mark counts.
     pub(super) fn changes(&self) -> u64 {
         self.next_seq.saturating_sub(1)
     }

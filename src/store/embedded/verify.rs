@@ -9,6 +9,7 @@ pub(super) struct Opened {
     pub(super) db: sled::Db,
     pub(super) images: Tree,
     pub(super) audit: Tree,
+    pub(super) by_id: Tree,
     pub(super) meta: Tree,
     pub(super) tally: Tally,
     /// Empty and without a format version: new, or emptied by damage. Nothing is
@@ -78,16 +79,23 @@ pub(super) fn engine_error(dir: &Path, err: Fault) -> StoreError {
 pub(super) fn open_and_verify(dir: &Path, db: sled::Db, trusted: bool) -> Result<Opened, Fault> {
     let images = db.open_tree(IMAGES_TREE)?;
     let audit = db.open_tree(AUDIT_TREE)?;
+    let by_id = db.open_tree(AUDIT_BY_ID_TREE)?;
     let meta = db.open_tree(META_TREE)?;
     let mut fresh = false;
     match db.get(FORMAT_KEY)? {
         Some(found) if found.as_ref() == FORMAT_VERSION.as_bytes() => {}
-        Some(found) if found.as_ref() == b"1" => {
-            upgrade_from_1(&images, &audit, &meta)?;
+        Some(found) if matches!(found.as_ref(), b"1" | b"2") => {
+            let from = String::from_utf8_lossy(&found).into_owned();
+            if from == "1" {
+                upgrade_from_1(&images, &audit, &meta)?;
+            }
+            // An index half built by an upgrade cut short is built again whole.
+            by_id.clear()?;
+            upgrade_from_2(&audit, &by_id)?;
             db.insert(FORMAT_KEY, FORMAT_VERSION)?;
             db.flush()?;
             log::info!(
-                "the store at {} was upgraded in place from format 1 to {FORMAT_VERSION}",
+                "the store at {} was upgraded in place from format {from} to {FORMAT_VERSION}",
                 dir.display()
             );
         }
@@ -100,7 +108,7 @@ pub(super) fn open_and_verify(dir: &Path, db: sled::Db, trusted: bool) -> Result
             return Err(unknown_format(dir, "none").into());
         }
     }
-    if let Some(removed) = undo_interrupted_import(&images, &audit, &meta)? {
+    if let Some(removed) = undo_interrupted_import(&images, &audit, &by_id, &meta)? {
         db.flush()?;
         log::warn!(
             "an import into {} was interrupted; undone: {removed} images it had created \
@@ -110,12 +118,13 @@ pub(super) fn open_and_verify(dir: &Path, db: sled::Db, trusted: bool) -> Result
     }
     let tally = Tally::load(&meta)?;
     if !trusted {
-        read_through(&db, &images, &audit, &meta, &tally)?;
+        read_through(&db, &images, &audit, &by_id, &meta, &tally)?;
     }
     Ok(Opened {
         db,
         images,
         audit,
+        by_id,
         meta,
         tally,
         fresh,
@@ -128,6 +137,7 @@ fn read_through(
     db: &sled::Db,
     images: &Tree,
     audit: &Tree,
+    by_id: &Tree,
     meta: &Tree,
     tally: &Tally,
 ) -> Result<(), Fault> {
@@ -159,6 +169,18 @@ fn read_through(
             .into());
         }
         stored_records += 1;
+    }
+    // One index key per record (their seqs are checked where they are read).
+    let mut indexed = 0u64;
+    for item in by_id.iter() {
+        item?;
+        indexed += 1;
+    }
+    if indexed != stored_records {
+        return Err(StoreError::Damaged(format!(
+            "its audit index holds {indexed} keys for {stored_records} audit records"
+        ))
+        .into());
     }
     if (stored_images, stored_records) != (tally.images, tally.audit_records) {
         return Err(StoreError::Damaged(format!(

@@ -7,6 +7,7 @@ use super::*;
 pub(super) struct Writer {
     pub(super) images: Tree,
     pub(super) audit: Tree,
+    pub(super) by_id: Tree,
     pub(super) meta: Tree,
     pub(super) gauges: Arc<Gauges>,
     pub(super) generation: Arc<AtomicU64>,
@@ -220,45 +221,52 @@ impl Writer {
         changes: &[(&Change, &str)],
     ) -> Result<(Vec<Result<Applied, StoreError>>, Tally), StoreError> {
         let time = now_rfc3339();
-        let result =
-            (&self.images, &self.audit, &self.meta).transaction(|(images, audit, meta)| {
+        let result = (&self.images, &self.audit, &self.by_id, &self.meta).transaction(
+            |(images, audit, by_id, meta)| {
                 let mut tally = Tally::read(meta)?;
                 let mut outcomes = Vec::with_capacity(changes.len());
                 for (change, user) in changes {
-                    let outcome = apply_one(images, change)?;
-                    match &outcome {
-                        Ok(Applied::Created) => tally.images += 1,
-                        Ok(Applied::Deleted) => tally.images = tally.images.saturating_sub(1),
-                        _ => {}
-                    }
-                    if outcome.is_ok() {
-                        let record = AuditRecord::applied(
-                            tally.next_seq,
-                            &time,
-                            user,
-                            change.method(),
-                            change.id().as_str(),
-                        );
-                        let json = record.to_json();
-                        tally.audited(json.len());
-                        audit.insert(&record.seq.to_be_bytes(), json)?;
-                    }
+                    let outcome = match apply_one(images, change)? {
+                        Ok((applied, transition)) => {
+                            match applied {
+                                Applied::Created => tally.images += 1,
+                                Applied::Deleted => tally.images = tally.images.saturating_sub(1),
+                                _ => {}
+                            }
+                            let record = AuditRecord::applied(
+                                tally.next_seq,
+                                &time,
+                                user,
+                                change.method(),
+                                change.id().as_str(),
+                                transition,
+                            );
+                            let json = record.to_json();
+                            tally.audited(json.len());
+                            audit.insert(&record.seq.to_be_bytes(), json)?;
+                            by_id.insert(by_id_key(change.id().as_str(), record.seq), &[])?;
+                            Ok(applied)
+                        }
+                        Err(refused) => Err(refused),
+                    };
                     outcomes.push(outcome);
                 }
                 tally.write(meta)?;
                 Ok((outcomes, tally))
-            });
+            },
+        );
         result.map_err(from_transaction)
     }
 }
 
 /// One change inside the batch's transaction: `Err` outside is the engine failing
 /// (the whole batch is retried or fails); `Err` inside is this change refused, with
-/// nothing written.
+/// nothing written. Applied, it says what the image was and became, for its record.
 pub(super) fn apply_one(
     images: &sled::transaction::TransactionalTree,
     change: &Change,
-) -> Result<Result<Applied, StoreError>, sled::transaction::UnabortableTransactionError> {
+) -> Result<Result<(Applied, Transition), StoreError>, sled::transaction::UnabortableTransactionError>
+{
     let key = change.id().as_str().as_bytes();
     Ok(match change {
         Change::Create(image) => {
@@ -266,7 +274,7 @@ pub(super) fn apply_one(
                 return Ok(Err(StoreError::Conflict(image.id.to_string())));
             }
             images.insert(key, image.to_json())?;
-            Ok(Applied::Created)
+            Ok((Applied::Created, Transition::created(image.clone())))
         }
         Change::Update {
             id,
@@ -275,23 +283,30 @@ pub(super) fn apply_one(
         } => {
             let stored = images.get(key)?;
             let next = rules::precondition_met(id, stored.as_deref(), precondition)
-                .and_then(|current| rules::updated(&current, patch));
+                .and_then(|current| Ok((rules::updated(&current, patch)?, current.image()?)));
             match next {
-                Ok(next) => {
+                Ok((next, current)) => {
                     let bytes = IVec::from(next.to_json());
                     images.insert(key, bytes.clone())?;
-                    Ok(Applied::Updated(Record::from_slice(&bytes)))
+                    Ok((
+                        Applied::Updated(Record::from_slice(&bytes)),
+                        Transition::updated(current, next),
+                    ))
                 }
                 Err(refused) => Err(refused),
             }
         }
         Change::Delete { id, precondition } => {
             let stored = images.get(key)?;
-            if let Err(refused) = rules::precondition_met(id, stored.as_deref(), precondition) {
-                return Ok(Err(refused));
+            let current = rules::precondition_met(id, stored.as_deref(), precondition)
+                .and_then(|current| current.image());
+            match current {
+                Ok(current) => {
+                    images.remove(key)?;
+                    Ok((Applied::Deleted, Transition::deleted(current)))
+                }
+                Err(refused) => Err(refused),
             }
-            images.remove(key)?;
-            Ok(Applied::Deleted)
         }
     })
 }

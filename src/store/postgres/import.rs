@@ -95,7 +95,8 @@ impl Inner {
         for chunk in images.chunks(IMPORT_CHUNK) {
             let mut audit = AuditBatch::default();
             for image in chunk {
-                audit.push(user, IMPORT_METHOD, image.id.as_str());
+                let transition = Transition::created(image.clone());
+                audit.push(user, IMPORT_METHOD, image.id.as_str(), transition);
             }
             self.audit_in(&tx, &audit, chunk.len() as i64).await?;
         }
@@ -116,38 +117,34 @@ impl Inner {
             return Ok(Ok(()));
         };
         // The counter row first: no change may take a seq while the trail moves in.
-        self.bounded(tx.execute("SELECT 1 FROM counters WHERE id = 1 FOR UPDATE", &[]))
-            .await?;
-        let present = self
-            .bounded(tx.query(
-                "SELECT seq FROM audit WHERE seq BETWEEN $1 AND $2 ORDER BY seq LIMIT 1",
-                &[&low, &high],
+        let highest: i64 = self
+            .bounded(tx.query_one(
+                "SELECT next_seq - 1 FROM counters WHERE id = 1 FOR UPDATE",
+                &[],
             ))
-            .await?;
-        if let Some(row) = present.first() {
-            return Ok(Err(trail_overlaps(
-                row.get::<_, i64>(0) as u64,
-                low as u64,
-                high as u64,
-            )));
+            .await?
+            .get(0);
+        if let Err(refused) = rules::trail_fits(low as u64, high as u64, highest.max(0) as u64) {
+            return Ok(Err(refused));
         }
         let insert = self
             .bounded(tx.prepare_cached(
-                "INSERT INTO audit (seq, time, json) \
-                 SELECT * FROM unnest($1::bigint[], $2::text[], $3::bytea[]) \
+                "INSERT INTO audit (seq, time, json, image_id) \
+                 SELECT * FROM unnest($1::bigint[], $2::text[], $3::bytea[], $4::text[]) \
                  ON CONFLICT (seq) DO NOTHING RETURNING seq",
             ))
             .await?;
         let mut bytes = 0i64;
         for (chunk, seq_chunk) in trail.chunks(IMPORT_CHUNK).zip(seqs.chunks(IMPORT_CHUNK)) {
             let times: Vec<&str> = chunk.iter().map(|r| r.time.as_str()).collect();
+            let ids: Vec<&str> = chunk.iter().map(|r| r.id.as_str()).collect();
             let jsons: Vec<Vec<u8>> = chunk
                 .iter()
                 .map(|r| serde_json::to_vec(r).unwrap_or_default())
                 .collect();
             bytes += jsons.iter().map(|j| j.len() as i64).sum::<i64>();
             let rows = self
-                .bounded(tx.query(&insert, &[&seq_chunk, &times, &jsons]))
+                .bounded(tx.query(&insert, &[&seq_chunk, &times, &jsons, &ids]))
                 .await?;
             if rows.len() != chunk.len() {
                 // Only a seq given twice in the trail itself can land here.

@@ -41,11 +41,12 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::domain::change::IMPORT_METHOD;
+use crate::domain::change::Transition;
 use crate::domain::image::{Image, ImageId, Provider, ValidationError};
 use crate::store::queue::{Place, WriteQueue};
 use crate::store::{
-    Applied, AuditRecord, Author, Change, Page, Record, StoreError, rules, trail_overlaps,
-    trail_repeats,
+    Applied, AuditRange, AuditRecord, Author, Change, Page, Record, Snapshot, StoreError,
+    TrailSpan, rules, trail_repeats,
 };
 use coalesce::Coalescer;
 
@@ -55,7 +56,8 @@ pub use tls::Verify;
 /// minor of the same major (a newer release, during a rolling upgrade) is used as it
 /// is, since minors only add.
 pub const SCHEMA_MAJOR: i32 = 1;
-pub const SCHEMA_MINOR: i32 = 0;
+/// 1: `audit.image_id` and its index, for one image's history (`?id=`).
+pub const SCHEMA_MINOR: i32 = 1;
 
 /// Serializes schema creation among nodes that start at once.
 const SCHEMA_LOCK: i64 = 0x696d_6763_6174_0001;
@@ -85,6 +87,25 @@ CREATE TABLE audit (
     time text COLLATE "C" NOT NULL,
     json bytea NOT NULL
 );
+"#;
+
+/// Schema 1.0 to 1.1: the audit trail by image. The trigger fills `image_id` where an
+/// insert leaves it out: a node of release 1.0 still writing during a rolling upgrade.
+/// (A generated column cannot be had: reading bytea as UTF-8 is not immutable.)
+const SCHEMA_1_1: &str = r#"
+ALTER TABLE audit ADD COLUMN image_id text COLLATE "C";
+UPDATE audit SET image_id = convert_from(json, 'UTF8')::json->>'id';
+CREATE INDEX audit_image_id_seq ON audit (image_id, seq);
+CREATE FUNCTION audit_image_id() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.image_id IS NULL THEN
+        NEW.image_id := convert_from(NEW.json, 'UTF8')::json->>'id';
+    END IF;
+    RETURN NEW;
+END
+$$;
+CREATE TRIGGER audit_image_id BEFORE INSERT ON audit
+    FOR EACH ROW EXECUTE FUNCTION audit_image_id();
 "#;
 
 /// Rows per round trip of a streamed listing.
@@ -140,10 +161,12 @@ RETURNING next_seq - $1,
     to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
 "#;
 
-/// Stores audit records: $1 seqs, $2 time, $3 JSONs, $4 their bytes in all.
+/// Stores audit records: $1 seqs, $2 time, $3 JSONs, $4 their bytes in all, $5 the
+/// ids of their images.
 const AUDIT_SQL: &str = r#"
 WITH counted AS (UPDATE counters SET audit_bytes = audit_bytes + $4 WHERE id = 1)
-INSERT INTO audit (seq, time, json) SELECT seq, $2, json FROM unnest($1::bigint[], $3::bytea[]) AS u(seq, json)
+INSERT INTO audit (seq, time, json, image_id)
+SELECT seq, $2, json, image_id FROM unnest($1::bigint[], $3::bytea[], $5::text[]) AS u(seq, json, image_id)
 "#;
 
 /// How the store connects; the defaults suit a database on the same network.

@@ -8,13 +8,13 @@ use futures_util::StreamExt;
 
 pub(super) type Param = Box<dyn tokio_postgres::types::ToSql + Sync + Send>;
 
-/// `$images` (rows of page number, id, json) after a row with the generation alone:
-/// one statement, so one snapshot, and no column more on each image row (a scalar
-/// subquery on each made a page statement 15% dearer for the server).
+/// `$images` (rows of page number, id, json) after a row with the generation and the
+/// highest seq alone: one statement, so one snapshot, and no column more on each image
+/// row (a scalar subquery on each made a page statement 15% dearer for the server).
 macro_rules! with_generation {
     ($images:literal) => {
         concat!(
-            "SELECT generation, NULL::bigint, NULL::text, NULL::bytea \
+            "SELECT generation, next_seq - 1, NULL::text, NULL::bytea \
              FROM counters WHERE id = 1 UNION ALL ",
             $images
         )
@@ -115,7 +115,7 @@ impl PgStore {
         after: Option<&ImageId>,
         provider: Option<&Provider>,
         limit: usize,
-    ) -> Result<(u64, Page), StoreError> {
+    ) -> Result<(Snapshot, Page), StoreError> {
         let ask = PageAsk {
             after: after.map(|id| id.as_str().to_owned()).unwrap_or_default(),
             provider: provider.map(|p| p.as_str().to_owned()),
@@ -166,12 +166,26 @@ impl PgStore {
     }
 
     /// Up to `limit` audit records older than `before`, newest first.
-    pub async fn audit_page(&self, before: Option<u64>, limit: usize) -> Result<Page, StoreError> {
+    pub async fn audit_page(
+        &self,
+        range: AuditRange,
+        id: Option<&ImageId>,
+        limit: usize,
+    ) -> Result<Page, StoreError> {
         let inner = self.inner.clone();
-        let before = seq_bound(before);
         let limit = i64::try_from(limit).unwrap_or(i64::MAX - 1);
+        let id = id.map(|id| id.as_str().to_owned());
         self.reading(async move {
-            let mut rows = inner.audit_before(before, limit + 1).await?;
+            let mut rows = match range {
+                AuditRange::Before(before) => {
+                    inner.audit_before(seq_bound(before), id, limit + 1).await?
+                }
+                AuditRange::After(after) => {
+                    inner
+                        .audit_after(seq_bound(Some(after)), id, limit + 1)
+                        .await?
+                }
+            };
             let more = rows.len() as i64 > limit;
             rows.truncate(limit as usize);
             let records = rows.into_iter().map(|(_, json)| json).collect();
@@ -180,15 +194,39 @@ impl PgStore {
         .await
     }
 
-    /// Every audit record older than `before`, newest first, in keyset batches.
-    pub fn audit_stream(&self, before: Option<u64>) -> Listing {
-        self.audit_batches(seq_bound(before), true).boxed()
+    /// Every audit record older than `before`, newest first, only image `id`'s if
+    /// given, in keyset batches.
+    pub fn audit_stream(&self, before: Option<u64>, id: Option<&ImageId>) -> Listing {
+        let id = id.map(|id| id.as_str().to_owned());
+        self.audit_batches(seq_bound(before), id, true).boxed()
     }
 
     /// Every audit record after `after`, oldest first, in keyset batches.
     pub fn audit_ascending(&self, after: Option<u64>) -> Listing {
         let start = after.map_or(0, |seq| i64::try_from(seq).unwrap_or(i64::MAX));
-        self.audit_batches(start, false).boxed()
+        self.audit_batches(start, None, false).boxed()
+    }
+
+    /// The lowest seq held, and the highest given (committed), in one statement.
+    pub async fn trail_span(&self) -> Result<TrailSpan, StoreError> {
+        let inner = self.inner.clone();
+        self.reading(async move {
+            let rows = inner
+                .read(
+                    "SELECT (SELECT min(seq) FROM audit), next_seq - 1 FROM counters WHERE id = 1",
+                    vec![],
+                )
+                .await?;
+            let row = rows
+                .first()
+                .ok_or_else(|| StoreError::unreadable("the counters row is missing"))?;
+            let seq = |value: i64| u64::try_from(value).unwrap_or(0);
+            Ok(TrailSpan {
+                lowest: row.get::<_, Option<i64>>(0).map(seq),
+                highest: seq(row.get(1)),
+            })
+        })
+        .await
     }
 
     /// Audit records from the seq `start` (exclusive) on, newest or oldest first,
@@ -196,17 +234,18 @@ impl PgStore {
     pub(super) fn audit_batches(
         &self,
         start: i64,
+        id: Option<String>,
         newest_first: bool,
     ) -> impl Stream<Item = Result<Bytes, StoreError>> + Send + 'static {
         let inner = self.inner.clone();
         let handle = self.handle.clone();
         batched(start, move |from: i64| {
-            let inner = inner.clone();
+            let (inner, id) = (inner.clone(), id.clone());
             let fetch = handle.spawn(async move {
                 if newest_first {
-                    inner.audit_before(from, STREAM_BATCH).await
+                    inner.audit_before(from, id, STREAM_BATCH).await
                 } else {
-                    inner.audit_after(from, STREAM_BATCH).await
+                    inner.audit_after(from, id, STREAM_BATCH).await
                 }
             });
             async move {
@@ -245,8 +284,12 @@ impl PgStore {
     /// A number that moves with every committed write of any node on this database:
     /// what was derived from the catalog (a cached list page) may be reused while it
     /// stays the same.
-    pub async fn generation(&self) -> Result<u64, StoreError> {
-        Ok(self.counters().await?.generation)
+    pub async fn snapshot(&self) -> Result<Snapshot, StoreError> {
+        let counters = self.counters().await?;
+        Ok(Snapshot {
+            generation: counters.generation,
+            seq: counters.next_seq.saturating_sub(1),
+        })
     }
 
     /// Whether the database answers a trivial query within two seconds.
@@ -435,7 +478,7 @@ impl Inner {
                 }
             }
         };
-        let mut generation = None;
+        let mut snapshot = None;
         // The records of all pages go into one buffer, cut into `Bytes` that share
         // it: one allocation per batch, not one per record.
         let size = rows
@@ -452,7 +495,13 @@ impl Inner {
                 row.get::<_, Option<&str>>(2),
                 row.get::<_, Option<&[u8]>>(3),
             ) else {
-                generation = row.get::<_, Option<i64>>(0);
+                let seq = |column: usize| {
+                    row.get::<_, Option<i64>>(column)
+                        .and_then(|n| u64::try_from(n).ok())
+                };
+                snapshot = seq(0)
+                    .zip(seq(1))
+                    .map(|(generation, seq)| Snapshot { generation, seq });
                 continue;
             };
             let page = usize::try_from(page - 1)
@@ -463,9 +512,8 @@ impl Inner {
             buffer.extend_from_slice(json);
             page.push((id, start..buffer.len()));
         }
-        let generation = generation
-            .and_then(|g| u64::try_from(g).ok())
-            .ok_or_else(|| StoreError::unreadable("the counters row is missing"))?;
+        let snapshot =
+            snapshot.ok_or_else(|| StoreError::unreadable("the counters row is missing"))?;
         let buffer = buffer.freeze();
         Ok(spans
             .into_iter()
@@ -481,47 +529,59 @@ impl Inner {
                     records.sort_by(|a, b| a.0.cmp(b.0));
                 }
                 (
-                    generation,
+                    snapshot,
                     records.into_iter().map(|(_, json)| json).collect(),
                 )
             })
             .collect())
     }
 
+    /// Records older than `before`, newest first; only image `id`'s, if given.
     pub(super) async fn audit_before(
         &self,
         before: i64,
+        id: Option<String>,
         limit: i64,
     ) -> Result<Vec<(i64, Bytes)>, StoreError> {
-        self.audit_rows(
-            "SELECT seq, json FROM audit WHERE seq < $1 ORDER BY seq DESC LIMIT $2",
-            before,
-            limit,
-        )
-        .await
+        let sql = match id {
+            None => "SELECT seq, json FROM audit WHERE seq < $1 ORDER BY seq DESC LIMIT $2",
+            Some(_) => {
+                "SELECT seq, json FROM audit WHERE image_id = $3 AND seq < $1 \
+                 ORDER BY seq DESC LIMIT $2"
+            }
+        };
+        self.audit_rows(sql, before, id, limit).await
     }
 
+    /// Records newer than `after`, oldest first; only image `id`'s, if given.
     pub(super) async fn audit_after(
         &self,
         after: i64,
+        id: Option<String>,
         limit: i64,
     ) -> Result<Vec<(i64, Bytes)>, StoreError> {
-        self.audit_rows(
-            "SELECT seq, json FROM audit WHERE seq > $1 ORDER BY seq LIMIT $2",
-            after,
-            limit,
-        )
-        .await
+        let sql = match id {
+            None => "SELECT seq, json FROM audit WHERE seq > $1 ORDER BY seq LIMIT $2",
+            Some(_) => {
+                "SELECT seq, json FROM audit WHERE image_id = $3 AND seq > $1 \
+                 ORDER BY seq LIMIT $2"
+            }
+        };
+        self.audit_rows(sql, after, id, limit).await
     }
 
-    /// Audit records `(seq, json)` as `sql` selects them from a seq and a limit.
+    /// Audit records `(seq, json)` as `sql` selects them from a seq, a limit and, as
+    /// `$3`, an image id.
     pub(super) async fn audit_rows(
         &self,
         sql: &str,
         seq: i64,
+        id: Option<String>,
         limit: i64,
     ) -> Result<Vec<(i64, Bytes)>, StoreError> {
-        let rows = self.read(sql, vec![Box::new(seq), Box::new(limit)]).await?;
+        let mut params: Vec<Param> = vec![Box::new(seq), Box::new(limit)];
+        params.extend(id.map(|id| Box::new(id) as Param));
+        let rows = self.read(sql, params).await?;
         Ok(rows
             .into_iter()
             .map(|row| (row.get::<_, i64>(0), Bytes::from(row.get::<_, Vec<u8>>(1))))
@@ -591,5 +651,5 @@ pub(super) struct PageAsk {
     pub(super) limit: i64,
 }
 
-/// A value and the generation it was read at.
-pub(super) type Generational<T> = (u64, T);
+/// A value and where the catalog stood when it was read.
+pub(super) type Generational<T> = (Snapshot, T);

@@ -99,6 +99,9 @@ impl Inner {
             self.bounded(tx.batch_execute(SCHEMA))
                 .await
                 .map_err(unavailable)?;
+            self.bounded(tx.batch_execute(SCHEMA_1_1))
+                .await
+                .map_err(unavailable)?;
             self.bounded(tx.execute(
                 "INSERT INTO schema_version VALUES ($1, $2)",
                 &[&SCHEMA_MAJOR, &SCHEMA_MINOR],
@@ -117,8 +120,20 @@ impl Inner {
             if major != SCHEMA_MAJOR {
                 return Err(other_major(major, minor));
             }
-            // Minors add only: a newer one is read as it is, an older one would be
-            // brought up here, additively. There is one minor so far.
+            // Minors add only: a newer one is read as it is, an older one is brought
+            // up here, additively.
+            if minor < 1 {
+                self.bounded(tx.batch_execute(SCHEMA_1_1))
+                    .await
+                    .map_err(unavailable)?;
+                self.bounded(tx.execute("UPDATE schema_version SET minor = 1", &[]))
+                    .await
+                    .map_err(unavailable)?;
+                log::info!(
+                    "upgraded the image-catalog schema in the database in place from \
+                     {major}.{minor} to {SCHEMA_MAJOR}.{SCHEMA_MINOR}: the audit trail by image"
+                );
+            }
         }
         self.bounded(tx.commit()).await.map_err(|b| match b {
             Broken::Before(why) | Broken::InCommit(why) => StoreError::Unavailable(why),

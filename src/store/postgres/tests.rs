@@ -18,7 +18,7 @@ fn store_and_futures_are_send(store: &PgStore) {
     ));
     send_future(store.get(&id));
     send_future(store.list_page(None, None, 1));
-    send_future(store.audit_page(None, 1));
+    send_future(store.audit_page(AuditRange::Before(None), None, 1));
     send_future(store.is_healthy());
     send_future(store.list_stream(None, None));
 }
@@ -38,8 +38,8 @@ fn secrets_are_scrubbed() {
 #[test]
 fn audit_rows_are_the_records_serde_writes_with_their_bytes() {
     let mut batch = AuditBatch::default();
-    batch.push("bob \"the\" admin", "PUT", "ïd-ü");
-    batch.push("alice", "DELETE", "x");
+    batch.push("bob \"the\" admin", "PUT", "ïd-ü", Transition::default());
+    batch.push("alice", "DELETE", "x", Transition::default());
     let rows = batch.rows(12345, "2026-11-28T04:00:00.123456Z".into());
     assert_eq!(rows.seqs, [12345, 12346]);
     let first: AuditRecord = serde_json::from_slice(&rows.jsons[0]).unwrap();
@@ -50,9 +50,11 @@ fn audit_rows_are_the_records_serde_writes_with_their_bytes() {
             "2026-11-28T04:00:00.123456Z",
             "bob \"the\" admin",
             "PUT",
-            "ïd-ü"
+            "ïd-ü",
+            Transition::default()
         )
     );
+    assert_eq!(rows.ids, ["ïd-ü", "x"]);
     let second: AuditRecord = serde_json::from_slice(&rows.jsons[1]).unwrap();
     assert_eq!((second.seq, second.method.as_str()), (12346, "DELETE"));
     assert_eq!(

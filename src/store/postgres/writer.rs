@@ -170,12 +170,13 @@ impl Inner {
             };
             for (job, outcome) in jobs[next..next + done].iter().zip(outcomes) {
                 match outcome {
-                    Ok((applied, delta)) => {
+                    Ok((applied, delta, transition)) => {
                         images_delta += delta;
                         audit.push(
                             job.author.name(),
                             job.change.method(),
                             job.change.id().as_str(),
+                            transition,
                         );
                         results.push(Ok(applied));
                     }
@@ -214,13 +215,10 @@ impl Inner {
         let delete = self.bounded(client.prepare_cached(DELETE_SQL)).await?;
         let seqs_sql = self.bounded(client.prepare_cached(SEQS_SQL)).await?;
         let audit_sql = self.bounded(client.prepare_cached(AUDIT_SQL)).await?;
-        let mut audit = AuditBatch::default();
         let mut images_delta = 0i64;
         let mut jsons = Vec::with_capacity(jobs.len());
         for job in jobs {
-            let change = &job.change;
-            audit.push(job.author.name(), change.method(), change.id().as_str());
-            match change {
+            match &job.change {
                 Change::Create(image) => {
                     images_delta += 1;
                     jsons.push(image.to_json());
@@ -231,20 +229,12 @@ impl Inner {
                 }
             }
         }
+        let records = jobs.len() as i64;
         let client: &tokio_postgres::Client = client;
         let statements = jobs.iter().zip(&jsons).map(|(job, json)| {
             let (insert, delete) = (&insert, &delete);
-            async move {
-                match &job.change {
-                    Change::Create(image) => {
-                        let (id, provider) = (image.id.as_str(), image.provider.as_str());
-                        client.execute(insert, &[&id, &provider, json]).await
-                    }
-                    change => client.execute(delete, &[&change.id().as_str()]).await,
-                }
-            }
+            async move { one_statement_sent(client, insert, delete, &job.change, json).await }
         });
-        let records = audit.len();
         let seqs_params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] =
             [&records, &images_delta];
         // Futures send their request when first polled, and these are polled in
@@ -254,10 +244,20 @@ impl Inner {
             futures_util::future::try_join_all(statements),
             client.query_one(&seqs_sql, &seqs_params),
         );
-        let (_, counts, taken) = self.bounded(sent).await?;
-        if counts.contains(&0) {
-            self.bounded(client.batch_execute("ROLLBACK")).await?;
-            return Ok(None);
+        let (_, outcomes, taken) = self.bounded(sent).await?;
+        let mut audit = AuditBatch::default();
+        for (job, outcome) in jobs.iter().zip(outcomes) {
+            let Some(transition) = outcome else {
+                self.bounded(client.batch_execute("ROLLBACK")).await?;
+                return Ok(None);
+            };
+            let change = &job.change;
+            audit.push(
+                job.author.name(),
+                change.method(),
+                change.id().as_str(),
+                transition,
+            );
         }
         // The records and COMMIT at once: a record refused (a database error) turns
         // the COMMIT into a rollback, and is what comes back.
@@ -305,7 +305,7 @@ impl Inner {
         &self,
         tx: &deadpool_postgres::Transaction<'_>,
         change: &Change,
-    ) -> Result<Result<(Applied, i64), StoreError>, Broken> {
+    ) -> Result<Result<(Applied, i64, Transition), StoreError>, Broken> {
         match change {
             Change::Create(image) => {
                 let statement = self.bounded(tx.prepare_cached(INSERT_SQL)).await?;
@@ -322,7 +322,11 @@ impl Inner {
                 if inserted == 0 {
                     return Ok(Err(StoreError::Conflict(image.id.to_string())));
                 }
-                Ok(Ok((Applied::Created, 1)))
+                Ok(Ok((
+                    Applied::Created,
+                    1,
+                    Transition::created(image.clone()),
+                )))
             }
             Change::Update {
                 id,
@@ -330,12 +334,13 @@ impl Inner {
                 precondition,
             } => {
                 let stored = self.locked(tx, id).await?;
-                let next = match rules::precondition_met(id, stored.as_deref(), precondition)
-                    .and_then(|current| rules::updated(&current, patch))
-                {
-                    Ok(next) => next,
-                    Err(refused) => return Ok(Err(refused)),
-                };
+                let (next, current) =
+                    match rules::precondition_met(id, stored.as_deref(), precondition).and_then(
+                        |current| Ok((rules::updated(&current, patch)?, current.image()?)),
+                    ) {
+                        Ok(found) => found,
+                        Err(refused) => return Ok(Err(refused)),
+                    };
                 let json = next.to_json();
                 let statement =
                     self.bounded(tx.prepare_cached(
@@ -346,7 +351,8 @@ impl Inner {
                     tx.execute(&statement, &[&id.as_str(), &next.provider.as_str(), &json]),
                 )
                 .await?;
-                Ok(Ok((Applied::Updated(record_of(json)), 0)))
+                let transition = Transition::updated(current, next);
+                Ok(Ok((Applied::Updated(record_of(json)), 0, transition)))
             }
             Change::Delete { id, precondition } => {
                 if precondition.is_some() {
@@ -358,13 +364,12 @@ impl Inner {
                     }
                 }
                 let statement = self.bounded(tx.prepare_cached(DELETE_SQL)).await?;
-                let deleted = self
-                    .bounded(tx.execute(&statement, &[&id.as_str()]))
-                    .await?;
-                if deleted == 0 {
-                    return Ok(Err(StoreError::NotFound(id.to_string())));
+                let deleted = self.bounded(tx.query(&statement, &[&id.as_str()])).await?;
+                match deleted.first().map(deleted_image).transpose() {
+                    Ok(Some(image)) => Ok(Ok((Applied::Deleted, -1, Transition::deleted(image)))),
+                    Ok(None) => Ok(Err(StoreError::NotFound(id.to_string()))),
+                    Err(unreadable) => Ok(Err(unreadable)),
                 }
-                Ok(Ok((Applied::Deleted, -1)))
             }
         }
     }
@@ -374,7 +379,7 @@ impl Inner {
         &self,
         tx: &deadpool_postgres::Transaction<'_>,
         jobs: &[Job],
-    ) -> Result<Vec<Result<(Applied, i64), StoreError>>, Broken> {
+    ) -> Result<Vec<Result<(Applied, i64, Transition), StoreError>>, Broken> {
         let insert = self.bounded(tx.prepare_cached(INSERT_SQL)).await?;
         let delete = self.bounded(tx.prepare_cached(DELETE_SQL)).await?;
         let jsons: Vec<Vec<u8>> = jobs
@@ -384,29 +389,22 @@ impl Inner {
                 _ => Vec::new(),
             })
             .collect();
+        let client: &tokio_postgres::Client = tx.client();
         let sent = jobs.iter().zip(&jsons).map(|(job, json)| {
             let (insert, delete) = (&insert, &delete);
-            async move {
-                match &job.change {
-                    Change::Create(image) => {
-                        let (id, provider) = (image.id.as_str(), image.provider.as_str());
-                        tx.execute(insert, &[&id, &provider, json]).await
-                    }
-                    change => tx.execute(delete, &[&change.id().as_str()]).await,
-                }
-            }
+            async move { one_statement_sent(client, insert, delete, &job.change, json).await }
         });
-        let counts = self
+        let outcomes = self
             .bounded(futures_util::future::try_join_all(sent))
             .await?;
         Ok(jobs
             .iter()
-            .zip(counts)
-            .map(|(job, count)| match (&job.change, count) {
-                (Change::Create(image), 0) => Err(StoreError::Conflict(image.id.to_string())),
-                (Change::Create(_), _) => Ok((Applied::Created, 1)),
-                (change, 0) => Err(StoreError::NotFound(change.id().to_string())),
-                (_, _) => Ok((Applied::Deleted, -1)),
+            .zip(outcomes)
+            .map(|(job, outcome)| match (&job.change, outcome) {
+                (Change::Create(image), None) => Err(StoreError::Conflict(image.id.to_string())),
+                (change, None) => Err(StoreError::NotFound(change.id().to_string())),
+                (Change::Create(_), Some(transition)) => Ok((Applied::Created, 1, transition)),
+                (_, Some(transition)) => Ok((Applied::Deleted, -1, transition)),
             })
             .collect())
     }
@@ -427,7 +425,39 @@ impl Inner {
 
 pub(super) const INSERT_SQL: &str =
     "INSERT INTO images (id, provider, json) VALUES ($1, $2, $3) ON CONFLICT (id) DO NOTHING";
-pub(super) const DELETE_SQL: &str = "DELETE FROM images WHERE id = $1";
+pub(super) const DELETE_SQL: &str = "DELETE FROM images WHERE id = $1 RETURNING json";
+
+/// A create or an unconditional delete, sent on `client` (in a transaction begun
+/// there): what it did to its image, or `None` when its row was not there to change
+/// (the id taken, or gone). A deleted image that cannot be read is `None` too: the
+/// batch then goes statement by statement, where it is refused alone.
+async fn one_statement_sent(
+    client: &tokio_postgres::Client,
+    insert: &tokio_postgres::Statement,
+    delete: &tokio_postgres::Statement,
+    change: &Change,
+    json: &Vec<u8>,
+) -> Result<Option<Transition>, tokio_postgres::Error> {
+    match change {
+        Change::Create(image) => {
+            let (id, provider) = (image.id.as_str(), image.provider.as_str());
+            let inserted = client.execute(insert, &[&id, &provider, json]).await?;
+            Ok((inserted == 1).then(|| Transition::created(image.clone())))
+        }
+        change => {
+            let rows = client.query(delete, &[&change.id().as_str()]).await?;
+            Ok(rows
+                .first()
+                .and_then(|row| deleted_image(row).ok())
+                .map(Transition::deleted))
+        }
+    }
+}
+
+/// The image a `DELETE ... RETURNING json` removed.
+fn deleted_image(row: &tokio_postgres::Row) -> Result<Image, StoreError> {
+    Record::from(Bytes::from(row.get::<_, Vec<u8>>(0))).image()
+}
 
 /// Whether `change` is one statement whose row count alone says its outcome.
 pub(super) fn one_statement(change: &Change) -> bool {
@@ -444,8 +474,8 @@ pub(super) fn one_statement(change: &Change) -> bool {
 /// The audit records of one transaction, before they have seqs and a time.
 #[derive(Default)]
 pub(super) struct AuditBatch {
-    /// User, method and id of each.
-    changes: Vec<(String, &'static str, String)>,
+    /// User, method, id and transition of each.
+    changes: Vec<(String, &'static str, String, Transition)>,
 }
 
 /// `AuditBatch`'s records as `AUDIT_SQL` takes them.
@@ -454,11 +484,19 @@ pub(super) struct AuditRows {
     pub(super) time: String,
     pub(super) jsons: Vec<Vec<u8>>,
     pub(super) bytes: i64,
+    pub(super) ids: Vec<String>,
 }
 
 impl AuditBatch {
-    pub(super) fn push(&mut self, user: &str, method: &'static str, id: &str) {
-        self.changes.push((user.to_owned(), method, id.to_owned()));
+    pub(super) fn push(
+        &mut self,
+        user: &str,
+        method: &'static str,
+        id: &str,
+        transition: Transition,
+    ) {
+        self.changes
+            .push((user.to_owned(), method, id.to_owned(), transition));
     }
 
     pub(super) fn len(&self) -> i64 {
@@ -472,22 +510,29 @@ impl AuditBatch {
             .changes
             .iter()
             .zip(&seqs)
-            .map(|((user, method, id), &seq)| {
-                AuditRecord::applied(seq as u64, &time, user, method, id).to_json()
+            .map(|((user, method, id, transition), &seq)| {
+                AuditRecord::applied(seq as u64, &time, user, method, id, transition.clone())
+                    .to_json()
             })
             .collect();
         let bytes = jsons.iter().map(|json| json.len() as i64).sum();
+        let ids = self
+            .changes
+            .iter()
+            .map(|(_, _, id, _)| id.clone())
+            .collect();
         AuditRows {
             seqs,
             time,
             jsons,
             bytes,
+            ids,
         }
     }
 }
 
 impl AuditRows {
-    pub(super) fn params(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 4] {
-        [&self.seqs, &self.time, &self.jsons, &self.bytes]
+    pub(super) fn params(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 5] {
+        [&self.seqs, &self.time, &self.jsons, &self.bytes, &self.ids]
     }
 }
