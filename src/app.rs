@@ -14,6 +14,7 @@ use crate::auth::Authenticator;
 use crate::config::{Config, ServerConfig};
 use crate::domain::access::{Granted, Policy, User};
 use crate::error::ApiError;
+use crate::feed::Feed;
 use crate::metrics::{Metrics, StoreStats};
 use crate::store::Store;
 use crate::tls::Certificates;
@@ -42,6 +43,8 @@ use crate::tls::Certificates;
 /// ```
 pub struct AppState {
     store: Store,
+    /// Who waits for a change, and what wakes them.
+    feed: Arc<Feed>,
     auth: Authenticator,
     metrics: Metrics,
     pages: PageCache,
@@ -66,7 +69,11 @@ impl AppState {
         certificates: Option<Arc<Certificates>>,
         openapi: Bytes,
     ) -> Result<AppState, prometheus::Error> {
+        // The feed starts after what is durable now: a request that waits for more
+        // reads the store up to here first.
+        let seq = *store.durable_seqs().borrow();
         Ok(AppState {
+            feed: Arc::new(Feed::new(seq, config.server.max_waiters)),
             auth: Authenticator::new(config.access.clone(), config.auth.clone()),
             metrics: Metrics::new()?,
             pages: PageCache::default(),
@@ -99,6 +106,23 @@ impl AppState {
     /// to stop.
     pub async fn store_failed(&self) -> String {
         self.store.failed().await
+    }
+
+    /// Who waits for a change (no store behind it: what they read, they read through
+    /// their own proof of policy).
+    pub fn feed(&self) -> &Arc<Feed> {
+        &self.feed
+    }
+
+    /// Follows the store's changes and wakes who waits for them, until the feed
+    /// closes.
+    pub async fn follow_changes(&self) {
+        self.feed.follow(&self.store).await
+    }
+
+    /// The server is stopping: every wait ends now, and the streams end.
+    pub fn stop_waiting(&self) {
+        self.feed.close();
     }
 
     /// Audit retention now, rather than at its next turn (at least once a minute):
@@ -138,6 +162,7 @@ impl AppState {
         self.metrics.render(&StoreStats {
             store,
             password_verifications: self.auth.password_verifications(),
+            waiting_requests: self.feed.waiting() as u64,
         })
     }
 
@@ -231,6 +256,8 @@ impl AppState {
                 }
                 let users = next.access.users().len();
                 self.auth.replace(next.access);
+                // Waiters check their policy again: a user who lost it stops waiting.
+                self.feed.reloaded();
                 if let Err(e) = self.store.settle().await {
                     log::warn!("config reload: cannot wait for the writes in flight: {e}");
                 }

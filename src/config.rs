@@ -88,6 +88,9 @@ pub struct ServerConfig {
     /// Connections served at once from one trusted proxy, instead of
     /// `max_connections_per_address`: a proxy carries many clients.
     pub max_connections_per_proxy: usize,
+    /// Requests waiting for a change at once (long polls, blocking reads, streams);
+    /// past it a new one is a 503.
+    pub max_waiters: usize,
 }
 
 /// The PEM files of `[server] tls_cert` and `tls_key`, resolved against the config
@@ -184,6 +187,7 @@ struct RawServer {
     tls_key: Option<PathBuf>,
     trusted_proxies: Vec<String>,
     max_connections_per_proxy: usize,
+    max_waiters: usize,
 }
 
 impl Default for RawServer {
@@ -205,6 +209,7 @@ impl Default for RawServer {
             tls_key: None,
             trusted_proxies: Vec::new(),
             max_connections_per_proxy: 1024,
+            max_waiters: 4096,
         }
     }
 }
@@ -516,6 +521,7 @@ impl Config {
                 server.max_connections_per_proxy as u64,
             ),
             ("backlog", u64::from(server.backlog)),
+            ("max_waiters", server.max_waiters as u64),
         ] {
             if value == 0 {
                 return Err(format!("[server] {name} must be at least 1"));
@@ -566,6 +572,7 @@ impl Config {
                 tls,
                 trusted_proxies,
                 max_connections_per_proxy: server.max_connections_per_proxy,
+                max_waiters: server.max_waiters,
             },
             store,
             audit,

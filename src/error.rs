@@ -41,6 +41,11 @@ pub enum ApiError {
     /// What a feed asks for is no longer there (pruned), or never was.
     #[error("{0}")]
     Gone(String),
+    #[error(
+        "{max} requests are waiting for changes already, as many as this server lets wait \
+         ([server] max_waiters); retry in a moment"
+    )]
+    TooManyWaiters { max: usize },
     #[error("If-Match does not match the current ETag of image '{0}'; fetch it again and retry")]
     PreconditionFailed(String),
     #[error("the request body is larger than the {limit} bytes this server accepts")]
@@ -120,6 +125,14 @@ impl From<AuthError> for ApiError {
     }
 }
 
+impl From<crate::feed::Full> for ApiError {
+    fn from(full: crate::feed::Full) -> Self {
+        ApiError::TooManyWaiters {
+            max: full.max_waiters,
+        }
+    }
+}
+
 impl From<ValidationError> for ApiError {
     fn from(err: ValidationError) -> Self {
         ApiError::BadRequest(err.to_string())
@@ -195,6 +208,7 @@ impl ResponseError for ApiError {
             ApiError::TooManyFailedLogins { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::TooManyConnections { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::TooManyConnectionsFromAddress { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::TooManyWaiters { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -217,7 +231,7 @@ impl ResponseError for ApiError {
                 response.insert_header((header::RETRY_AFTER, 1));
                 response.force_close();
             }
-            ApiError::StoreBusy | ApiError::StoreStopped => {
+            ApiError::StoreBusy | ApiError::StoreStopped | ApiError::TooManyWaiters { .. } => {
                 response.insert_header((header::RETRY_AFTER, 1));
             }
             ApiError::BodyTimeout { .. } | ApiError::AfterClose => {

@@ -9,7 +9,9 @@
 //!    `store`: the catalog on disk (sled) or in PostgreSQL; `auth`: credentials to
 //!    users, with the brute-force throttle.
 //! 4. `error`: every failure as the API's `{"message"}`.
-//! 5. `app`: the state every request may reach, and only through a proof of policy.
+//! 5. `feed`: the requests waiting for a change, and the dispatcher that wakes them;
+//!    then `app`: the state every request may reach, and only through a proof of
+//!    policy.
 //! 6. `http`: extractors (`Authorized<P>`), headers, listings, limits, middleware.
 //! 7. `routes`, then `openapi` (the document of the route table), `startup` (the
 //!    server), `cli` (the command line).
@@ -30,6 +32,7 @@ pub mod store;
 pub mod error;
 
 pub mod app;
+pub mod feed;
 
 pub mod http;
 

@@ -31,6 +31,8 @@ pub struct StoreStats {
     pub store: Option<StoreFigures>,
     /// argon2 password verifications run since start.
     pub password_verifications: u64,
+    /// Requests waiting for a change now.
+    pub waiting_requests: u64,
 }
 
 pub struct Metrics {
@@ -49,6 +51,7 @@ pub struct Metrics {
     log_lines_dropped_seen: AtomicU64,
     password_verifications: IntCounter,
     password_verifications_seen: AtomicU64,
+    waiting_requests: IntGauge,
 }
 
 impl Metrics {
@@ -114,6 +117,11 @@ impl Metrics {
              the cache of proven credentials answers",
         )?;
         registry.register(Box::new(password_verifications.clone()))?;
+        let waiting_requests = IntGauge::new(
+            "waiting_requests",
+            "Requests waiting for a change: long polls, blocking reads and event streams",
+        )?;
+        registry.register(Box::new(waiting_requests.clone()))?;
         Ok(Metrics {
             registry,
             requests,
@@ -129,6 +137,7 @@ impl Metrics {
             log_lines_dropped_seen: AtomicU64::new(0),
             password_verifications,
             password_verifications_seen: AtomicU64::new(0),
+            waiting_requests,
         })
     }
 
@@ -154,6 +163,7 @@ impl Metrics {
     /// The text exposition, with the store's gauges as of `stats`.
     pub fn render(&self, stats: &StoreStats) -> Result<Vec<u8>, prometheus::Error> {
         let gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        self.waiting_requests.set(gauge(stats.waiting_requests));
         self.store_up.set(i64::from(stats.store.is_some()));
         if let Some(store) = &stats.store {
             if let Some((open, idle)) = store.connections {

@@ -120,19 +120,26 @@ impl Application {
         let state = self.state.clone();
         let stop_on_failure = async move {
             let reason = state.store_failed().await;
+            state.stop_waiting();
             // Stops accepting at once; what is in flight is answered (503) meanwhile.
             let _ = tokio::time::timeout(FAIL_STOP_GRACE, handle.stop(true)).await;
             reason
         };
+        let follower = self.state.clone();
+        let follower = tokio::spawn(async move { follower.follow_changes().await });
         let result = tokio::select! {
             result = self.server => result,
             reason = stop_on_failure => {
+                follower.abort();
                 return Err(std::io::Error::other(format!(
                     "the store has stopped after a failure ({reason}); exiting so that a \
                      restart reopens it on what is durably on disk"
                 )));
             }
         };
+        // The server stopped (a test may stop it without a signal): so do the waits.
+        self.state.stop_waiting();
+        follower.abort();
         self.state.shutdown_store().map_err(|e| {
             std::io::Error::other(format!(
                 "{e}; exiting so that a restart reopens the store on what is durably on disk"

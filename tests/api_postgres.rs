@@ -20,6 +20,8 @@ mod audit;
 mod auth;
 #[path = "api/brute_force.rs"]
 mod brute_force;
+#[path = "api/changes.rs"]
+mod changes;
 #[path = "api/conditional.rs"]
 mod conditional;
 #[path = "api/config.rs"]
@@ -52,3 +54,5 @@ mod reload;
 mod secrets;
 #[path = "api/tls.rs"]
 mod tls;
+#[path = "api/waits.rs"]
+mod waits;

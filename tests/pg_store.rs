@@ -481,7 +481,7 @@ async fn probe_reports_the_schema_and_changes_nothing() {
     assert!(!err.to_string().contains(&db.password), "{err}");
 }
 
-/// Schema 1.0 (before the audit trail by image) is brought to 1.1 in place at the
+/// Schema 1.0 (before the audit trail by image and its notifications) is brought to 1.1 in place at the
 /// next connect, its records indexed; a node of 1.0 still writing during a rolling
 /// upgrade (no `image_id` in its insert) has its records indexed all the same.
 #[tokio::test]
@@ -500,6 +500,7 @@ async fn schema_1_0_is_upgraded_in_place_to_the_trail_by_image() {
     cluster.psql_in(
         &db.name,
         "DROP TRIGGER audit_image_id ON audit; DROP FUNCTION audit_image_id(); \
+         DROP TRIGGER counters_notify ON counters; DROP FUNCTION counters_notify(); \
          ALTER TABLE audit DROP COLUMN image_id; UPDATE schema_version SET minor = 0",
     );
     let store = connect(&db.url, true).await;

@@ -331,6 +331,8 @@ async fn handle_signals(
         }
     };
     log::info!("{name} received: graceful shutdown, finishing in-flight requests");
+    // Waiting requests are answered now, as if their time had run out; streams end.
+    state.stop_waiting();
     // Whatever is stuck (a flush, a reload on a hung mount), the process ends in time.
     let _ = std::thread::Builder::new()
         .name("stop-deadline".into())

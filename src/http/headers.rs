@@ -5,6 +5,12 @@ use crate::domain::change::Precondition;
 
 /// Whether an `Accept` header admits `application/json`. No header admits anything.
 pub fn accepts_json(accept: Option<&[u8]>) -> bool {
+    accepts(accept, &["application/json"])
+}
+
+/// Whether an `Accept` header admits one of `offered` (media types such as
+/// `text/event-stream`). No header admits anything.
+pub fn accepts(accept: Option<&[u8]>, offered: &[&str]) -> bool {
     let Some(accept) = accept else { return true };
     let Ok(accept) = std::str::from_utf8(accept) else {
         return false;
@@ -15,9 +21,15 @@ pub fn accepts_json(accept: Option<&[u8]>) -> bool {
     accept.split(',').any(|range| {
         let mut parts = range.split(';');
         let media = parts.next().unwrap_or("").trim();
-        let json = ["application/json", "application/*", "*/*"]
-            .iter()
-            .any(|m| media.eq_ignore_ascii_case(m));
+        let admitted = media == "*/*"
+            || offered.iter().any(|offer| {
+                media.eq_ignore_ascii_case(offer)
+                    || media.strip_suffix("/*").is_some_and(|kind| {
+                        offer.split_once('/').is_some_and(|(offered_kind, _)| {
+                            kind.eq_ignore_ascii_case(offered_kind)
+                        })
+                    })
+            });
         // q=0 means "not acceptable"; anything unparsable counts as the default 1.
         let refused = parts.any(|param| {
             let mut kv = param.splitn(2, '=');
@@ -25,7 +37,7 @@ pub fn accepts_json(accept: Option<&[u8]>) -> bool {
             let value = kv.next().unwrap_or("").trim();
             key.eq_ignore_ascii_case("q") && value.parse::<f32>().is_ok_and(|q| q <= 0.0)
         });
-        json && !refused
+        admitted && !refused
     })
 }
 
@@ -186,6 +198,17 @@ mod tests {
         ] {
             assert!(!accepts_json(Some(refused)), "{refused:?}");
         }
+        let stream = ["text/event-stream", "application/json"];
+        for ok in [
+            &b"text/event-stream"[..],
+            b"text/*",
+            b"application/json",
+            b"*/*",
+        ] {
+            assert!(accepts(Some(ok), &stream), "{ok:?}");
+        }
+        assert!(!accepts(Some(b"text/html"), &stream));
+        assert!(!accepts(Some(b"text/event-stream;q=0"), &stream));
     }
 
     #[test]

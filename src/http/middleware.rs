@@ -105,8 +105,9 @@ fn client_address(req: &ServiceRequest, proxies: &TrustedProxies) -> Option<IpAd
     Some(proxies.client(peer, forwarded))
 }
 
-/// Why the request is refused before any route runs, if it is. `/metrics` speaks
-/// Prometheus text, so `Accept` does not apply to it.
+/// Why the request is refused before any route runs, if it is. `Accept` is per route:
+/// `/metrics` speaks Prometheus text, so it does not apply there; the event stream
+/// admits `text/event-stream` too.
 fn refusal(req: &ServiceRequest, state: Option<&AppState>) -> Option<ApiError> {
     let max_header_bytes = state.map_or(16 * 1024, |s| s.config().server.max_header_bytes);
     if let Some(refused) =
@@ -115,7 +116,11 @@ fn refusal(req: &ServiceRequest, state: Option<&AppState>) -> Option<ApiError> {
         return Some(refused);
     }
     let accept = req.headers().get(header::ACCEPT);
-    if req.path() != "/metrics" && !headers::accepts_json(accept.map(|v| v.as_bytes())) {
+    let offered: &[&str] = match req.path() {
+        "/v3/changes" => &["text/event-stream", "application/json"],
+        _ => &["application/json"],
+    };
+    if req.path() != "/metrics" && !headers::accepts(accept.map(|v| v.as_bytes()), offered) {
         let shown = accept
             .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
             .unwrap_or_default();
@@ -164,7 +169,13 @@ fn record(
         let route = request
             .app_data::<RoutePattern>()
             .map_or(UNMATCHED, |p| p.0);
-        state.observe_request(route, method, status, elapsed.as_secs_f64());
+        // The time spent waiting for a change is the client's choice, not latency.
+        let waited = request
+            .extensions()
+            .get::<crate::http::wait::Waited>()
+            .map_or(Duration::ZERO, |w| w.0);
+        let worked = elapsed.saturating_sub(waited);
+        state.observe_request(route, method, status, worked.as_secs_f64());
     }
     let extensions = request.extensions();
     let user = extensions

@@ -7,3 +7,4 @@ pub mod headers;
 pub mod limits;
 pub mod listing;
 pub mod middleware;
+pub mod wait;

@@ -2,16 +2,19 @@
 //! came after a seq (`after`), oldest first.
 
 use actix_web::http::Method;
-use actix_web::{HttpRequest, HttpResponse, web};
+use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
 use futures_util::StreamExt;
+use tokio::time::Instant;
 
 use super::{get_or_head, resource};
 use crate::domain::access::{ReadAudit, ReadImages};
 use crate::domain::change::AuditRecord;
 use crate::domain::image::ImageId;
 use crate::error::{ApiError, ErrorBody};
+use crate::feed::Ended;
 use crate::http::extract::Authorized;
 use crate::http::listing;
+use crate::http::wait::{Waited, parse_wait};
 use crate::store::{AuditRange, Page, StoreError, TrailSpan};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -41,6 +44,9 @@ pub const FEED_PAGE: usize = 100;
         ("after" = Option<i64>, Query, minimum = 0,
             description = "Records newer than this seq, oldest first (not with `marker`)"),
         ("id" = Option<ImageId>, Query, description = "Only this image's records"),
+        ("wait" = Option<String>, Query, pattern = "^[0-9]+[sm]?$",
+            description = "With `after`: when nothing is newer, wait this long (30, 30s, 5m; \
+            at most 5m) for a record, then answer it, or `[]`"),
     ),
     responses(
         (status = 200, description = "Audit records", body = Vec<AuditRecord>,
@@ -52,14 +58,20 @@ pub const FEED_PAGE: usize = 100;
         (status = 410, description = "Records after `after` were pruned, or `after` is above \
             every seq this catalog has given: re-read the catalog and follow on from its \
             X-Audit-Seq", body = ErrorBody),
-        (status = 503, description = "The store failed", body = ErrorBody),
+        (status = 403, description = "The caller lost read_audit while waiting (a reload)",
+            body = ErrorBody),
+        (status = 503, description = "The store failed, or too many requests wait \
+            ([server] max_waiters)", body = ErrorBody),
     )
 )]
 pub(crate) async fn list(
     auth: Authorized<ReadAudit>,
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
-    let params = listing::parse_query(req.query_string(), &["limit", "marker", "after", "id"])?;
+    let params = listing::parse_query(
+        req.query_string(),
+        &["limit", "marker", "after", "id", "wait"],
+    )?;
     let seq_of = |name: &str| {
         params
             .get(name)
@@ -84,19 +96,59 @@ pub(crate) async fn list(
         .get("limit")
         .map(|l| listing::parse_limit(l))
         .transpose()?;
+    let wait = params.get("wait").map(|w| parse_wait(w)).transpose()?;
+    if wait.is_some() && after.is_none() {
+        return Err(ApiError::bad_request(
+            "wait needs after: it waits for records newer than that seq",
+        ));
+    }
     // Read before the records: resuming the feed from it misses nothing.
     let span = auth.store().trail_span().await?;
     let shown = Shown {
         images: auth.also_holds::<ReadImages>(),
     };
+    let mut seq = span.highest;
     let response = match (after, limit) {
         (Some(after), limit) => {
             still_held(after, span)?;
             let limit = limit.unwrap_or(FEED_PAGE);
-            let page = auth
-                .store()
-                .audit_page(AuditRange::After(after), id.as_ref(), limit)
-                .await?;
+            let read = || {
+                auth.store()
+                    .audit_page(AuditRange::After(after), id.as_ref(), limit)
+            };
+            let mut page = read().await?;
+            // A long poll: nothing newer yet. HEAD answers its headers at once.
+            if let Some(wait) = wait.filter(|w| !w.is_zero())
+                && page.records.is_empty()
+                && req.method() != Method::HEAD
+            {
+                let started = Instant::now();
+                let mut waiter = auth.state().feed().admit()?;
+                let until = started + wait;
+                // What was delivered when the wait began: a record of another image
+                // (with `id`) wakes it, and it waits on for what comes after.
+                let mut seen = after;
+                loop {
+                    match waiter.for_seq_after(seen, until).await {
+                        Ended::Landed => {
+                            seen = waiter.feed().delivered();
+                            seq = auth.store().trail_span().await?.highest;
+                            page = read().await?;
+                            if !page.records.is_empty() {
+                                break;
+                            }
+                        }
+                        Ended::TimedOut | Ended::Closing => break,
+                        Ended::Reloaded => auth.author().still_allowed().map_err(|revoked| {
+                            ApiError::Forbidden {
+                                user: revoked.user,
+                                policy: revoked.policy,
+                            }
+                        })?,
+                    }
+                }
+                req.extensions_mut().insert(Waited(started.elapsed()));
+            }
             page_response(&page, &params, "after", shown)?
         }
         (None, Some(limit)) => {
@@ -113,7 +165,7 @@ pub(crate) async fn list(
             listing::streamed_array(records).await?
         }
     };
-    Ok(listing::with_audit_seq(response, span.highest))
+    Ok(listing::with_audit_seq(response, seq))
 }
 
 /// A seq given as `name`. Parsed as i64: the document promises an int64, and seqs
@@ -133,7 +185,7 @@ fn parse_seq(name: &str, value: &str) -> Result<u64, ApiError> {
 
 /// A feed may go on after `after` only if every record after it is still held, and
 /// `after` is a seq this catalog has given: otherwise 410, and the client starts again.
-fn still_held(after: u64, span: TrailSpan) -> Result<(), ApiError> {
+pub(crate) fn still_held(after: u64, span: TrailSpan) -> Result<(), ApiError> {
     if after > span.highest {
         return Err(ApiError::Gone(format!(
             "after={after} is above the highest seq this catalog has given ({}): the \

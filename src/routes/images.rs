@@ -1,8 +1,8 @@
 //! The five routes of the seed: list, create, show, update, delete.
 
 use actix_web::http::Method;
-use actix_web::http::header::{ETAG, IF_MATCH, IF_NONE_MATCH};
-use actix_web::{FromRequest, HttpRequest, HttpResponse, web};
+use actix_web::http::header::{ETAG, HeaderName, HeaderValue, IF_MATCH, IF_NONE_MATCH};
+use actix_web::{FromRequest, HttpMessage, HttpRequest, HttpResponse, ResponseError, web};
 
 use super::{IdMessage, JsonBody, RoutePattern, Updated, get_or_head, json_response, resource};
 use crate::app::CachedPage;
@@ -10,9 +10,11 @@ use crate::domain::access::{CreateImage, DeleteImage, ReadImages};
 use crate::domain::change::Change;
 use crate::domain::image::{Image, ImageId, ImagePatch, NewImage, Provider};
 use crate::error::{ApiError, ErrorBody};
+use crate::feed::Ended;
 use crate::http::extract::Authorized;
 use crate::http::headers;
 use crate::http::listing;
+use crate::http::wait::{self, Waited};
 use crate::store::{Applied, Record};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -93,7 +95,12 @@ fn to_json(value: &impl serde::Serialize) -> Result<Vec<u8>, ApiError> {
     ),
     responses(
         (status = 200, description = "The images, sorted by id", body = Vec<Image>,
-            headers(("Link" = String, description = "The next page, while more remain"))),
+            headers(
+                ("Link" = String, description = "The next page, while more remain"),
+                ("X-Audit-Seq" = i64, description = "The highest durable audit seq as of \
+                    this answer (for the full list, before it began): follow the feed on \
+                    from it"),
+            )),
         (status = 400, description = "A bad query parameter", body = ErrorBody),
         (status = 503, description = "The store failed", body = ErrorBody),
     )
@@ -207,7 +214,12 @@ pub(crate) async fn create(
 
 /// Show an image
 ///
-/// Carries a strong `ETag`; `If-None-Match` with a current tag gives 304.
+/// Carries a strong `ETag`; `If-None-Match` with a current tag gives 304. With
+/// `Prefer: wait=N` (seconds, at most 300), a GET of a current copy (`If-None-Match`
+/// matches, or is `*`) waits until the image changes (200) or goes (404), else 304
+/// after N seconds; a GET of an absent id waits until it is created (200), else 404
+/// after N seconds. Changes to other images do not end the wait. A response that
+/// waited says `Preference-Applied: wait=N`.
 #[utoipa::path(
     get,
     path = "/v3/image/{id}",
@@ -215,15 +227,27 @@ pub(crate) async fn create(
     params(
         ("id" = ImageId, Path, description = "The image id"),
         ("If-None-Match" = Option<String>, Header, description = "ETags the client holds"),
+        ("Prefer" = Option<String>, Header,
+            description = "wait=N: wait up to N seconds (at most 300) for a change (RFC 7240)"),
     ),
     responses(
         (status = 200, description = "The image", body = Image,
-            headers(("ETag" = String, description = "Strong validator of the record"))),
+            headers(
+                ("ETag" = String, description = "Strong validator of the record"),
+                ("Preference-Applied" = String, description = "wait=N, when the response waited"),
+            )),
         (status = 304, description = "The client's copy is current",
-            headers(("ETag" = String, description = "Strong validator of the record"))),
+            headers(
+                ("ETag" = String, description = "Strong validator of the record"),
+                ("Preference-Applied" = String, description = "wait=N, when the response waited"),
+            )),
         (status = 400, description = "The id breaks its rule", body = ErrorBody),
-        (status = 404, description = "No image with this id", body = ErrorBody),
-        (status = 503, description = "The store failed", body = ErrorBody),
+        (status = 403, description = "The caller lost read_images while waiting (a reload)",
+            body = ErrorBody),
+        (status = 404, description = "No image with this id", body = ErrorBody,
+            headers(("Preference-Applied" = String, description = "wait=N, when the response waited"))),
+        (status = 503, description = "The store failed, or too many requests wait \
+            ([server] max_waiters)", body = ErrorBody),
     )
 )]
 pub(crate) async fn show(
@@ -231,13 +255,75 @@ pub(crate) async fn show(
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let id = path_id(&req)?;
-    let record = auth
-        .store()
-        .get(&id)
-        .await?
-        .ok_or_else(|| ApiError::unknown_image(id.as_str()))?;
-    let etag = record.etag();
     let if_none_match = req.headers().get(IF_NONE_MATCH).map(|v| v.as_bytes());
+    let prefer = req.headers().get_all("prefer").map(|v| v.as_bytes());
+    let wait = wait::prefer_wait(prefer).filter(|_| req.method() == Method::GET);
+    let Some(wait) = wait else {
+        let record = auth.store().get(&id).await?;
+        return shown(&id, record, if_none_match);
+    };
+    // Armed before the read: a change that lands in between still wakes it.
+    let watch = auth.state().feed().watch_image(id.as_str());
+    let notified = watch.notified();
+    tokio::pin!(notified);
+    notified.as_mut().enable();
+    let mut record = auth.store().get(&id).await?;
+    // Only a current copy (If-None-Match matches) or an absent image waits.
+    let current = record
+        .as_ref()
+        .is_some_and(|r| headers::if_none_match_matches(if_none_match, &r.etag()));
+    if (record.is_some() && !current) || wait.is_zero() {
+        return shown(&id, record, if_none_match);
+    }
+    let started = tokio::time::Instant::now();
+    let mut waiter = auth.state().feed().admit()?;
+    let until = started + wait;
+    let tag = |record: &Option<Record>| record.as_ref().map(Record::etag);
+    loop {
+        match waiter.for_image(notified.as_mut(), until).await {
+            Ended::Landed => {
+                notified.set(watch.notified());
+                notified.as_mut().enable();
+                let now = auth.store().get(&id).await?;
+                let changed = tag(&now) != tag(&record);
+                record = now;
+                if changed {
+                    break;
+                }
+            }
+            Ended::TimedOut | Ended::Closing => break,
+            Ended::Reloaded => {
+                auth.author()
+                    .still_allowed()
+                    .map_err(|revoked| ApiError::Forbidden {
+                        user: revoked.user,
+                        policy: revoked.policy,
+                    })?
+            }
+        }
+    }
+    req.extensions_mut().insert(Waited(started.elapsed()));
+    let applied = format!("wait={}", wait.as_secs());
+    let mut response = match shown(&id, record, if_none_match) {
+        Ok(response) => response,
+        Err(error) => error.error_response(),
+    };
+    response.headers_mut().insert(
+        HeaderName::from_static("preference-applied"),
+        HeaderValue::from_str(&applied).unwrap_or(HeaderValue::from_static("wait")),
+    );
+    Ok(response)
+}
+
+/// The answer to a GET of `id`, which the store holds as `record`: 404, 304 when
+/// `If-None-Match` matches, else the image with its ETag.
+fn shown(
+    id: &ImageId,
+    record: Option<Record>,
+    if_none_match: Option<&[u8]>,
+) -> Result<HttpResponse, ApiError> {
+    let record = record.ok_or_else(|| ApiError::unknown_image(id.as_str()))?;
+    let etag = record.etag();
     if headers::if_none_match_matches(if_none_match, &etag) {
         return Ok(HttpResponse::NotModified()
             .insert_header((ETAG, etag))

@@ -12,6 +12,7 @@ pub use crate::http::extract::JsonBody;
 pub use crate::http::middleware::RoutePattern;
 
 pub(crate) mod audit;
+pub(crate) mod changes;
 pub(crate) mod images;
 pub(crate) mod ops;
 
@@ -83,6 +84,12 @@ pub const TABLE: &[Route] = &[
     },
     Route {
         method: "GET",
+        path: "/v3/changes",
+        policy: Some(ReadImages::NAME),
+        operation: operation!(changes::__path_stream),
+    },
+    Route {
+        method: "GET",
         path: "/healthz",
         policy: None,
         operation: operation!(ops::__path_health),
@@ -134,6 +141,7 @@ pub fn allowed_methods(path: &str) -> &'static str {
 pub fn configure(cfg: &mut web::ServiceConfig) {
     images::configure(cfg);
     audit::configure(cfg);
+    changes::configure(cfg);
     ops::configure(cfg);
 }
 

@@ -314,6 +314,13 @@ impl Store {
         engine!(self, e => e.audit_ascending(after))
     }
 
+    /// The highest durable audit seq known here, as it moves: on the embedded store
+    /// after each batch is durable; on PostgreSQL after each commit of this node and
+    /// as the database tells of other nodes' (never ahead of what a read shows).
+    pub fn durable_seqs(&self) -> tokio::sync::watch::Receiver<u64> {
+        engine!(self, e => e.durable_seqs())
+    }
+
     /// Where the catalog stands now (see [`Snapshot`]), as one read.
     pub async fn snapshot(&self) -> Result<Snapshot, StoreError> {
         engine!(self, e => e.snapshot().await)

@@ -102,6 +102,7 @@ const EXPECTED: &[(&str, &str, Option<&str>)] = &[
     ("PUT", "/v3/image/{id}", Some("create_image")),
     ("DELETE", "/v3/image/{id}", Some("delete_image")),
     ("GET", "/v3/audit", Some("read_audit")),
+    ("GET", "/v3/changes", Some("read_images")),
     ("GET", "/healthz", None),
     ("GET", "/metrics", None),
     ("GET", "/v3/openapi.json", None),

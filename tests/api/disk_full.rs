@@ -135,27 +135,30 @@ async fn full_disk_is_fail_stop_and_a_restart_keeps_every_acknowledged_write() {
         "the first failed write's outcome is unknown, not 'not applied': {first}"
     );
 
-    // Health is not 200 from now on: either 503 or the server has gone.
-    if let Ok(response) = client
+    // Health is not 200 from now on: either 503 or the server has gone. Once it stops
+    // listening, another test's server may take its port and answer: the request id
+    // tells whether this server answered (its access log names it).
+    const PROBE: &str = "disk-full-health-probe";
+    let _ = client
         .get(format!("{}/healthz", server.address))
+        .header("x-request-id", PROBE)
         .timeout(Duration::from_secs(30))
         .send()
-        .await
-    {
-        // Once the server has exited, another test's server may have taken its port:
-        // only an answer while it still runs counts.
-        let still_running = server.child.try_wait().unwrap().is_none();
-        if still_running {
-            assert_eq!(response.status(), 503, "healthz after a failed flush");
-        }
-    }
-    let status = tokio::time::timeout(Duration::from_secs(60), async {
-        tokio::task::spawn_blocking(move || server.wait())
+        .await;
+    let (status, mut server) = tokio::time::timeout(Duration::from_secs(60), async {
+        tokio::task::spawn_blocking(move || (server.wait(), server))
             .await
             .unwrap()
     })
     .await
     .expect("the server exits after a failed flush");
+    let log = server.rest_of_log().await;
+    if let Some(line) = log.iter().find(|line| line.contains(PROBE)) {
+        assert!(
+            line.contains("/healthz 503 "),
+            "healthz after a failed flush: {line}"
+        );
+    }
     assert_eq!(
         status.code(),
         Some(1),

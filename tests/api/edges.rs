@@ -87,9 +87,10 @@ async fn head_answers_every_get_route_as_get_without_a_body() {
     let app = spawn_app().await;
     app.seed("a", "ec2").await;
     app.seed("b", "ec2").await;
+    // The event stream's GET has no end: its HEAD is tested with it (api/changes.rs).
     let mut paths: Vec<String> = TABLE
         .iter()
-        .filter(|route| route.method == "GET")
+        .filter(|route| route.method == "GET" && route.path != "/v3/changes")
         .map(|route| route.path.replace("{id}", "a"))
         .collect();
     assert_eq!(paths.len(), 6, "{paths:?}");

@@ -73,6 +73,10 @@ impl SledStore {
         off_the_workers(self.audit_after(after))
     }
 
+    pub fn durable_seqs(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.visible.landed()
+    }
+
     pub async fn snapshot(&self) -> Result<Snapshot, StoreError> {
         Ok(self.snapshot_now())
     }

@@ -24,6 +24,8 @@ pub(super) struct Visible {
     unflushed: RwLock<BTreeMap<IVec, Durable>>,
     /// The highest audit seq whose change is durable.
     durable_seq: AtomicU64,
+    /// The same, for those who wait for changes (the feed).
+    landed: tokio::sync::watch::Sender<u64>,
 }
 
 impl Visible {
@@ -31,6 +33,7 @@ impl Visible {
         Visible {
             unflushed: RwLock::new(BTreeMap::new()),
             durable_seq: AtomicU64::new(durable_seq),
+            landed: tokio::sync::watch::Sender::new(durable_seq),
         }
     }
 
@@ -48,6 +51,17 @@ impl Visible {
     pub(super) fn reveal(&self, durable_seq: u64) {
         self.durable_seq.store(durable_seq, Ordering::Release);
         self.unflushed.write().clear();
+        // After the reads show it: whoever wakes on this finds the batch.
+        self.landed.send_if_modified(|seq| {
+            let moved = durable_seq > *seq;
+            *seq = (*seq).max(durable_seq);
+            moved
+        });
+    }
+
+    /// The durable seq as it moves.
+    pub(super) fn landed(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.landed.subscribe()
     }
 
     pub(super) fn durable_seq(&self) -> u64 {

@@ -92,15 +92,17 @@ impl Inner {
             let _ = self.bounded(tx.rollback()).await;
             return Ok(Err(refused));
         }
+        let mut last = seqs.iter().copied().max().unwrap_or(0);
         for chunk in images.chunks(IMPORT_CHUNK) {
             let mut audit = AuditBatch::default();
             for image in chunk {
                 let transition = Transition::created(image.clone());
                 audit.push(user, IMPORT_METHOD, image.id.as_str(), transition);
             }
-            self.audit_in(&tx, &audit, chunk.len() as i64).await?;
+            last = last.max(self.audit_in(&tx, &audit, chunk.len() as i64).await?);
         }
         self.commit(tx).await?;
+        self.landed_up_to(last);
         Ok(Ok(images.len() as u64))
     }
 

@@ -13,6 +13,7 @@
 
 mod coalesce;
 mod import;
+mod listen;
 mod pool;
 mod prune;
 mod reads;
@@ -36,7 +37,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
 use futures_util::Stream;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_postgres::error::SqlState;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
@@ -89,9 +90,12 @@ CREATE TABLE audit (
 );
 "#;
 
-/// Schema 1.0 to 1.1: the audit trail by image. The trigger fills `image_id` where an
-/// insert leaves it out: a node of release 1.0 still writing during a rolling upgrade.
-/// (A generated column cannot be had: reading bytea as UTF-8 is not immutable.)
+/// Schema 1.0 to 1.1: the audit trail by image, and a notification at each commit
+/// that took seqs. The first trigger fills `image_id` where an insert leaves it out (a
+/// node of release 1.0 still writing during a rolling upgrade; a generated column
+/// cannot be had: reading bytea as UTF-8 is not immutable); the second tells every
+/// listening node the highest seq the transaction took (`listen`), whichever release
+/// wrote it.
 const SCHEMA_1_1: &str = r#"
 ALTER TABLE audit ADD COLUMN image_id text COLLATE "C";
 UPDATE audit SET image_id = convert_from(json, 'UTF8')::json->>'id';
@@ -106,6 +110,16 @@ END
 $$;
 CREATE TRIGGER audit_image_id BEFORE INSERT ON audit
     FOR EACH ROW EXECUTE FUNCTION audit_image_id();
+CREATE FUNCTION counters_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.next_seq <> OLD.next_seq THEN
+        PERFORM pg_notify('image_catalog_changes', (NEW.next_seq - 1)::text);
+    END IF;
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER counters_notify AFTER UPDATE ON counters
+    FOR EACH ROW EXECUTE FUNCTION counters_notify();
 "#;
 
 /// Rows per round trip of a streamed listing.
@@ -229,6 +243,25 @@ struct Inner {
     decisions: tokio::sync::RwLock<()>,
     /// Seconds an audit record is kept; 0 keeps every record.
     retention: AtomicU64,
+    /// The highest seq known to be committed, of this node's or another's.
+    landed: Arc<watch::Sender<u64>>,
+}
+
+impl Inner {
+    /// Seqs up to `seq` are committed.
+    fn landed_up_to(&self, seq: i64) {
+        landed_up_to(&self.landed, seq);
+    }
+}
+
+/// Seqs up to `seq` are committed: `landed` moves up to it, never back.
+fn landed_up_to(landed: &watch::Sender<u64>, seq: i64) {
+    let seq = u64::try_from(seq).unwrap_or(0);
+    landed.send_if_modified(|known| {
+        let moved = seq > *known;
+        *known = (*known).max(seq);
+        moved
+    });
 }
 
 struct Job {
@@ -294,6 +327,9 @@ impl PgStore {
         store
             .handle
             .spawn(Inner::prune_loop(Arc::downgrade(&store.inner)));
+        store
+            .handle
+            .spawn(Inner::listen_loop(Arc::downgrade(&store.inner)));
         Ok(store)
     }
 

@@ -73,11 +73,14 @@ impl Inner {
             queue: WriteQueue::default(),
             decisions: tokio::sync::RwLock::new(()),
             retention: AtomicU64::new(0),
+            landed: Arc::new(watch::Sender::new(0)),
         });
         if !create {
             return Ok(inner);
         }
         inner.create_schema().await?;
+        let counters = inner.counters().await?;
+        inner.landed_up_to(counters.next_seq as i64 - 1);
         if let Some(jobs) = jobs {
             tokio::spawn(Inner::writer_loop(Arc::downgrade(&inner), jobs));
         }

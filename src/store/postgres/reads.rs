@@ -284,6 +284,10 @@ impl PgStore {
     /// A number that moves with every committed write of any node on this database:
     /// what was derived from the catalog (a cached list page) may be reused while it
     /// stays the same.
+    pub fn durable_seqs(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.landed.subscribe()
+    }
+
     pub async fn snapshot(&self) -> Result<Snapshot, StoreError> {
         let counters = self.counters().await?;
         Ok(Snapshot {

@@ -62,3 +62,11 @@ fn audit_rows_are_the_records_serde_writes_with_their_bytes() {
         (rows.jsons[0].len() + rows.jsons[1].len()) as i64
     );
 }
+
+#[test]
+fn the_trigger_notifies_the_channel_the_nodes_listen_on() {
+    assert!(
+        SCHEMA_1_1.contains(&format!("pg_notify('{}'", listen::CHANNEL)),
+        "{SCHEMA_1_1}"
+    );
+}

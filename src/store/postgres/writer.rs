@@ -190,8 +190,9 @@ impl Inner {
             self.bounded(tx.rollback()).await?;
             return Ok(results);
         }
-        self.audit_in(&tx, &audit, images_delta).await?;
+        let last = self.audit_in(&tx, &audit, images_delta).await?;
         self.commit(tx).await?;
+        self.landed_up_to(last);
         Ok(results)
     }
 
@@ -272,6 +273,7 @@ impl Inner {
             stored.and(committed)
         };
         self.commit_with(stored_then_committed).await?;
+        self.landed_up_to(rows.seqs.last().copied().unwrap_or(0));
         Ok(Some(
             jobs.iter()
                 .map(|job| match job.change {
@@ -282,13 +284,14 @@ impl Inner {
         ))
     }
 
-    /// Assigns seqs to `audit` and inserts it, moving the counters, in `tx`.
+    /// Assigns seqs to `audit` and inserts it, moving the counters, in `tx`; gives the
+    /// last seq taken.
     pub(super) async fn audit_in(
         &self,
         tx: &deadpool_postgres::Transaction<'_>,
         audit: &AuditBatch,
         images_delta: i64,
-    ) -> Result<(), Broken> {
+    ) -> Result<i64, Broken> {
         let seqs = self.bounded(tx.prepare_cached(SEQS_SQL)).await?;
         let store = self.bounded(tx.prepare_cached(AUDIT_SQL)).await?;
         let taken = self
@@ -296,7 +299,7 @@ impl Inner {
             .await?;
         let rows = audit.rows(taken.get(0), taken.get(1));
         self.bounded(tx.execute(&store, &rows.params())).await?;
-        Ok(())
+        Ok(rows.seqs.last().copied().unwrap_or(0))
     }
 
     /// One change inside `tx`: the outer `Err` is the database failing, the inner one
