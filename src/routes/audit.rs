@@ -170,7 +170,7 @@ pub(crate) async fn list(
 
 /// A seq given as `name`. Parsed as i64: the document promises an int64, and seqs
 /// never get near it.
-fn parse_seq(name: &str, value: &str) -> Result<u64, ApiError> {
+pub(crate) fn parse_seq(name: &str, value: &str) -> Result<u64, ApiError> {
     value
         .parse::<i64>()
         .ok()

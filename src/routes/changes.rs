@@ -8,6 +8,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use bytes::Bytes;
 use tokio::time::Instant;
 
+use super::audit::{parse_seq, still_held};
 use super::{get_or_head, resource};
 use crate::domain::access::ReadImages;
 use crate::domain::change::AuditRecord;
@@ -79,19 +80,19 @@ pub(crate) async fn stream(
 ) -> Result<HttpResponse, ApiError> {
     let params = listing::parse_query(req.query_string(), &["after"])?;
     let resumed = match req.headers().get("last-event-id") {
-        Some(value) => Some(seq_of(
+        Some(value) => Some(parse_seq(
             "Last-Event-ID",
-            value.to_str().unwrap_or("\u{fffd}"),
+            value.to_str().unwrap_or("\u{fffd}").trim(),
         )?),
         None => params
             .get("after")
-            .map(|a| seq_of("after", a))
+            .map(|a| parse_seq("after", a))
             .transpose()?,
     };
     let span = auth.store().trail_span().await?;
     let start = match resumed {
         Some(after) => {
-            super::audit::still_held(after, span)?;
+            still_held(after, span)?;
             after
         }
         None => span.highest,
@@ -119,21 +120,6 @@ pub(crate) async fn stream(
         Some((chunk, follower))
     });
     Ok(response.streaming(events))
-}
-
-/// A seq given as `name`.
-fn seq_of(name: &str, value: &str) -> Result<u64, ApiError> {
-    value
-        .trim()
-        .parse::<i64>()
-        .ok()
-        .and_then(|seq| u64::try_from(seq).ok())
-        .ok_or_else(|| {
-            ApiError::bad_request(format!(
-                "{name} must be an audit record's seq (a whole number), got '{}'",
-                value.escape_debug()
-            ))
-        })
 }
 
 /// One client's place in the stream.

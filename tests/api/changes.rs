@@ -8,8 +8,8 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    DEFAULT_POLICIES, TestApp, assert_error, config_text, default_users, edit, spawn_app,
-    spawn_app_with, status_json, within_a_minute,
+    TestApp, assert_error, config_text, default_users, policies_without_read_images, spawn_app,
+    spawn_app_with, status_json, until_waiting, within_a_minute,
 };
 
 /// One event of the stream, or a comment.
@@ -83,15 +83,6 @@ async fn open(app: &TestApp, path: &str, last_event_id: Option<&str>) -> reqwest
         request = request.header("last-event-id", id);
     }
     request.send().await.unwrap()
-}
-
-async fn until_waiting(app: &TestApp, n: f64) {
-    within_a_minute("the stream to wait", async {
-        while app.metric("image_catalog_waiting_requests ").await != Some(n) {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await;
 }
 
 #[tokio::test]
@@ -207,16 +198,7 @@ async fn the_stream_has_its_policy_and_its_accept_rule() {
         "the Accept rule is per route"
     );
     // A user who may read the trail but not the images.
-    let policies = edit(
-        DEFAULT_POLICIES,
-        "read_images  = [\"admin\", \"reader\"]",
-        "read_images  = [\"admin\"]",
-    );
-    let policies = edit(
-        &policies,
-        "read_audit   = [\"admin\"]",
-        "read_audit   = [\"admin\", \"reader\"]",
-    );
+    let policies = policies_without_read_images();
     let app = spawn_app_with(&config_text(&policies, &default_users())).await;
     assert_error(
         status_json(open(&app, "/v3/changes", None).await).await,
@@ -230,16 +212,7 @@ async fn a_reload_that_takes_read_images_away_ends_the_stream() {
     let app = spawn_app().await;
     let mut events = Events::of(open(&app, "/v3/changes", None).await);
     until_waiting(&app, 1.0).await;
-    let policies = edit(
-        DEFAULT_POLICIES,
-        "read_images  = [\"admin\", \"reader\"]",
-        "read_images  = [\"admin\"]",
-    );
-    let policies = edit(
-        &policies,
-        "read_audit   = [\"admin\"]",
-        "read_audit   = [\"admin\", \"reader\"]",
-    );
+    let policies = policies_without_read_images();
     app.reload(&config_text(&policies, &default_users())).await;
     assert_eq!(events.next().await, None, "the stream ended");
 }

@@ -6,8 +6,8 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    DEFAULT_POLICIES, TestApp, assert_error, config_text, config_with, default_users, edit,
-    spawn_app, spawn_app_in, spawn_app_with, status_json,
+    TestApp, assert_error, config_text, config_with, default_users, policies_without_read_images,
+    seqs, spawn_app, spawn_app_in, spawn_app_with, status_json,
 };
 use crate::process::run;
 
@@ -24,14 +24,6 @@ async fn fetch(request: reqwest::RequestBuilder) -> (u16, Option<u64>, Option<St
     let link = header("link");
     let (status, body) = status_json(response).await;
     (status, seq, link, body)
-}
-
-fn seqs(body: &Value) -> Vec<u64> {
-    body.as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["seq"].as_u64().unwrap())
-        .collect()
 }
 
 /// The path a `Link: <path>; rel="next"` names.
@@ -77,16 +69,7 @@ async fn records_say_what_the_image_was_and_became() {
 #[tokio::test]
 async fn read_audit_alone_reveals_no_image() {
     // The reader may read the trail but not the images.
-    let policies = edit(
-        DEFAULT_POLICIES,
-        "read_images  = [\"admin\", \"reader\"]",
-        "read_images  = [\"admin\"]",
-    );
-    let policies = edit(
-        &policies,
-        "read_audit   = [\"admin\"]",
-        "read_audit   = [\"admin\", \"reader\"]",
-    );
+    let policies = policies_without_read_images();
     let app = spawn_app_with(&config_text(&policies, &default_users())).await;
     app.seed("a", "ec2").await;
     app.seed("b", "ec2").await;

@@ -438,3 +438,39 @@ pub fn assert_error((got, body): (u16, Value), status: u16, words: &str) {
 fn an_edit_that_matches_nothing_fails_naming_what_it_looked_for() {
     edit(&config_text(DEFAULT_POLICIES, ""), "port = 1", "port = 2");
 }
+
+/// The default policies, but the role `reader` may read the audit trail and not the
+/// images: a user with `read_audit` alone.
+pub fn policies_without_read_images() -> String {
+    let policies = edit(
+        DEFAULT_POLICIES,
+        "read_images  = [\"admin\", \"reader\"]",
+        "read_images  = [\"admin\"]",
+    );
+    edit(
+        &policies,
+        "read_audit   = [\"admin\"]",
+        "read_audit   = [\"admin\", \"reader\"]",
+    )
+}
+
+/// The `seq` of each audit record of a JSON array.
+pub fn seqs(records: &Value) -> Vec<u64> {
+    records
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["seq"].as_u64().unwrap())
+        .collect()
+}
+
+/// Resolves once `n` requests wait on `app` (`image_catalog_waiting_requests`): what
+/// a test does next then happens while they wait.
+pub async fn until_waiting(app: &TestApp, n: f64) {
+    within_a_minute("requests to wait", async {
+        while app.metric("image_catalog_waiting_requests ").await != Some(n) {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+}

@@ -22,7 +22,7 @@ use serde_json::{Value, json};
 use tempfile::TempDir;
 
 use crate::helpers::{
-    Caller, DEFAULT_POLICIES, cheap_hash, config_text, default_users, edit, image_path,
+    Caller, DEFAULT_POLICIES, cheap_hash, config_text, default_users, edit, image_path, seqs,
     status_json, within_a_minute,
 };
 use crate::pg::{self as postgres, Cut, CutProxy};
@@ -394,16 +394,6 @@ async fn concurrent_puts_with_one_if_match_over_the_nodes_give_one_200_and_412s(
         .filter(|r| r["method"] == "PUT")
         .count();
     assert_eq!(updates, 10, "one audit record per update that won");
-}
-
-/// Seqs of an audit page.
-fn seqs(records: &Value) -> Vec<u64> {
-    records
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["seq"].as_u64().unwrap())
-        .collect()
 }
 
 #[tokio::test]

@@ -6,32 +6,14 @@
 use std::time::{Duration, Instant};
 
 use reqwest::Method;
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::helpers::{
-    DEFAULT_POLICIES, TestApp, assert_error, config_text, config_with, default_users, edit,
-    spawn_app, spawn_app_with, status_json, within_a_minute,
+    DEFAULT_POLICIES, TestApp, assert_error, config_text, config_with, default_users,
+    policies_without_read_images, seqs, spawn_app, spawn_app_with, status_json, until_waiting,
+    within_a_minute,
 };
 use crate::process::ChildServer;
-
-/// Resolves once `n` requests wait (`image_catalog_waiting_requests`): what is
-/// done next then happens while they wait.
-async fn until_waiting(app: &TestApp, n: f64) {
-    within_a_minute("requests to wait", async {
-        while app.metric("image_catalog_waiting_requests ").await != Some(n) {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await;
-}
-
-fn seqs(body: &Value) -> Vec<u64> {
-    body.as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["seq"].as_u64().unwrap())
-        .collect()
-}
 
 #[tokio::test]
 async fn a_long_poll_answers_when_a_record_lands() {
@@ -175,19 +157,12 @@ async fn a_blocking_read_wakes_for_its_image_only() {
     app.seed("a", "ec2").await;
     app.seed("b", "ec2").await;
     let tag = etag(&app.get_image_response("a").await);
-    let read = {
-        let address = app.address.clone();
-        let tag = tag.clone();
-        tokio::spawn(async move {
-            let app = crate::helpers::Caller::at(&address).reader();
-            app.request(Method::GET, "/v3/image/a")
-                .header("prefer", "wait=300")
-                .header("if-none-match", tag)
-                .send()
-                .await
-                .unwrap()
-        })
-    };
+    let read = tokio::spawn(blocking_read(
+        app.address.clone(),
+        "a",
+        300,
+        Some(tag.clone()),
+    ));
     until_waiting(&app, 1.0).await;
     assert_eq!(
         app.admin()
@@ -244,18 +219,7 @@ async fn a_blocking_read_ends_at_its_time_or_when_its_image_comes_or_goes() {
         assert!(response.status() == 200 || response.status() == 304);
     }
     // An absent id waits until it is created; a wait over 300 s is cut to 300.
-    let created = tokio::spawn({
-        let address = app.address.clone();
-        async move {
-            crate::helpers::Caller::at(&address)
-                .reader()
-                .request(Method::GET, "/v3/image/late")
-                .header("prefer", "wait=1000")
-                .send()
-                .await
-                .unwrap()
-        }
-    });
+    let created = tokio::spawn(blocking_read(app.address.clone(), "late", 1000, None));
     until_waiting(&app, 1.0).await;
     app.seed("late", "static").await;
     let response = within_a_minute("the read of a new image", created)
@@ -264,20 +228,12 @@ async fn a_blocking_read_ends_at_its_time_or_when_its_image_comes_or_goes() {
     assert_eq!(response.headers()["preference-applied"], "wait=300");
     assert_eq!(response.status(), 200);
     // A current copy whose image is deleted: 404.
-    let deleted = tokio::spawn({
-        let address = app.address.clone();
-        let tag = tag.clone();
-        async move {
-            crate::helpers::Caller::at(&address)
-                .reader()
-                .request(Method::GET, "/v3/image/a")
-                .header("prefer", "wait=300")
-                .header("if-none-match", tag)
-                .send()
-                .await
-                .unwrap()
-        }
-    });
+    let deleted = tokio::spawn(blocking_read(
+        app.address.clone(),
+        "a",
+        300,
+        Some(tag.clone()),
+    ));
     until_waiting(&app, 1.0).await;
     assert_eq!(app.admin().delete("/v3/image/a").await.0, 200);
     let response = within_a_minute("the read of a deleted image", deleted)
@@ -320,16 +276,7 @@ async fn a_reload_that_takes_the_policy_away_ends_the_wait_with_403() {
     app.reload(&config_text(DEFAULT_POLICIES, &default_users()))
         .await;
     // The role stays (it may read the trail), without read_images.
-    let without = edit(
-        DEFAULT_POLICIES,
-        "read_images  = [\"admin\", \"reader\"]",
-        "read_images  = [\"admin\"]",
-    );
-    let without = edit(
-        &without,
-        "read_audit   = [\"admin\"]",
-        "read_audit   = [\"admin\", \"reader\"]",
-    );
+    let without = policies_without_read_images();
     assert_eq!(
         app.metric("image_catalog_waiting_requests ").await,
         Some(1.0)
@@ -340,13 +287,25 @@ async fn a_reload_that_takes_the_policy_away_ends_the_wait_with_403() {
 }
 
 async fn blocking_get_owned(address: String, id: &'static str) -> reqwest::Response {
-    crate::helpers::Caller::at(&address)
+    blocking_read(address, id, 300, None).await
+}
+
+/// A blocking GET of `id` as the reader (`Prefer: wait=secs`, `If-None-Match: tag`),
+/// owning what it needs, to run as a task of its own.
+async fn blocking_read(
+    address: String,
+    id: &str,
+    secs: u64,
+    tag: Option<String>,
+) -> reqwest::Response {
+    let mut request = crate::helpers::Caller::at(&address)
         .reader()
         .request(Method::GET, &format!("/v3/image/{id}"))
-        .header("prefer", "wait=300")
-        .send()
-        .await
-        .unwrap()
+        .header("prefer", format!("wait={secs}"));
+    if let Some(tag) = tag {
+        request = request.header("if-none-match", tag);
+    }
+    request.send().await.unwrap()
 }
 
 #[tokio::test]
@@ -366,7 +325,14 @@ async fn sigterm_answers_every_wait_at_once_and_exits_0() {
         }
     });
     let read = tokio::spawn(blocking_get_owned(address.clone(), "none"));
-    within_a_minute("both to wait", async {
+    let stream = crate::helpers::Caller::at(&address)
+        .reader()
+        .request(Method::GET, "/v3/changes")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+    within_a_minute("all three to wait", async {
         loop {
             let text = reqwest::get(format!("{address}/metrics"))
                 .await
@@ -374,7 +340,7 @@ async fn sigterm_answers_every_wait_at_once_and_exits_0() {
                 .text()
                 .await
                 .unwrap();
-            if crate::helpers::metric(&text, "image_catalog_waiting_requests ") == Some(2.0) {
+            if crate::helpers::metric(&text, "image_catalog_waiting_requests ") == Some(3.0) {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -391,6 +357,10 @@ async fn sigterm_answers_every_wait_at_once_and_exits_0() {
     );
     let response = within_a_minute("the read", read).await.unwrap();
     assert_eq!(response.status(), 404);
+    let body = within_a_minute("the stream to end", stream.bytes())
+        .await
+        .unwrap();
+    assert!(body.is_empty(), "no change came: {body:?}");
     assert!(server.wait().success());
     // Well before the 20 s a request in flight may take.
     assert!(
