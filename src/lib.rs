@@ -8,12 +8,11 @@
 //! 3. `metrics`: the figures `/metrics` shows (the store fills in its own); then
 //!    `store`: the catalog on disk (sled) or in PostgreSQL; `auth`: credentials to
 //!    users, with the brute-force throttle.
-//! 4. `error`: every failure as the API's `{"message"}`.
-//! 5. `feed`: the requests waiting for a change, and the dispatcher that wakes them;
-//!    then `app`: the state every request may reach, and only through a proof of
-//!    policy.
-//! 6. `http`: extractors (`Authorized<P>`), headers, listings, limits, middleware.
-//! 7. `routes`, then `openapi` (the document of the route table), `startup` (the
+//! 4. `feed`: the requests waiting for a change, and the dispatcher that wakes them.
+//! 5. `error`: every failure as the API's `{"message"}`.
+//! 6. `app`: the state every request may reach, and only through a proof of policy.
+//! 7. `http`: extractors (`Authorized<P>`), headers, listings, limits, middleware.
+//! 8. `routes`, then `openapi` (the document of the route table), `startup` (the
 //!    server), `cli` (the command line).
 
 pub mod domain;
@@ -29,10 +28,11 @@ pub mod metrics;
 pub mod auth;
 pub mod store;
 
+pub mod feed;
+
 pub mod error;
 
 pub mod app;
-pub mod feed;
 
 pub mod http;
 
