@@ -9,6 +9,7 @@ use actix_web::http::{StatusCode, header};
 use actix_web::{HttpResponse, ResponseError};
 
 use crate::auth::AuthError;
+use crate::domain::access::Revoked;
 use crate::domain::image::ValidationError;
 use crate::store::StoreError;
 
@@ -125,6 +126,15 @@ impl From<AuthError> for ApiError {
     }
 }
 
+impl From<Revoked> for ApiError {
+    fn from(revoked: Revoked) -> Self {
+        ApiError::Forbidden {
+            user: revoked.user,
+            policy: revoked.policy,
+        }
+    }
+}
+
 impl From<crate::feed::Full> for ApiError {
     fn from(full: crate::feed::Full) -> Self {
         ApiError::TooManyWaiters {
@@ -151,10 +161,7 @@ impl From<StoreError> for ApiError {
                 ApiError::OutcomeUnknown
             }
             StoreError::Stopped(_) => ApiError::StoreStopped,
-            StoreError::Revoked(revoked) => ApiError::Forbidden {
-                user: revoked.user,
-                policy: revoked.policy,
-            },
+            StoreError::Revoked(revoked) => revoked.into(),
             StoreError::Busy => ApiError::StoreBusy,
             StoreError::Unavailable(why) => {
                 log::warn!("the store is unavailable: {why}");

@@ -327,11 +327,6 @@ impl Waiter {
     pub fn feed(&self) -> &Arc<Feed> {
         &self.feed
     }
-
-    /// Whether the server is stopping.
-    pub fn closing(&self) -> bool {
-        *self.closing.borrow()
-    }
 }
 
 impl Drop for Waiter {

@@ -139,12 +139,7 @@ pub(crate) async fn list(
                             }
                         }
                         Ended::TimedOut | Ended::Closing => break,
-                        Ended::Reloaded => auth.author().still_allowed().map_err(|revoked| {
-                            ApiError::Forbidden {
-                                user: revoked.user,
-                                policy: revoked.policy,
-                            }
-                        })?,
+                        Ended::Reloaded => auth.author().still_allowed()?,
                     }
                 }
                 req.extensions_mut().insert(Waited(started.elapsed()));

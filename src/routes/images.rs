@@ -292,14 +292,7 @@ pub(crate) async fn show(
                 }
             }
             Ended::TimedOut | Ended::Closing => break,
-            Ended::Reloaded => {
-                auth.author()
-                    .still_allowed()
-                    .map_err(|revoked| ApiError::Forbidden {
-                        user: revoked.user,
-                        policy: revoked.policy,
-                    })?
-            }
+            Ended::Reloaded => auth.author().still_allowed()?,
         }
     }
     req.extensions_mut().insert(Waited(started.elapsed()));

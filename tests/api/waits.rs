@@ -137,14 +137,7 @@ async fn bad_waits_are_400s_and_the_policy_comes_before_any_wait() {
 
 /// A blocking GET of `id` as the reader, with `Prefer: wait=secs` and `If-None-Match`.
 async fn blocking_get(app: &TestApp, id: &str, secs: u64, tag: Option<&str>) -> reqwest::Response {
-    let mut request = app
-        .reader()
-        .request(Method::GET, &format!("/v3/image/{id}"))
-        .header("prefer", format!("wait={secs}"));
-    if let Some(tag) = tag {
-        request = request.header("if-none-match", tag);
-    }
-    request.send().await.unwrap()
+    blocking_read(app.address.clone(), id, secs, tag.map(str::to_owned)).await
 }
 
 fn etag(response: &reqwest::Response) -> String {
