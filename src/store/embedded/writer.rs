@@ -182,6 +182,11 @@ impl Writer {
                 Err(reason) => failure = Some(reason),
             }
         }
+        // Failed before any answer goes out: a client that got its 503 must find the
+        // store stopped (`/healthz` 503), not a window in which it still looks well.
+        if let Some(reason) = &failure {
+            self.health.fail(reason.clone());
+        }
         for (reply, result) in answers {
             let result = match (&failure, result) {
                 // Applied in memory, not known to be on disk.
