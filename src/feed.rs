@@ -8,8 +8,8 @@
 //! `Notify`: it holds no worker thread and no database connection.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -35,6 +35,29 @@ pub struct Landed {
     pub id: String,
     /// The stored record's JSON.
     pub json: Bytes,
+    /// The record as a stream sends it, made by the first stream that sends it.
+    event: OnceLock<Bytes>,
+}
+
+impl Landed {
+    pub fn new(seq: u64, id: String, json: Bytes) -> Landed {
+        Landed {
+            seq,
+            id,
+            json,
+            event: OnceLock::new(),
+        }
+    }
+
+    /// The record as a stream's event: `make` turns the JSON into one, once for all
+    /// the streams that send it (a write reaches every follower).
+    pub fn event<E>(&self, make: impl FnOnce(&[u8]) -> Result<Bytes, E>) -> Result<Bytes, E> {
+        if let Some(event) = self.event.get() {
+            return Ok(event.clone());
+        }
+        let made = make(&self.json)?;
+        Ok(self.event.get_or_init(|| made).clone())
+    }
 }
 
 /// Why a wait ended.
@@ -218,11 +241,7 @@ impl Feed {
             for json in page.records {
                 let named: Named =
                     serde_json::from_slice(&json).map_err(crate::store::StoreError::unreadable)?;
-                landed.push(Arc::new(Landed {
-                    seq: named.seq,
-                    id: named.id,
-                    json,
-                }));
+                landed.push(Arc::new(Landed::new(named.seq, named.id, json)));
             }
             // Seqs without a record (pruned, or given back) are passed over.
             let reached = match landed.last() {
@@ -367,11 +386,11 @@ mod tests {
     use super::*;
 
     fn landed(seq: u64, id: &str) -> Arc<Landed> {
-        Arc::new(Landed {
+        Arc::new(Landed::new(
             seq,
-            id: id.into(),
-            json: Bytes::from(format!("{{\"seq\":{seq}}}")),
-        })
+            id.into(),
+            Bytes::from(format!("{{\"seq\":{seq}}}")),
+        ))
     }
 
     #[tokio::test]
@@ -391,6 +410,24 @@ mod tests {
         feed.hand_out(many, 13 + RECENT_RECORDS as u64);
         assert!(feed.recent_after(12, 1).is_none(), "fell out of memory");
         assert_eq!(seqs(feed.recent_after(13, 1).unwrap()), [14]);
+    }
+
+    #[test]
+    fn a_record_becomes_an_event_once_for_every_stream() {
+        let record = landed(7, "a");
+        let made = std::cell::Cell::new(0);
+        let make = |json: &[u8]| {
+            made.set(made.get() + 1);
+            Ok::<_, ()>(Bytes::from([b"data: ", json].concat()))
+        };
+        let first = record.event(make).unwrap();
+        let second = record.event(make).unwrap();
+        assert_eq!(first, &b"data: {\"seq\":7}"[..]);
+        assert_eq!(first, second);
+        assert_eq!(made.get(), 1);
+        let failing = landed(8, "b");
+        assert!(failing.event(|_| Err::<Bytes, _>("unreadable")).is_err());
+        assert_eq!(failing.event(make).unwrap(), &b"data: {\"seq\":8}"[..]);
     }
 
     #[tokio::test]

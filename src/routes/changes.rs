@@ -174,36 +174,48 @@ impl Follower {
     /// The events after `last` that are durable, from memory or else from the store;
     /// `None` when there are none yet.
     async fn events(&mut self) -> Result<Option<Bytes>, StoreError> {
-        let records: Vec<Bytes> = match self.waiter.feed().recent_after(self.last, STORE_BATCH) {
-            Some(recent) => recent.iter().map(|landed| landed.json.clone()).collect(),
+        let mut events = Vec::new();
+        match self.waiter.feed().recent_after(self.last, STORE_BATCH) {
+            Some(recent) => {
+                for landed in &recent {
+                    events.push(landed.event(|json| event(json).map(|(_, e)| e))?);
+                    self.last = landed.seq;
+                }
+            }
             None => {
-                self.auth
+                let page = self
+                    .auth
                     .store()
                     .audit_page(AuditRange::After(self.last), None, STORE_BATCH)
-                    .await?
-                    .records
+                    .await?;
+                for json in &page.records {
+                    let (seq, e) = event(json)?;
+                    events.push(e);
+                    self.last = seq;
+                }
             }
-        };
-        if records.is_empty() {
-            return Ok(None);
-        }
-        let mut text = Vec::with_capacity(records.iter().map(|r| r.len() + 32).sum());
-        for json in &records {
-            let record: AuditRecord =
-                serde_json::from_slice(json).map_err(StoreError::unreadable)?;
-            let event = ChangeEvent {
-                seq: record.seq,
-                time: &record.time,
-                method: &record.method,
-                id: &record.id,
-                image: record.after.as_ref(),
-            };
-            text.extend_from_slice(format!("id: {}\ndata: ", record.seq).as_bytes());
-            serde_json::to_writer(&mut text, &event).map_err(StoreError::unreadable)?;
-            text.extend_from_slice(b"\n\n");
-            self.last = record.seq;
         }
         self.seen = self.seen.max(self.last);
-        Ok(Some(Bytes::from(text)))
+        Ok(match events.len() {
+            0 => None,
+            1 => events.pop(),
+            _ => Some(Bytes::from(events.concat())),
+        })
     }
+}
+
+/// A stored audit record as an event of the stream, and its seq.
+fn event(json: &[u8]) -> Result<(u64, Bytes), StoreError> {
+    let record: AuditRecord = serde_json::from_slice(json).map_err(StoreError::unreadable)?;
+    let change = ChangeEvent {
+        seq: record.seq,
+        time: &record.time,
+        method: &record.method,
+        id: &record.id,
+        image: record.after.as_ref(),
+    };
+    let mut text = format!("id: {}\ndata: ", record.seq).into_bytes();
+    serde_json::to_writer(&mut text, &change).map_err(StoreError::unreadable)?;
+    text.extend_from_slice(b"\n\n");
+    Ok((record.seq, Bytes::from(text)))
 }

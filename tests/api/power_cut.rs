@@ -134,6 +134,34 @@ async fn no_write_is_acknowledged_without_its_fdatasync() {
     assert_eq!(exits(server).await, Some(1));
 }
 
+/// A fail-stop answers every wait at once, as SIGTERM does (as if its time had run
+/// out: the failed write never became durable, so nothing landed), and ends the
+/// streams, before the process exits 1.
+#[tokio::test]
+async fn a_fail_stop_answers_every_wait_and_ends_the_streams() {
+    if !have_strace() {
+        return skipped("a_fail_stop_answers_every_wait", "no strace");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path(), &dir.path().join("data"));
+    let server = under_strace(&config, &["-e", "inject=fdatasync:error=EIO"]).await;
+    let waits = crate::waits::OpenWaits::open(&server.address).await;
+    let client = reqwest::Client::new();
+    let failed = Instant::now();
+    assert_eq!(
+        post(&client, &server.address, "never-durable").await,
+        Some(503)
+    );
+    waits.answered_as_if_timed_out().await;
+    // Long before the 5 min the waits asked for.
+    assert!(
+        failed.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        failed.elapsed()
+    );
+    assert_eq!(exits(server).await, Some(1));
+}
+
 /// A flush that stalls past `flush_timeout_ms`: the write gets 503 (outcome unknown),
 /// the process exits 1 even though the stalled thread never returns in time, and the
 /// change in flight was never shown.

@@ -263,7 +263,7 @@ async fn waiters_past_max_waiters_are_503s() {
 #[tokio::test]
 async fn a_reload_that_takes_the_policy_away_ends_the_wait_with_403() {
     let app = spawn_app().await;
-    let poll = tokio::spawn(blocking_get_owned(app.address.clone(), "none"));
+    let poll = tokio::spawn(blocking_read(app.address.clone(), "none", 300, None));
     until_waiting(&app, 1.0).await;
     // A reload that keeps the policy: still waiting.
     app.reload(&config_text(DEFAULT_POLICIES, &default_users()))
@@ -277,10 +277,6 @@ async fn a_reload_that_takes_the_policy_away_ends_the_wait_with_403() {
     app.reload(&config_text(&without, &default_users())).await;
     let response = within_a_minute("the 403", poll).await.unwrap();
     assert_error(status_json(response).await, 403, "read_images");
-}
-
-async fn blocking_get_owned(address: String, id: &'static str) -> reqwest::Response {
-    blocking_read(address, id, 300, None).await
 }
 
 /// A blocking GET of `id` as the reader (`Prefer: wait=secs`, `If-None-Match: tag`),
@@ -301,61 +297,83 @@ async fn blocking_read(
     request.send().await.unwrap()
 }
 
+/// A long poll, a blocking read of an absent image and a stream of changes, all three
+/// waiting on the server at an address; what any stop must answer at once.
+pub(crate) struct OpenWaits {
+    poll: tokio::task::JoinHandle<reqwest::Response>,
+    read: tokio::task::JoinHandle<reqwest::Response>,
+    stream: reqwest::Response,
+}
+
+impl OpenWaits {
+    /// Opens the three, on a catalog with no change yet, and returns once the server
+    /// counts them as waiting.
+    pub(crate) async fn open(address: &str) -> OpenWaits {
+        let poll = tokio::spawn({
+            let address = address.to_owned();
+            async move {
+                crate::helpers::Caller::at(&address)
+                    .admin()
+                    .request(Method::GET, "/v3/audit?after=0&wait=5m")
+                    .send()
+                    .await
+                    .unwrap()
+            }
+        });
+        let read = tokio::spawn(blocking_read(address.to_owned(), "none", 300, None));
+        let stream = crate::helpers::Caller::at(address)
+            .reader()
+            .request(Method::GET, "/v3/changes")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(stream.status(), 200);
+        within_a_minute("all three to wait", async {
+            loop {
+                let text = reqwest::get(format!("{address}/metrics"))
+                    .await
+                    .unwrap()
+                    .text()
+                    .await
+                    .unwrap();
+                if crate::helpers::metric(&text, "image_catalog_waiting_requests ") == Some(3.0) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await;
+        OpenWaits { poll, read, stream }
+    }
+
+    /// Each was answered as if its time had run out (the poll empty, the read 404), and
+    /// the stream ended without an event.
+    pub(crate) async fn answered_as_if_timed_out(self) {
+        let response = within_a_minute("the poll", self.poll).await.unwrap();
+        assert_eq!(
+            status_json(response).await,
+            (200, json!([])),
+            "as if its time ran out"
+        );
+        let response = within_a_minute("the read", self.read).await.unwrap();
+        assert_eq!(response.status(), 404);
+        let body = within_a_minute("the stream to end", self.stream.bytes())
+            .await
+            .unwrap();
+        assert!(body.is_empty(), "no change came: {body:?}");
+    }
+}
+
 #[tokio::test]
 async fn sigterm_answers_every_wait_at_once_and_exits_0() {
     let (mut server, _dir) =
         ChildServer::start_with(&config_text(DEFAULT_POLICIES, &default_users())).await;
-    let address = server.address.clone();
-    let poll = tokio::spawn({
-        let address = address.clone();
-        async move {
-            crate::helpers::Caller::at(&address)
-                .admin()
-                .request(Method::GET, "/v3/audit?after=0&wait=5m")
-                .send()
-                .await
-                .unwrap()
-        }
-    });
-    let read = tokio::spawn(blocking_get_owned(address.clone(), "none"));
-    let stream = crate::helpers::Caller::at(&address)
-        .reader()
-        .request(Method::GET, "/v3/changes")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(stream.status(), 200);
-    within_a_minute("all three to wait", async {
-        loop {
-            let text = reqwest::get(format!("{address}/metrics"))
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
-            if crate::helpers::metric(&text, "image_catalog_waiting_requests ") == Some(3.0) {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await;
+    let waits = OpenWaits::open(&server.address).await;
     let stopped = Instant::now();
     server.signal("TERM");
-    let response = within_a_minute("the poll", poll).await.unwrap();
-    assert_eq!(
-        status_json(response).await,
-        (200, json!([])),
-        "as if its time ran out"
-    );
-    let response = within_a_minute("the read", read).await.unwrap();
-    assert_eq!(response.status(), 404);
-    let body = within_a_minute("the stream to end", stream.bytes())
-        .await
-        .unwrap();
-    assert!(body.is_empty(), "no change came: {body:?}");
+    waits.answered_as_if_timed_out().await;
     assert!(server.wait().success());
-    // Well before the 20 s a request in flight may take.
+    // Well before the 20 s a request in flight may take, and the 5 min of the waits.
     assert!(
         stopped.elapsed() < Duration::from_secs(10),
         "{:?}",
