@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use image_catalog::domain::change::Change;
+use image_catalog::domain::filter::Filter;
 use image_catalog::store::StoreError;
 use image_catalog::store::postgres::{PgOptions, PgStore};
 
@@ -133,10 +134,12 @@ async fn an_outage_is_unavailable_without_a_hang_and_recovers_by_itself() {
             .await
             .expect("a read during the outage hung");
         assert!(matches!(read, Err(StoreError::Unavailable(_))), "{read:?}");
-        let list =
-            tokio::time::timeout(deadline, store.list_stream(None, None).collect::<Vec<_>>())
-                .await
-                .expect("a listing during the outage hung");
+        let list = tokio::time::timeout(
+            deadline,
+            store.list_stream(None, &Filter::all()).collect::<Vec<_>>(),
+        )
+        .await
+        .expect("a listing during the outage hung");
         assert!(
             matches!(list.as_slice(), [Err(StoreError::Unavailable(_))]),
             "{list:?}"
@@ -569,7 +572,7 @@ fn reads_outlive_the_runtime_that_opened_their_connections() {
             .await
             .expect("a read hung on a connection of a runtime that has ended");
         assert!(matches!(read, Ok(Some(_))), "{read:?}");
-        let page = tokio::time::timeout(deadline, store.list_page(None, None, 10))
+        let page = tokio::time::timeout(deadline, store.list_page(None, &Filter::all(), 10))
             .await
             .unwrap()
             .unwrap();

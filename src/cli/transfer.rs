@@ -15,6 +15,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use super::CliError;
 use crate::config::Config;
 use crate::domain::change::AuditRecord;
+use crate::domain::filter::Filter;
 use crate::domain::image::{Image, ImageId};
 use crate::store::{Store, StoreError};
 
@@ -98,7 +99,7 @@ pub fn export(
     let mut count = 0u64;
     // The embedded store reads on a blocking thread of this runtime.
     let _context = runtime.enter();
-    let mut records = store.list_stream(None, None);
+    let mut records = store.list_stream(None, &Filter::all());
     while let Some(record) = runtime.block_on(records.next()) {
         let record = record.map_err(|e| CliError::Runtime(e.to_string()))?;
         out.write_all(&record).map_err(failed)?;

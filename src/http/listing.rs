@@ -8,6 +8,8 @@ use actix_web::web::Bytes;
 use futures_util::{Stream, StreamExt};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
 
+use crate::domain::filter::{Filter, Search};
+use crate::domain::image::Provider;
 use crate::error::ApiError;
 
 pub const MAX_LIMIT: usize = 1000;
@@ -79,6 +81,25 @@ pub fn parse_limit(value: &str) -> Result<usize, ApiError> {
                 value.escape_debug()
             ))
         })
+}
+
+/// The images a listing's `provider` and `q` keep; a provider that config does not
+/// list, or a `q` over 255 bytes, is a 400.
+pub fn parse_filter(
+    params: &BTreeMap<String, String>,
+    providers: &[String],
+) -> Result<Filter, ApiError> {
+    Ok(Filter {
+        provider: params
+            .get("provider")
+            .map(|p| Provider::parse(p, providers))
+            .transpose()?,
+        search: params
+            .get("q")
+            .map(|q| Search::parse(q))
+            .transpose()?
+            .flatten(),
+    })
 }
 
 /// `Link` to the next page: the same query with `marker` set to `marker`.

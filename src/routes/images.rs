@@ -92,6 +92,9 @@ fn to_json(value: &impl serde::Serialize) -> Result<Vec<u8>, ApiError> {
         ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000,
             description = "At most this many images; the response then links to the next page"),
         ("marker" = Option<ImageId>, Query, description = "Start after this id"),
+        ("q" = Option<String>, Query, max_length = 255,
+            description = "Only images whose id or name holds this text (ASCII letters \
+                in any case; `%` and `_` are literal; empty: no filter)"),
     ),
     responses(
         (status = 200, description = "The images, sorted by id", body = Vec<Image>,
@@ -109,11 +112,8 @@ pub(crate) async fn list(
     auth: Authorized<ReadImages>,
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
-    let params = listing::parse_query(req.query_string(), &["provider", "limit", "marker"])?;
-    let provider = params
-        .get("provider")
-        .map(|p| Provider::parse(p, &auth.state().providers))
-        .transpose()?;
+    let params = listing::parse_query(req.query_string(), &["provider", "limit", "marker", "q"])?;
+    let filter = listing::parse_filter(&params, &auth.state().providers)?;
     let marker = params
         .get("marker")
         .map(|m| {
@@ -128,15 +128,15 @@ pub(crate) async fn list(
         let response = if req.method() == Method::HEAD {
             listing::streamed_head()
         } else {
-            listing::streamed_array(auth.store().list_stream(marker.as_ref(), provider.as_ref()))
-                .await?
+            listing::streamed_array(auth.store().list_stream(marker.as_ref(), &filter)).await?
         };
         return Ok(listing::with_audit_seq(response, seq));
     };
     let limit = listing::parse_limit(limit)?;
     let key = format!(
-        "{}\0{}\0{limit}",
-        provider.as_ref().map_or("", |p| p.as_str()),
+        "{}\0{}\0{}\0{limit}",
+        filter.provider.as_ref().map_or("", |p| p.as_str()),
+        filter.search.as_ref().map_or("", |s| s.folded()),
         marker.as_ref().map_or("", |m| m.as_str())
     );
     // A page seen before is served again while the catalog's generation stays the
@@ -151,7 +151,7 @@ pub(crate) async fn list(
         None => {
             let (snapshot, found) = auth
                 .store()
-                .list_page_at(marker.as_ref(), provider.as_ref(), limit)
+                .list_page_at(marker.as_ref(), &filter, limit)
                 .await?;
             let link = match found.records.last() {
                 Some(last) if found.more => {

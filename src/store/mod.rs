@@ -17,7 +17,8 @@ use futures_util::Stream;
 
 use crate::config::StoreConfig;
 use crate::domain::change::AuditRecord;
-use crate::domain::image::{Image, ImageId, Provider, ValidationError};
+use crate::domain::filter::Filter;
+use crate::domain::image::{Image, ImageId, ValidationError};
 use crate::metrics::StoreFigures;
 
 pub mod embedded;
@@ -259,14 +260,15 @@ impl Store {
         engine!(self, e => e.existing(ids).await)
     }
 
-    /// Up to `limit` images after `after` (exclusive), in id byte order.
+    /// Up to `limit` images after `after` (exclusive) that `filter` keeps, in id byte
+    /// order.
     pub async fn list_page(
         &self,
         after: Option<&ImageId>,
-        provider: Option<&Provider>,
+        filter: &Filter,
         limit: usize,
     ) -> Result<Page, StoreError> {
-        engine!(self, e => e.list_page(after, provider, limit).await)
+        engine!(self, e => e.list_page(after, filter, limit).await)
     }
 
     /// A page as [`Store::list_page`] gives it, with a snapshot no later than the
@@ -275,15 +277,15 @@ impl Store {
     pub async fn list_page_at(
         &self,
         after: Option<&ImageId>,
-        provider: Option<&Provider>,
+        filter: &Filter,
         limit: usize,
     ) -> Result<(Snapshot, Page), StoreError> {
-        engine!(self, e => e.list_page_at(after, provider, limit).await)
+        engine!(self, e => e.list_page_at(after, filter, limit).await)
     }
 
     /// Every image after `after`, in id byte order, with flat memory.
-    pub fn list_stream(&self, after: Option<&ImageId>, provider: Option<&Provider>) -> Listing {
-        engine!(self, e => e.list_stream(after, provider))
+    pub fn list_stream(&self, after: Option<&ImageId>, filter: &Filter) -> Listing {
+        engine!(self, e => e.list_stream(after, filter))
     }
 
     /// Up to `limit` audit records of `range`, only image `id`'s if given (through

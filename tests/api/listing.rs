@@ -201,3 +201,62 @@ async fn a_repeated_page_reflects_every_acknowledged_change() {
     let (_, body) = response;
     assert_eq!(body[0]["name"], "renamed");
 }
+
+/// `?q=`: a substring of id or name, ASCII letters in any case; kept by `Link` with
+/// `provider`, `limit` and `marker`; `%` and `_` literal; empty filters nothing; over
+/// 255 bytes a 400. (The engines' agreement on every case is in tests/engines.)
+#[tokio::test]
+async fn q_searches_ids_and_names_and_pages_keep_it() {
+    let app = spawn_app().await;
+    let images = [
+        ("ami-ubuntu-1", "ec2", "Ubuntu 24.04"),
+        ("ami-2", "ec2", "UBUNTU minimal"),
+        ("os-3", "openstack", "ubuntu for openstack"),
+        ("ami-4", "ec2", "Debian 12"),
+        ("ami-5", "ec2", "100% done_ok"),
+        ("ami-6", "ec2", "Ubuntu <b>bold</b>"),
+    ];
+    for (id, provider, name) in images {
+        let (status, body) = app
+            .create(serde_json::json!({"id": id, "provider": provider, "remote_user": "u", "name": name}))
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let found = |query: &'static str| {
+        let app = &app;
+        async move {
+            let (status, body) = app.reader().get(&format!("/v3/images?{query}")).await;
+            assert_eq!(status, 200, "{query}: {body}");
+            ids_of(&body)
+        }
+    };
+    assert_eq!(
+        found("q=uBuNtU").await,
+        ["ami-2", "ami-6", "ami-ubuntu-1", "os-3"]
+    );
+    assert_eq!(found("q=ubuntu&provider=openstack").await, ["os-3"]);
+    assert_eq!(found("q=AMI-").await.len(), 5);
+    assert_eq!(found("q=%25").await, ["ami-5"], "a literal %");
+    assert_eq!(found("q=_").await, ["ami-5"], "a literal _");
+    assert_eq!(found("q=%3Cb%3E").await, ["ami-6"]);
+    assert_eq!(found("q=").await.len(), 6, "an empty q filters nothing");
+    assert_eq!(found("q=nowhere").await, Vec::<String>::new());
+    assert_eq!(
+        found("q=ubuntu&marker=ami-6").await,
+        ["ami-ubuntu-1", "os-3"]
+    );
+    let (seen, pages) = walk(&app, "/v3/images?q=ubuntu&limit=1").await;
+    assert_eq!(seen, ["ami-2", "ami-6", "ami-ubuntu-1", "os-3"]);
+    assert_eq!(pages, 4);
+    // Byte 256 is one too many.
+    let longest = "a".repeat(255);
+    assert_eq!(
+        app.reader()
+            .get(&format!("/v3/images?q={longest}&limit=5"))
+            .await
+            .0,
+        200
+    );
+    let (status, body) = app.reader().get(&format!("/v3/images?q={longest}a")).await;
+    assert_error((status, body), 400, "at most 255 bytes");
+}

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use image_catalog::domain::change::{AuditRecord, Change, Precondition, Transition};
+use image_catalog::domain::filter::{Filter, Search};
 use image_catalog::domain::image::{Image, ImageId, Provider};
 use image_catalog::store::{Applied, AuditRange, Page, Record, Store, StoreError};
 
@@ -22,6 +23,7 @@ pub const TESTS: &[(&str, crate::Test)] = &crate::tests![
     audit_seqs_follow_commit_order_under_concurrent_writers,
     lists_are_in_byte_order_with_provider_filter_and_paging,
     the_full_list_streams_in_batches,
+    a_search_finds_the_same_images_on_every_engine,
     import_is_all_or_nothing,
     an_audit_trail_moves_in_with_its_seqs,
     images_and_their_trail_land_in_one_transaction,
@@ -449,11 +451,11 @@ pub async fn lists_are_in_byte_order_with_provider_filter_and_paging(engine: Eng
     let Page {
         records: page,
         more,
-    } = store.list_page(None, None, 100).await.unwrap();
+    } = store.list_page(None, &Filter::all(), 100).await.unwrap();
     assert!(!more);
     assert_eq!(page.iter().map(id_of).collect::<Vec<_>>(), sorted);
     let streamed: Vec<String> = store
-        .list_stream(None, None)
+        .list_stream(None, &Filter::all())
         .map(|r| id_of(&r.unwrap()))
         .collect()
         .await;
@@ -473,7 +475,7 @@ pub async fn lists_are_in_byte_order_with_provider_filter_and_paging(engine: Eng
                 records: page,
                 more,
             } = store
-                .list_page(after.as_ref(), Some(&provider), 4)
+                .list_page(after.as_ref(), &Filter::provider(provider.clone()), 4)
                 .await
                 .unwrap();
             assert!(page.len() <= 4);
@@ -485,7 +487,7 @@ pub async fn lists_are_in_byte_order_with_provider_filter_and_paging(engine: Eng
         }
         assert_eq!(seen, wanted, "provider {}", provider.as_str());
         let streamed: Vec<String> = store
-            .list_stream(None, Some(&provider))
+            .list_stream(None, &Filter::provider(provider.clone()))
             .map(|r| id_of(&r.unwrap()))
             .collect()
             .await;
@@ -494,7 +496,10 @@ pub async fn lists_are_in_byte_order_with_provider_filter_and_paging(engine: Eng
     let Page {
         records: tail,
         more,
-    } = store.list_page(Some(&id("e")), None, 3).await.unwrap();
+    } = store
+        .list_page(Some(&id("e")), &Filter::all(), 3)
+        .await
+        .unwrap();
     assert!(more);
     let expected: Vec<&str> = sorted
         .iter()
@@ -503,6 +508,116 @@ pub async fn lists_are_in_byte_order_with_provider_filter_and_paging(engine: Eng
         .take(3)
         .collect();
     assert_eq!(tail.iter().map(id_of).collect::<Vec<_>>(), expected);
+}
+
+/// `q`: each engine finds what the domain's rule (`Filter::keeps`) keeps, through
+/// pages, page-with-snapshot and the stream, alone and with a provider: ASCII letters
+/// in any case, other letters as they are, SQL's wildcards literal, JSON escapes in
+/// names read as the characters they stand for.
+pub async fn a_search_finds_the_same_images_on_every_engine(engine: Engine) {
+    let store = engine.open().await;
+    let named = [
+        ("ami-UBU-1", "ec2", "Ubuntu 24.04 LTS"),
+        ("ami-ubu-2", "openstack", "ubuntu minimal"),
+        ("os-cafe", "openstack", "Café Édition"),
+        ("os-percent", "static", "100% done_ok"),
+        ("plain", "ec2", "percent free, underscore free"),
+        ("quoted", "ec2", "say \"hi\" \\ back <b>"),
+        ("z-last", "static", "Zeta UBUNTU"),
+    ];
+    let mut images = Vec::new();
+    for (id, provider, name) in named {
+        let body =
+            serde_json::json!({"id": id, "provider": provider, "remote_user": "u", "name": name});
+        let image = Image::from_json(body.to_string().as_bytes(), &providers()).unwrap();
+        store
+            .apply(Change::Create(image.clone()), "t")
+            .await
+            .unwrap();
+        images.push(image);
+    }
+    let id_of = |json: &bytes::Bytes| {
+        serde_json::from_slice::<Image>(json)
+            .unwrap()
+            .id
+            .to_string()
+    };
+    let texts = [
+        "ubuntu",
+        "UBU",
+        "café",
+        "CAFÉ",
+        "édition",
+        "100%",
+        "%",
+        "_",
+        "e_o",
+        "done_ok",
+        "\"hi\"",
+        "\\",
+        " \\ b",
+        "<b>",
+        "ami-",
+        "1",
+        "nothing at all",
+    ];
+    for text in texts {
+        for provider in [None, Some("ec2"), Some("openstack")] {
+            let filter = Filter {
+                provider: provider.map(|p| Provider::parse(p, &providers()).unwrap()),
+                search: Search::parse(text).unwrap(),
+            };
+            let wanted: Vec<String> = images
+                .iter()
+                .filter(|i| filter.keeps(i))
+                .map(|i| i.id.to_string())
+                .collect();
+            let mut paged = Vec::new();
+            let mut after: Option<ImageId> = None;
+            loop {
+                let Page { records, more } =
+                    store.list_page(after.as_ref(), &filter, 2).await.unwrap();
+                paged.extend(records.iter().map(id_of));
+                if !more {
+                    break;
+                }
+                after = Some(id(paged.last().unwrap()));
+            }
+            let case = format!("q={text:?} provider={provider:?}");
+            assert_eq!(paged, wanted, "{case}: pages");
+            let (_, Page { records, .. }) = store.list_page_at(None, &filter, 100).await.unwrap();
+            assert_eq!(
+                records.iter().map(id_of).collect::<Vec<_>>(),
+                wanted,
+                "{case}: page"
+            );
+            let streamed: Vec<String> = store
+                .list_stream(None, &filter)
+                .map(|r| id_of(&r.unwrap()))
+                .collect()
+                .await;
+            assert_eq!(streamed, wanted, "{case}: stream");
+        }
+    }
+    // The rule itself, so that the engines cannot agree on a wrong answer.
+    let find = |text: &str| {
+        let filter = Filter {
+            provider: None,
+            search: Search::parse(text).unwrap(),
+        };
+        images
+            .iter()
+            .filter(|i| filter.keeps(i))
+            .map(|i| i.id.to_string())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(find("ubuntu"), ["ami-UBU-1", "ami-ubu-2", "z-last"]);
+    assert_eq!(find("CAFÉ"), Vec::<String>::new());
+    assert_eq!(find("café"), ["os-cafe"]);
+    assert_eq!(find("%"), ["os-percent"]);
+    assert_eq!(find("_"), ["os-percent"]);
+    assert_eq!(find("\"hi\""), ["quoted"]);
+    assert_eq!(find("\\"), ["quoted"]);
 }
 
 /// The full listing is read in batches as it is consumed, not gathered first: an
@@ -517,7 +632,7 @@ pub async fn the_full_list_streams_in_batches(engine: Engine) {
             .unwrap(),
         1203
     );
-    let mut stream = Box::pin(store.list_stream(None, None));
+    let mut stream = Box::pin(store.list_stream(None, &Filter::all()));
     let first = stream.next().await.unwrap().unwrap();
     assert_eq!(
         serde_json::from_slice::<Image>(&first).unwrap().id.as_str(),
@@ -577,7 +692,7 @@ pub async fn import_is_all_or_nothing(engine: Engine) {
         "{err}"
     );
     assert_eq!(counters(&store).await.images, 1);
-    assert_eq!(store.list_stream(None, None).count().await, 1);
+    assert_eq!(store.list_stream(None, &Filter::all()).count().await, 1);
     assert_eq!(audit_size(&store).await.0, 1, "no audit of it either");
     let batch: Vec<Image> = (0..1500).map(|i| image(&format!("ok-{i:05}"))).collect();
     assert_eq!(
@@ -942,7 +1057,7 @@ pub async fn a_batch_gives_each_change_its_own_outcome(engine: Engine) {
     assert_eq!(counters.images, 2, "c0 and c");
     assert_eq!(counters.audit_records, 1 + 6);
     let listed: Vec<String> = store
-        .list_stream(None, None)
+        .list_stream(None, &Filter::all())
         .map(|r| {
             serde_json::from_slice::<Image>(&r.unwrap())
                 .unwrap()
@@ -1025,7 +1140,7 @@ pub async fn creates_and_deletes_sent_together_keep_their_own_outcomes(engine: E
         .await;
     assert_eq!(seqs, (1..=33).rev().collect::<Vec<_>>(), "{batch}");
     let listed: Vec<String> = store
-        .list_stream(None, None)
+        .list_stream(None, &Filter::all())
         .map(|r| {
             serde_json::from_slice::<Image>(&r.unwrap())
                 .unwrap()
@@ -1046,7 +1161,7 @@ pub async fn a_page_comes_with_the_generation_it_was_read_at(engine: Engine) {
             records: empty,
             more,
         },
-    ) = store.list_page_at(None, None, 10).await.unwrap();
+    ) = store.list_page_at(None, &Filter::all(), 10).await.unwrap();
     assert!(empty.is_empty() && !more);
     assert_eq!(generation, store.snapshot().await.unwrap());
     assert_eq!(generation.seq, 0);
@@ -1066,7 +1181,7 @@ pub async fn a_page_comes_with_the_generation_it_was_read_at(engine: Engine) {
             records: page,
             more,
         },
-    ) = store.list_page_at(None, None, 2).await.unwrap();
+    ) = store.list_page_at(None, &Filter::all(), 2).await.unwrap();
     assert!(
         now.generation > generation.generation,
         "every write moves the generation"
@@ -1085,17 +1200,20 @@ pub async fn a_page_comes_with_the_generation_it_was_read_at(engine: Engine) {
             records: rest,
             more,
         },
-    ) = store.list_page_at(Some(&id("b")), None, 5).await.unwrap();
+    ) = store
+        .list_page_at(Some(&id("b")), &Filter::all(), 5)
+        .await
+        .unwrap();
     assert_eq!(rest.len(), 2);
     assert!(!more);
     let static_only = Provider::parse("static", &providers()).unwrap();
     let (_, Page { records: page, .. }) = store
-        .list_page_at(None, Some(&static_only), 5)
+        .list_page_at(None, &Filter::provider(static_only.clone()), 5)
         .await
         .unwrap();
     assert_eq!(page.len(), 1);
     let (_, Page { records: none, .. }) = store
-        .list_page_at(Some(&id("d")), Some(&static_only), 5)
+        .list_page_at(Some(&id("d")), &Filter::provider(static_only.clone()), 5)
         .await
         .unwrap();
     assert!(none.is_empty());

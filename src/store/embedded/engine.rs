@@ -29,17 +29,17 @@ impl SledStore {
     pub async fn list_page_at(
         &self,
         after: Option<&ImageId>,
-        provider: Option<&Provider>,
+        filter: &Filter,
         limit: usize,
     ) -> Result<(Snapshot, Page), StoreError> {
         // Read first: a page built while a write lands is then filed under the older
         // generation, and never served after it; and its seq is one the page shows.
         let snapshot = self.snapshot_now();
-        Ok((snapshot, self.list_page(after, provider, limit).await?))
+        Ok((snapshot, self.list_page(after, filter, limit).await?))
     }
 
-    pub fn list_stream(&self, after: Option<&ImageId>, provider: Option<&Provider>) -> Listing {
-        off_the_workers(self.list_from(after, provider.cloned()))
+    pub fn list_stream(&self, after: Option<&ImageId>, filter: &Filter) -> Listing {
+        off_the_workers(self.list_from(after, filter.clone()))
     }
 
     pub async fn audit_page(

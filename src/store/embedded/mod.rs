@@ -24,7 +24,8 @@ use sled::{IVec, Tree};
 use tokio::sync::{oneshot, watch};
 
 use crate::domain::change::{AuditRecord, Change, IMPORT_METHOD, Transition};
-use crate::domain::image::{Image, ImageId, Provider};
+use crate::domain::filter::Filter;
+use crate::domain::image::{Image, ImageId};
 use crate::store::queue::{Place, WriteQueue};
 use crate::store::{Applied, AuditRange, Author, Page, Record, StoreError, rules, trail_repeats};
 

@@ -28,16 +28,16 @@ impl SledStore {
             .map(|value| Record::from_slice(&value)))
     }
 
-    /// Up to `limit` images after `after` (exclusive), in id order. A page of one
-    /// provider may scan much of the catalog to fill: it runs on a blocking thread.
+    /// Up to `limit` images after `after` (exclusive), in id order. A filtered page
+    /// may scan much of the catalog to fill: it runs on a blocking thread.
     pub async fn list_page(
         &self,
         after: Option<&ImageId>,
-        provider: Option<&Provider>,
+        filter: &Filter,
         limit: usize,
     ) -> Result<Page, StoreError> {
-        let items = self.list_from(after, provider.cloned());
-        if provider.is_none() {
+        let items = self.list_from(after, filter.clone());
+        if filter.is_all() {
             // At most `limit + 1` reads in key order: cheaper than a thread hop.
             return take_page(items, limit);
         }
@@ -51,7 +51,7 @@ impl SledStore {
     pub fn list_from(
         &self,
         after: Option<&ImageId>,
-        provider: Option<Provider>,
+        filter: Filter,
     ) -> impl Iterator<Item = Result<Bytes, StoreError>> + Send + 'static {
         let start = match after {
             Some(id) => Bound::Excluded(IVec::from(id.as_str())),
@@ -66,11 +66,11 @@ impl SledStore {
                 Ok(value) => value,
                 Err(e) => return Some(Err(e)),
             };
-            let Some(provider) = &provider else {
+            if filter.is_all() {
                 return Some(Ok(value));
-            };
+            }
             match Record::from(value.clone()).image() {
-                Ok(image) if &image.provider == provider => Some(Ok(value)),
+                Ok(image) if filter.keeps(&image) => Some(Ok(value)),
                 Ok(_) => None,
                 Err(e) => Some(Err(e)),
             }

@@ -129,7 +129,7 @@ fn a_change_in_flight_is_shown_only_once_durable() {
     });
     let shown = |store: &SledStore| -> Vec<String> {
         store
-            .list_from(None, None)
+            .list_from(None, Filter::all())
             .map(|r| Record::from(r.unwrap()).image().unwrap().id.to_string())
             .collect()
     };
@@ -158,7 +158,11 @@ fn a_change_in_flight_is_shown_only_once_durable() {
     );
     assert!(store.read_image(&old).unwrap().is_some());
     assert_eq!(shown(&store), ["new", "old"]);
-    assert!(take_page(store.list_from(None, None), 1).unwrap().more);
+    assert!(
+        take_page(store.list_from(None, Filter::all()), 1)
+            .unwrap()
+            .more
+    );
     assert_eq!(
         store
             .audit_page_now(AuditRange::Before(None), None, 10)
@@ -254,7 +258,13 @@ fn a_dead_writer_is_fail_stop() {
     assert!(matches!(after, Err(StoreError::Stopped(_))), "{after:?}");
     let read = store.read_image(&ImageId::parse("kept").unwrap());
     assert!(matches!(read, Err(StoreError::Stopped(_))), "{read:?}");
-    assert!(store.list_from(None, None).next().unwrap().is_err());
+    assert!(
+        store
+            .list_from(None, Filter::all())
+            .next()
+            .unwrap()
+            .is_err()
+    );
     assert!(store.shutdown().is_err(), "a failed store is not flushed");
 }
 
@@ -271,7 +281,7 @@ fn an_import_that_fails_part_way_leaves_nothing() {
     let err = block_on(store.import(batch, Vec::new(), "import:file")).unwrap_err();
     assert!(matches!(err, StoreError::Conflict(_)), "{err}");
     assert_eq!(store.image_count(), 1);
-    assert_eq!(store.list_from(None, None).count(), 1);
+    assert_eq!(store.list_from(None, Filter::all()).count(), 1);
     assert_eq!(
         store.audit_from(None).count(),
         1,
@@ -307,10 +317,10 @@ fn an_interrupted_import_is_undone_at_the_next_open() {
         let batch: Vec<Image> = (0..5).map(|i| image(&format!("half-{i}"))).collect();
         writer.import_chunks(&batch, "import:f").unwrap();
         store.db.flush().unwrap();
-        assert_eq!(store.list_from(None, None).count(), 6);
+        assert_eq!(store.list_from(None, Filter::all()).count(), 6);
     }
     let store = reopen(dir.path());
-    assert_eq!(store.list_from(None, None).count(), 1);
+    assert_eq!(store.list_from(None, Filter::all()).count(), 1);
     assert_eq!(store.image_count(), 1);
     assert_eq!(store.audit_from(None).count(), 1);
 }

@@ -43,7 +43,8 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::domain::change::IMPORT_METHOD;
 use crate::domain::change::Transition;
-use crate::domain::image::{Image, ImageId, Provider, ValidationError};
+use crate::domain::filter::Filter;
+use crate::domain::image::{Image, ImageId, ValidationError};
 use crate::store::queue::{Place, WriteQueue};
 use crate::store::{
     Applied, AuditRange, AuditRecord, Author, Change, Page, Record, Snapshot, StoreError,

@@ -90,15 +90,15 @@ impl PgStore {
     pub async fn list_page(
         &self,
         after: Option<&ImageId>,
-        provider: Option<&Provider>,
+        filter: &Filter,
         limit: usize,
     ) -> Result<Page, StoreError> {
         let inner = self.inner.clone();
         let after = after.map(|id| id.as_str().to_owned()).unwrap_or_default();
-        let provider = provider.map(|p| p.as_str().to_owned());
+        let filter = Wanted::from(filter);
         let limit = i64::try_from(limit).unwrap_or(i64::MAX - 1);
         self.reading(async move {
-            let mut rows = inner.images_after(after, provider, limit + 1).await?;
+            let mut rows = inner.images_after(after, &filter, limit + 1).await?;
             let more = rows.len() as i64 > limit;
             rows.truncate(limit as usize);
             let records = rows.into_iter().map(|(_, json)| json).collect();
@@ -113,20 +113,32 @@ impl PgStore {
     pub async fn list_page_at(
         &self,
         after: Option<&ImageId>,
-        provider: Option<&Provider>,
+        filter: &Filter,
         limit: usize,
     ) -> Result<(Snapshot, Page), StoreError> {
         let ask = PageAsk {
             after: after.map(|id| id.as_str().to_owned()).unwrap_or_default(),
-            provider: provider.map(|p| p.as_str().to_owned()),
+            filter: Wanted::from(filter),
             limit: i64::try_from(limit).unwrap_or(i64::MAX - 1) + 1,
         };
-        let pick: fn(&Local) -> &Arc<Coalescer<PageAsk, _>> = match ask.provider {
-            None => |local| &local.pages,
-            Some(_) => |local| &local.provider_pages,
-        };
-        let pages = |inner: Arc<Inner>, asks| async move { inner.pages_at(asks).await };
-        let (generation, mut rows) = self.coalesced(pick, ask, pages).await?;
+        let (generation, mut rows) =
+            if ask.filter.search.is_some() {
+                // A search scans: it goes alone, not in a batch of cheap pages.
+                let inner = self.inner.clone();
+                self.reading(async move {
+                    inner.pages_at(vec![ask]).await?.pop().ok_or_else(|| {
+                        StoreError::unreadable("a page that was asked for is missing")
+                    })
+                })
+                .await?
+            } else {
+                let pick: fn(&Local) -> &Arc<Coalescer<PageAsk, _>> = match ask.filter.provider {
+                    None => |local| &local.pages,
+                    Some(_) => |local| &local.provider_pages,
+                };
+                let pages = |inner: Arc<Inner>, asks| async move { inner.pages_at(asks).await };
+                self.coalesced(pick, ask, pages).await?
+            };
         let more = rows.len() > limit;
         rows.truncate(limit);
         Ok((
@@ -140,16 +152,16 @@ impl PgStore {
 
     /// Every image after `after`, in id byte order, fetched in keyset batches of
     /// `STREAM_BATCH` rows: memory does not grow with the catalog.
-    pub fn list_stream(&self, after: Option<&ImageId>, provider: Option<&Provider>) -> Listing {
+    pub fn list_stream(&self, after: Option<&ImageId>, filter: &Filter) -> Listing {
         let inner = self.inner.clone();
         let handle = self.handle.clone();
         let after = after.map(|id| id.as_str().to_owned()).unwrap_or_default();
-        let provider = provider.map(|p| p.as_str().to_owned());
+        let filter = Wanted::from(filter);
         let items = batched(after, move |after: String| {
             let inner = inner.clone();
-            let provider = provider.clone();
-            let fetch = handle
-                .spawn(async move { inner.images_after(after, provider, STREAM_BATCH).await });
+            let filter = filter.clone();
+            let fetch =
+                handle.spawn(async move { inner.images_after(after, &filter, STREAM_BATCH).await });
             async move {
                 let rows = fetch
                     .await
@@ -358,26 +370,19 @@ impl Inner {
     pub(super) async fn images_after(
         &self,
         after: String,
-        provider: Option<String>,
+        filter: &Wanted,
         limit: i64,
     ) -> Result<Vec<(String, Bytes)>, StoreError> {
-        let rows = match provider {
-            None => {
-                self.read(
-                    "SELECT id, json FROM images WHERE id > $1 ORDER BY id LIMIT $2",
-                    vec![Box::new(after), Box::new(limit)],
-                )
-                .await?
-            }
-            Some(provider) => {
-                self.read(
-                    "SELECT id, json FROM images WHERE provider = $1 AND id > $2 \
-                     ORDER BY id LIMIT $3",
-                    vec![Box::new(provider), Box::new(after), Box::new(limit)],
-                )
-                .await?
-            }
-        };
+        let (kept, mut params) = filter.sql(1);
+        let n = params.len();
+        let sql = format!(
+            "SELECT id, json FROM images WHERE {kept}id > ${} ORDER BY id LIMIT ${}",
+            n + 1,
+            n + 2
+        );
+        params.push(Box::new(after));
+        params.push(Box::new(limit));
+        let rows = self.read(&sql, params).await?;
         Ok(rows
             .into_iter()
             .map(|row| {
@@ -425,27 +430,21 @@ impl Inner {
         &self,
         asks: Vec<PageAsk>,
     ) -> Result<Vec<Generational<Vec<Bytes>>>, StoreError> {
-        let filtered = asks.iter().any(|ask| ask.provider.is_some());
+        let filtered = asks.iter().any(|ask| ask.filter.provider.is_some());
         let rows = match &asks[..] {
             [ask] => {
-                let mut params: Vec<Param> = Vec::with_capacity(3);
-                params.extend(ask.provider.clone().map(|p| Box::new(p) as Param));
+                let (kept, mut params) = ask.filter.sql(1);
+                let n = params.len();
+                let sql = format!(
+                    "{}(SELECT NULL, 1, id, json FROM images \
+                      WHERE {kept}id > ${} ORDER BY id LIMIT ${})",
+                    with_generation!(""),
+                    n + 1,
+                    n + 2
+                );
                 params.push(Box::new(ask.after.clone()));
                 params.push(Box::new(ask.limit));
-                let sql = if filtered {
-                    const SQL: &str = with_generation!(
-                        "(SELECT NULL, 1, id, json FROM images \
-                          WHERE provider = $1 AND id > $2 ORDER BY id LIMIT $3)"
-                    );
-                    SQL
-                } else {
-                    const SQL: &str = with_generation!(
-                        "(SELECT NULL, 1, id, json FROM images \
-                          WHERE id > $1 ORDER BY id LIMIT $2)"
-                    );
-                    SQL
-                };
-                self.read(sql, params).await?
+                self.read(&sql, params).await?
             }
             _ => {
                 let afters: Vec<String> = asks.iter().map(|a| a.after.clone()).collect();
@@ -453,7 +452,7 @@ impl Inner {
                 if filtered {
                     let providers: Vec<String> = asks
                         .iter()
-                        .map(|a| a.provider.clone().unwrap_or_default())
+                        .map(|a| a.filter.provider.clone().unwrap_or_default())
                         .collect();
                     self.read(
                         with_generation!(
@@ -648,11 +647,56 @@ pub(super) fn record_of(json: Vec<u8>) -> Record {
     Record::from(Bytes::from(json))
 }
 
-/// A page's query: up to `limit` images after `after`, of `provider` if given.
+/// A page's query: up to `limit` images after `after` that `filter` keeps.
 pub(super) struct PageAsk {
     pub(super) after: String,
-    pub(super) provider: Option<String>,
+    pub(super) filter: Wanted,
     pub(super) limit: i64,
+}
+
+/// A [`Filter`] as SQL takes it.
+#[derive(Clone)]
+pub(super) struct Wanted {
+    pub(super) provider: Option<String>,
+    /// The search text, folded to lower case.
+    pub(super) search: Option<String>,
+}
+
+impl From<&Filter> for Wanted {
+    fn from(filter: &Filter) -> Wanted {
+        Wanted {
+            provider: filter.provider.as_ref().map(|p| p.as_str().to_owned()),
+            search: filter.search.as_ref().map(|s| s.folded().to_owned()),
+        }
+    }
+}
+
+/// `translate`'s arguments that fold ASCII letters, and only those, to lower case (as
+/// `Search` does; `lower()` would follow the database's locale).
+const FOLD_ASCII: &str = "'ABCDEFGHIJKLMNOPQRSTUVWXYZ', 'abcdefghijklmnopqrstuvwxyz'";
+
+impl Wanted {
+    /// `Filter::keeps` on a row of `images`: conditions each followed by ` AND `, and
+    /// their parameters, numbered from `$first`. `strpos` takes the text literally, so
+    /// `%` and `_` need no escaping.
+    fn sql(&self, first: usize) -> (String, Vec<Param>) {
+        let mut sql = String::new();
+        let mut params: Vec<Param> = Vec::new();
+        if let Some(provider) = &self.provider {
+            params.push(Box::new(provider.clone()));
+            sql.push_str(&format!("provider = ${} AND ", first + params.len() - 1));
+        }
+        if let Some(search) = &self.search {
+            params.push(Box::new(search.clone()));
+            let n = first + params.len() - 1;
+            sql.push_str(&format!(
+                "(strpos(translate(id, {FOLD_ASCII}), ${n}) > 0 OR \
+                 strpos(translate(convert_from(json, 'UTF8')::json ->> 'name', {FOLD_ASCII}), \
+                 ${n}) > 0) AND "
+            ));
+        }
+        (sql, params)
+    }
 }
 
 /// A value and where the catalog stood when it was read.

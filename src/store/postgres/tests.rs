@@ -17,10 +17,10 @@ fn store_and_futures_are_send(store: &PgStore) {
         Author::tool("u"),
     ));
     send_future(store.get(&id));
-    send_future(store.list_page(None, None, 1));
+    send_future(store.list_page(None, &Filter::all(), 1));
     send_future(store.audit_page(AuditRange::Before(None), None, 1));
     send_future(store.is_healthy());
-    send_future(store.list_stream(None, None));
+    send_future(store.list_stream(None, &Filter::all()));
 }
 
 #[test]
