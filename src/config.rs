@@ -47,7 +47,15 @@ pub struct Config {
     pub store: StoreConfig,
     pub audit: AuditConfig,
     pub auth: AuthConfig,
+    pub ui: UiConfig,
     pub access: Access,
+}
+
+/// The page for people under `/ui/`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UiConfig {
+    /// `false`: every `/ui/` path and `/` are 404s.
+    pub enabled: bool,
 }
 
 /// The audit trail's retention.
@@ -160,6 +168,8 @@ struct RawConfig {
     #[serde(default)]
     auth: RawAuth,
     #[serde(default)]
+    ui: RawUi,
+    #[serde(default)]
     policies: BTreeMap<String, Vec<String>>,
     #[serde(default)]
     users: Vec<Spanned<RawUser>>,
@@ -233,6 +243,18 @@ impl Default for RawAuth {
             quiet_window_secs: 900,
             max_tracked: 10_000,
         }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawUi {
+    enabled: bool,
+}
+
+impl Default for RawUi {
+    fn default() -> Self {
+        RawUi { enabled: true }
     }
 }
 
@@ -577,6 +599,9 @@ impl Config {
             store,
             audit,
             auth,
+            ui: UiConfig {
+                enabled: raw.ui.enabled,
+            },
             access,
         })
     }

@@ -12,8 +12,9 @@
 //! 5. `error`: every failure as the API's `{"message"}`.
 //! 6. `app`: the state every request may reach, and only through a proof of policy.
 //! 7. `http`: extractors (`Authorized<P>`), headers, listings, limits, middleware.
-//! 8. `routes`, then `openapi` (the document of the route table), `startup` (the
-//!    server), `cli` (the command line).
+//! 8. `routes`, then `ui` (the read-only page for people, over the same proofs),
+//!    `openapi` (the document of the route table), `startup` (the server), `cli` (the
+//!    command line).
 
 pub mod domain;
 
@@ -40,3 +41,4 @@ pub mod cli;
 pub mod openapi;
 pub mod routes;
 pub mod startup;
+pub mod ui;

@@ -158,10 +158,16 @@ fn run(listener: TcpListener, state: web::Data<AppState>) -> std::io::Result<Ser
             settings.trusted_proxies.clone(),
             settings.max_connections_per_proxy,
         );
+    let ui_enabled = state.config().ui.enabled;
     let server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
             .configure(routes::configure)
+            .configure(|cfg| {
+                if ui_enabled {
+                    crate::ui::configure(cfg);
+                }
+            })
             .default_service(web::to(routes::not_found))
             .wrap(from_fn(envelope))
     })

@@ -48,9 +48,12 @@ impl Certificates {
         Ok(())
     }
 
-    /// rustls' server settings, with this as the source of the certificate.
+    /// rustls' server settings, with this as the source of the certificate. No ALPN
+    /// protocols here: actix offers HTTP/2 and HTTP/1.1 (HTTP/2 first), so that
+    /// several open pages of the UI share one connection rather than using up a
+    /// browser's six per host.
     pub fn server_config(self: &Arc<Self>) -> rustls::ServerConfig {
-        let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(provider()))
+        rustls::ServerConfig::builder_with_provider(Arc::new(provider()))
             .with_safe_default_protocol_versions()
             .unwrap_or_else(|_| {
                 // ring supports both default versions; this cannot fail with it.
@@ -59,9 +62,7 @@ impl Certificates {
                     .unwrap_or_else(|_| unreachable!("ring supports TLS 1.3"))
             })
             .with_no_client_auth()
-            .with_cert_resolver(self.clone());
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        config
+            .with_cert_resolver(self.clone())
     }
 }
 

@@ -137,6 +137,10 @@ bind = {bind}
 # Relative paths are relative to this file's folder.
 data_dir = {data_dir}
 
+# The read-only page for people at /ui/ (same users and policies).
+[ui]
+enabled = true
+
 [policies]
 read_images  = ["admin", "reader"]
 create_image = ["admin"]

@@ -503,13 +503,22 @@ fn check_config(path: &std::path::Path) -> Result<(), CliError> {
     let mut header = vec!["ROUTE".to_string(), "POLICY".into()];
     header.extend(users.iter().map(|u| u.name.clone()));
     let mut rows = vec![header];
-    for route in TABLE {
+    // The API's routes, then the pages for people while they are on.
+    let pages = crate::ui::ROUTES
+        .iter()
+        .filter(|_| config.ui.enabled)
+        .map(|&(path, policy)| ("GET", path, Some(policy)));
+    let routes = TABLE
+        .iter()
+        .map(|r| (r.method, r.path, r.policy))
+        .chain(pages);
+    for (method, path, policy) in routes {
         let mut row = vec![
-            format!("{} {}", route.method, route.path),
-            route.policy.unwrap_or("(open)").to_owned(),
+            format!("{method} {path}"),
+            policy.unwrap_or("(open)").to_owned(),
         ];
         row.extend(users.iter().map(|u| {
-            let open = route.policy.is_none_or(|p| u.holds(p));
+            let open = policy.is_none_or(|p| u.holds(p));
             if open { "yes" } else { "-" }.to_owned()
         }));
         rows.push(row);

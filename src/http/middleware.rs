@@ -107,7 +107,7 @@ fn client_address(req: &ServiceRequest, proxies: &TrustedProxies) -> Option<IpAd
 
 /// Why the request is refused before any route runs, if it is. `Accept` is per route:
 /// `/metrics` speaks Prometheus text, so it does not apply there; the event stream
-/// admits `text/event-stream` too.
+/// admits `text/event-stream` too; the pages under `/ui/` speak `text/html`.
 fn refusal(req: &ServiceRequest, state: Option<&AppState>) -> Option<ApiError> {
     let max_header_bytes = state.map_or(16 * 1024, |s| s.config().server.max_header_bytes);
     if let Some(refused) =
@@ -116,11 +116,16 @@ fn refusal(req: &ServiceRequest, state: Option<&AppState>) -> Option<ApiError> {
         return Some(refused);
     }
     let accept = req.headers().get(header::ACCEPT);
-    let offered: &[&str] = match req.path() {
+    let path = req.path();
+    let offered: &[&str] = match path {
         "/v3/changes" => &["text/event-stream", "application/json"],
+        // The page's styles, script and favicon, and `/`, a redirect: any Accept.
+        "/metrics" | "/" => &[],
+        _ if path.starts_with("/ui/static/") => &[],
+        _ if path == "/ui" || path.starts_with("/ui/") => &["text/html"],
         _ => &["application/json"],
     };
-    if req.path() != "/metrics" && !headers::accepts(accept.map(|v| v.as_bytes()), offered) {
+    if !offered.is_empty() && !headers::accepts(accept.map(|v| v.as_bytes()), offered) {
         let shown = accept
             .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
             .unwrap_or_default();

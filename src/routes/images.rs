@@ -66,7 +66,7 @@ async fn by_id(req: HttpRequest, payload: web::Payload) -> Result<HttpResponse, 
 
 /// The `{id}` of the path, decoded strictly: actix would replace invalid UTF-8 with
 /// U+FFFD, silently naming another image.
-fn path_id(req: &HttpRequest) -> Result<ImageId, ApiError> {
+pub(crate) fn path_id(req: &HttpRequest) -> Result<ImageId, ApiError> {
     let raw = req.uri().path().rsplit('/').next().unwrap_or_default();
     let decoded = percent_encoding::percent_decode_str(raw)
         .decode_utf8()

@@ -106,6 +106,23 @@ fn check_config_tables_policies_and_routes_per_user() {
         ["read_images", "yes", "yes", "yes"]
     );
     assert_eq!(row("GET /healthz")[2..], ["(open)", "yes", "yes", "yes"]);
+    // The pages for people, while [ui] enabled (the default).
+    assert_eq!(row("GET /ui/ ")[2..], ["read_images", "yes", "yes", "yes"]);
+    assert_eq!(row("GET /ui/audit")[2..], ["read_audit", "yes", "-", "-"]);
+    let off = format!(
+        "{}\n[ui]\nenabled = false\n",
+        config_text(DEFAULT_POLICIES, &default_users())
+    );
+    std::fs::write(&path, off).unwrap();
+    let output = binary()
+        .arg("--config")
+        .arg(&path)
+        .arg("check-config")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(!text.contains("/ui/"), "{text}");
 }
 
 #[test]

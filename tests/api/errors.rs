@@ -8,7 +8,8 @@ use crate::helpers::{MAX_BODY, assert_error, spawn_app, status_json};
 #[tokio::test]
 async fn unknown_route_is_404_json() {
     let app = spawn_app().await;
-    for path in ["/", "/v3", "/v3/imagez", "/v2/images", "/v3/image/a/b"] {
+    // (`/` leads to the page for people: tests/api/ui.rs.)
+    for path in ["/v3", "/v3/imagez", "/v2/images", "/v3/image/a/b", "/uix"] {
         let response = app.admin().get(path).await;
         assert_error(response, 404, "no route GET");
     }

@@ -38,4 +38,5 @@ mod secrets;
 mod store_config;
 mod tls;
 mod transfer;
+mod ui;
 mod waits;

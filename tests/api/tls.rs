@@ -136,3 +136,34 @@ fn a_bad_pair_at_start_is_a_config_error() {
     assert_eq!(code, 2, "{said}");
     assert!(said.contains("go together"), "{said}");
 }
+
+/// With TLS, HTTP/2 is offered (ALPN), so that several open pages share one
+/// connection; HTTP/1.1 clients are served as before.
+#[tokio::test]
+async fn https_offers_http2_and_still_serves_http1() {
+    let dir = tempfile::tempdir().unwrap();
+    let pair = certificate();
+    write_pair(dir.path(), &pair);
+    let config = write_config(dir.path(), &tls_config());
+    let server = ChildServer::start(&config).await;
+    let trusting = || {
+        reqwest::Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(pair.0.as_bytes()).unwrap())
+    };
+    let h2 = trusting().build().unwrap();
+    let response = h2
+        .get(format!("{}/ui/static/style.css", server.address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.version(), reqwest::Version::HTTP_2);
+    let h1 = trusting().http1_only().build().unwrap();
+    let response = h1
+        .get(format!("{}/healthz", server.address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.version(), reqwest::Version::HTTP_11);
+}
