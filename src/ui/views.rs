@@ -144,7 +144,9 @@ pub fn catalog(c: &Catalog) -> Markup {
             div.empty #empty {
                 p { strong { "The catalog is empty." } " Add the first image with the API:" }
                 pre { code {
-                    "curl -u admin -H 'Content-Type: application/json' \\\n  -d '{\"id\": \"ami-0123456789abcdef0\", \"provider\": \"ec2\", \"remote_user\": \"ubuntu\", \"name\": \"Ubuntu 24.04\"}' \\\n  "
+                    "curl -u admin -H 'Content-Type: application/json' \\\n  -d '{\"id\": \"ami-0123456789abcdef0\", \"provider\": \""
+                    (c.providers.first().map_or("ec2", String::as_str))
+                    "\", \"remote_user\": \"ubuntu\", \"name\": \"Ubuntu 24.04\"}' \\\n  "
                     (c.origin) "/v3/image"
                 } }
                 p.muted { "It appears here as soon as it is stored." }

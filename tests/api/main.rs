@@ -40,3 +40,4 @@ mod tls;
 mod transfer;
 mod ui;
 mod waits;
+mod webdriver;

@@ -269,6 +269,8 @@
 
     async function poll() {
       let response;
+      // The poll waits on the server until a record lands: live while it waits.
+      say('live', 'Live');
       try {
         response = await fetch(data.api + 'audit?after=' + seq + '&wait=60s&limit=1000', {
           cache: 'no-store',
@@ -288,7 +290,6 @@
       } catch (e) {
         return retry('the answer was cut off', poll);
       }
-      say('live', 'Live');
       backoff = 1000;
       for (const record of records) {
         prepend(record);
