@@ -39,5 +39,6 @@ mod store_config;
 mod tls;
 mod transfer;
 mod ui;
+mod ui_browser;
 mod waits;
 mod webdriver;
