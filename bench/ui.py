@@ -12,10 +12,12 @@
 2. search: for each engine and catalog size, `GET /v3/images?limit=100` with
      q=rare    a text one image holds ("number 12345 for"): the whole catalog is
                scanned to fill the page;
-     q=common  a text every image holds ("benchmarking"): the page fills at once;
-     none      no q, for scale;
-   each timed --searches times from one client, one after another; prints the median
-   and the max in ms.
+     q=common  a text every image holds ("benchmarking"), from a marker: the page
+               fills at once;
+     none      no q, from a marker, for scale;
+   --searches requests of each from one client, one after another, each with another
+   text or marker (a repeated page would come from the page cache), after one
+   untimed search that warms the store's caches; prints the median and max in ms.
 
 Builds nothing: run `cargo build --release --bin image-catalog` first. Needs wrk and,
 for PostgreSQL, the server binaries (PG_BIN, default /usr/lib/postgresql/15/bin).
@@ -82,9 +84,11 @@ def page_figures(work, args, hash_line):
           f"-d{args.seconds}s)")
 
 
-def timed(url, times):
+def timed(urls):
+    """Times each of `urls` once, one after another: the median and max in ms, and the
+    last body."""
     took = []
-    for _ in range(times):
+    for url in urls:
         started = time.monotonic()
         body = run.get(url)
         took.append((time.monotonic() - started) * 1000)
@@ -101,10 +105,19 @@ def search_figures(work, args, hash_line):
                 folder = os.path.join(work, f"{engine}-{size}")
                 server = imported(folder, engine, size, hash_line, cluster)
                 try:
-                    for name, query in [("rare", "q=number%2012345%20for&"),
-                                        ("common", "q=benchmarking&"), ("none", "")]:
-                        url = f"{server.base}/v3/images?{query}limit=100"
-                        median, worst, body = timed(url, args.searches)
+                    base = f"{server.base}/v3/images?limit=100"
+                    # Each search another text or another marker: a repeated page is
+                    # served from the page cache, and the figure is the search itself.
+                    n = args.searches
+                    picks = [(i * 7919 + 1234) % size for i in range(n)]
+                    queries = {
+                        "rare": [f"&q=number%20{p}%20for" for p in picks],
+                        "common": [f"&q=benchmarking&marker=img-{p:07d}" for p in picks],
+                        "none": [f"&marker=img-{p:07d}" for p in picks],
+                    }
+                    run.get(base + "&q=warm%20up")  # the store's caches, once
+                    for name, tails in queries.items():
+                        median, worst, body = timed([base + t for t in tails])
                         found = body.count(b'"id"')
                         print(f"search {engine} {size} images q={name}: median {median:.1f} ms, "
                               f"max {worst:.1f} ms ({found} images)", flush=True)

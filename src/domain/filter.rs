@@ -71,11 +71,23 @@ impl Filter {
     }
 
     pub fn keeps(&self, image: &Image) -> bool {
-        self.provider.as_ref().is_none_or(|p| &image.provider == p)
+        self.keeps_fields(
+            image.id.as_str(),
+            image.provider.as_str(),
+            image.name.as_str(),
+        )
+    }
+
+    /// [`Filter::keeps`] on an image's fields as stored (a scan reads them without
+    /// parsing the whole image).
+    pub fn keeps_fields(&self, id: &str, provider: &str, name: &str) -> bool {
+        self.provider
+            .as_ref()
+            .is_none_or(|p| p.as_str() == provider)
             && self
                 .search
                 .as_ref()
-                .is_none_or(|s| s.finds_in(image.id.as_str()) || s.finds_in(image.name.as_str()))
+                .is_none_or(|s| s.finds_in(id) || s.finds_in(name))
     }
 }
 

@@ -71,17 +71,22 @@ fn bad_usage_is_exit_code_2() {
     assert_eq!(output.status.code(), Some(2));
 }
 
+/// `check-config` on the config at `path`.
+fn check_config(path: &std::path::Path) -> std::process::Output {
+    binary()
+        .arg("--config")
+        .arg(path)
+        .arg("check-config")
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn check_config_tables_policies_and_routes_per_user() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("config.toml");
     std::fs::write(&path, config_text(DEFAULT_POLICIES, &default_users())).unwrap();
-    let output = binary()
-        .arg("--config")
-        .arg(&path)
-        .arg("check-config")
-        .output()
-        .unwrap();
+    let output = check_config(&path);
     assert_eq!(output.status.code(), Some(0));
     let text = String::from_utf8_lossy(&output.stdout);
     let row = |start: &str| -> Vec<String> {
@@ -114,12 +119,7 @@ fn check_config_tables_policies_and_routes_per_user() {
         config_text(DEFAULT_POLICIES, &default_users())
     );
     std::fs::write(&path, off).unwrap();
-    let output = binary()
-        .arg("--config")
-        .arg(&path)
-        .arg("check-config")
-        .output()
-        .unwrap();
+    let output = check_config(&path);
     assert_eq!(output.status.code(), Some(0));
     let text = String::from_utf8_lossy(&output.stdout);
     assert!(!text.contains("/ui/"), "{text}");
@@ -361,12 +361,7 @@ fn check_config_warns_of_demo_passwords_open_files_and_plain_http() {
     let dir = tempfile::tempdir().unwrap();
     let path = write_config(dir.path(), &text);
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let output = binary()
-        .arg("--config")
-        .arg(&path)
-        .arg("check-config")
-        .output()
-        .unwrap();
+    let output = check_config(&path);
     assert!(output.status.success());
     let said = String::from_utf8(output.stdout).unwrap();
     let warnings: Vec<&str> = said
@@ -399,12 +394,7 @@ fn check_config_warns_of_demo_passwords_open_files_and_plain_http() {
         &config_text(DEFAULT_POLICIES, &default_users()),
     );
     std::fs::set_permissions(&quiet, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let output = binary()
-        .arg("--config")
-        .arg(&quiet)
-        .arg("check-config")
-        .output()
-        .unwrap();
+    let output = check_config(&quiet);
     let said = String::from_utf8(output.stdout).unwrap();
     let warnings = said.lines().filter(|l| l.starts_with("warning: ")).count();
     assert_eq!(warnings, expected_store_notes, "{said}");

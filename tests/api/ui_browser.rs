@@ -31,6 +31,16 @@ async fn rows(browser: &Browser) -> Vec<String> {
     serde_json::from_value(ids).unwrap()
 }
 
+/// Until the page's script follows the changes (its status says "Live").
+async fn until_live(browser: &Browser) {
+    browser
+        .wait_until(
+            "the page to follow the changes",
+            "document.getElementById('live').dataset.state === 'live'",
+        )
+        .await;
+}
+
 /// What every page must keep: no console error, nothing from another origin.
 async fn assert_clean(browser: &Browser, app: &TestApp) {
     let errors = browser.console_errors().await;
@@ -88,12 +98,7 @@ async fn the_catalog_lists_filters_searches_and_follows_changes_live() {
     // Live, on the whole catalog: a new image takes its sorted place, a changed one
     // changes, a deleted one goes, without a reload.
     browser.goto(&format!("{}/ui/", app.address)).await;
-    browser
-        .wait_until(
-            "the page to follow the changes",
-            "document.getElementById('live').dataset.state === 'live'",
-        )
-        .await;
+    until_live(&browser).await;
     browser.execute("window.notReloaded = true", vec![]).await;
     create(&app, "ami-c", "ec2", "Created while you looked").await;
     let written = std::time::Instant::now();
@@ -151,12 +156,7 @@ async fn a_live_search_page_takes_only_what_matches() {
     browser
         .goto(&format!("{}/ui/?provider=ec2&q=ubuntu", app.address))
         .await;
-    browser
-        .wait_until(
-            "the page to follow",
-            "document.getElementById('live').dataset.state === 'live'",
-        )
-        .await;
+    until_live(&browser).await;
     create(&app, "ami-0", "ec2", "Debian").await; // not its search
     create(&app, "os-2", "openstack", "Ubuntu").await; // not its provider
     create(&app, "ami-3", "ec2", "UBUNTU minimal").await; // its own
@@ -196,12 +196,7 @@ async fn the_page_reconnects_after_a_refusal_and_misses_nothing() {
     create(&app, "ami-1", "ec2", "One").await;
     browser.basic_auth(READER.0, READER.1).await;
     browser.goto(&format!("{}/ui/", app.address)).await;
-    browser
-        .wait_until(
-            "the page to follow",
-            "document.getElementById('live').dataset.state === 'live'",
-        )
-        .await;
+    until_live(&browser).await;
     let with = config_text(crate::helpers::DEFAULT_POLICIES, &default_users());
     app.reload(&config_text(
         &policies_without_read_images(),
@@ -222,12 +217,7 @@ async fn the_page_reconnects_after_a_refusal_and_misses_nothing() {
             "!!document.querySelector('#images tr[data-id=\"ami-2\"]')",
         )
         .await;
-    browser
-        .wait_until(
-            "live again",
-            "document.getElementById('live').dataset.state === 'live'",
-        )
-        .await;
+    until_live(&browser).await;
     assert_eq!(rows(&browser).await, ["ami-1", "ami-2"]);
     // The refusals were console errors of the failed fetches, nothing else.
     for error in browser.console_errors().await {
@@ -279,12 +269,7 @@ async fn an_image_shows_its_history_and_the_trail_grows_live() {
         browser.texts("#records tbody tr td:first-child").await,
         ["2", "1"]
     );
-    browser
-        .wait_until(
-            "the trail to follow",
-            "document.getElementById('live').dataset.state === 'live'",
-        )
-        .await;
+    until_live(&browser).await;
     create(&app, "ami-2", "openstack", "Third").await;
     browser
         .wait_until(
@@ -346,12 +331,7 @@ async fn a_name_made_of_html_shows_as_text_and_runs_nothing() {
     }
     // Inserted live too: the script writes text, never HTML.
     browser.goto(&format!("{}/ui/", app.address)).await;
-    browser
-        .wait_until(
-            "the page to follow",
-            "document.getElementById('live').dataset.state === 'live'",
-        )
-        .await;
+    until_live(&browser).await;
     create(&app, "ami-2", "ec2", hostile).await;
     browser
         .wait_until(

@@ -220,11 +220,15 @@ impl Cluster {
         )
     }
 
-    /// A new, empty database.
+    /// A new, empty database. Its locale is `C.utf8`, whose case rules cover all of
+    /// Unicode (as most installs' do): SQL that leans on the database's locale where
+    /// the store's rules say ASCII (the search's case folding) answers otherwise here.
     pub fn database(&self) -> TestDb {
         let n = self.next_db.fetch_add(1, Ordering::Relaxed);
         let name = format!("t_{n}");
-        self.psql(&format!("CREATE DATABASE {name}"));
+        self.psql(&format!(
+            "CREATE DATABASE {name} LOCALE 'C.utf8' TEMPLATE template0"
+        ));
         TestDb {
             url: self.url_with(&name, "sslmode=disable"),
             name,
