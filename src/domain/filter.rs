@@ -22,6 +22,12 @@ impl Search {
                 text.len()
             )));
         }
+        // No id or name holds one, and PostgreSQL's text cannot hold a NUL.
+        if let Some(c) = text.chars().find(|c| c.is_control()) {
+            return Err(ValidationError(format!(
+                "q must not contain control characters (found {c:?})"
+            )));
+        }
         Ok((!text.is_empty()).then(|| Search(text.to_ascii_lowercase())))
     }
 
@@ -118,6 +124,10 @@ mod tests {
         // Bytes, not characters: 128 two-byte characters are 256 bytes.
         assert!(Search::parse(&"é".repeat(128)).is_err());
         assert!(Search::parse(&"é".repeat(127)).is_ok());
+        for control in ["\0", "a\nb", "\u{7f}", "\u{9f}"] {
+            let error = Search::parse(control).unwrap_err();
+            assert!(error.0.contains("control characters"), "{}", error.0);
+        }
     }
 
     #[test]

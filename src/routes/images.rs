@@ -92,9 +92,10 @@ fn to_json(value: &impl serde::Serialize) -> Result<Vec<u8>, ApiError> {
         ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000,
             description = "At most this many images; the response then links to the next page"),
         ("marker" = Option<ImageId>, Query, description = "Start after this id"),
-        ("q" = Option<String>, Query, max_length = 255,
+        ("q" = Option<String>, Query, max_length = 255, pattern = r"^[^\x00-\x1f\x7f-\x9f]*$",
             description = "Only images whose id or name holds this text (ASCII letters \
-                in any case; `%` and `_` are literal; empty: no filter)"),
+                in any case; `%` and `_` are literal; empty: no filter; no control \
+                character, which no id or name holds)"),
     ),
     responses(
         (status = 200, description = "The images, sorted by id", body = Vec<Image>,

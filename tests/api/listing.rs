@@ -259,4 +259,9 @@ async fn q_searches_ids_and_names_and_pages_keep_it() {
     );
     let (status, body) = app.reader().get(&format!("/v3/images?q={longest}a")).await;
     assert_error((status, body), 400, "at most 255 bytes");
+    // No id or name holds a control character (and PostgreSQL's text no NUL).
+    for control in ["%00", "a%0Ab", "%7F"] {
+        let (status, body) = app.reader().get(&format!("/v3/images?q={control}")).await;
+        assert_error((status, body), 400, "control characters");
+    }
 }
