@@ -179,45 +179,40 @@ fn html(markup: Markup) -> HttpResponse {
 
 /// The catalog: 100 images a page, of one provider or a search if asked.
 async fn catalog(viewer: Viewer<ReadImages>, req: HttpRequest) -> Result<HttpResponse, UiError> {
-    let fail = UiError::at("");
-    let params =
-        listing::parse_query(req.query_string(), &["provider", "q", "marker"]).map_err(&fail)?;
+    catalog_page(viewer, &req).await.map_err(UiError::at(""))
+}
+
+async fn catalog_page(
+    viewer: Viewer<ReadImages>,
+    req: &HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let params = listing::parse_query(req.query_string(), &["provider", "q", "marker"])?;
     let state = viewer.0.state();
-    let filter = listing::parse_filter(&params, &state.providers).map_err(&fail)?;
+    let filter = listing::parse_filter(&params, &state.providers)?;
     let marker = params
         .get("marker")
         .map(|m| ImageId::parse_existing(m.as_str()))
         .transpose()
-        .map_err(|e| fail(ApiError::bad_request(format!("marker: {e}"))))?;
+        .map_err(|e| ApiError::bad_request(format!("marker: {e}")))?;
     let (snapshot, found) = viewer
         .0
         .store()
         .list_page_at(marker.as_ref(), &filter, PAGE)
         .await
-        .map_err(|e| fail(e.into()))?;
+        .map_err(ApiError::from)?;
     let images = found
         .records
         .into_iter()
         .map(|json| Record::from(json).image())
         .collect::<Result<Vec<Image>, StoreError>>()
-        .map_err(|e| fail(e.into()))?;
+        .map_err(ApiError::from)?;
     let provider = filter.provider.as_ref().map(|p| p.as_str());
     let q = params.get("q").map_or("", String::as_str);
     let last = images.last().filter(|_| found.more).map(|i| i.id.as_str());
-    let next = last.map(|last| {
-        let mut query = Vec::new();
-        if let Some(p) = provider {
-            query.push(format!("provider={}", views::component(p)));
-        }
-        if !q.is_empty() {
-            query.push(format!("q={}", views::component(q)));
-        }
-        query.push(format!("marker={}", views::component(last)));
-        format!("./?{}", query.join("&"))
-    });
+    let next = last.map(|last| views::catalog_link(provider, q, Some(last)));
     let info = req.connection_info();
     let origin = format!("{}://{}", info.scheme(), info.host());
-    let mut frame = viewer.frame(&req, "Images", Section::Catalog);
+    let mut frame = viewer.frame(req, "Images", Section::Catalog);
     frame.live = Some(Live {
         kind: "catalog",
         seq: snapshot.seq,
@@ -241,31 +236,34 @@ async fn catalog(viewer: Viewer<ReadImages>, req: HttpRequest) -> Result<HttpRes
 
 /// One image: its fields, its ETag, and its history for a user who may read the trail.
 async fn image(viewer: Viewer<ReadImages>, req: HttpRequest) -> Result<HttpResponse, UiError> {
-    let fail = UiError::at("../");
-    let id = crate::routes::images::path_id(&req).map_err(&fail)?;
+    image_page(viewer, &req).await.map_err(UiError::at("../"))
+}
+
+async fn image_page(
+    viewer: Viewer<ReadImages>,
+    req: &HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let id = crate::routes::images::path_id(req)?;
     let store = viewer.0.store();
-    let Some(record) = store.get(&id).await.map_err(|e| fail(e.into()))? else {
-        return Err(fail(ApiError::NotFound(format!(
+    let Some(record) = store.get(&id).await.map_err(ApiError::from)? else {
+        return Err(ApiError::NotFound(format!(
             "no image with id '{}' (deleted, or never created)",
             id.as_str()
-        ))));
+        )));
     };
     let etag = record.etag();
-    let image = record.image().map_err(|e| fail(e.into()))?;
+    let image = record.image().map_err(ApiError::from)?;
     let (history, more_history) = if viewer.0.also_holds::<ReadAudit>() {
         let page = store
             .audit_page(AuditRange::Before(None), Some(&id), HISTORY)
             .await
-            .map_err(|e| fail(e.into()))?;
-        (
-            Some(audit_records(&page.records).map_err(&fail)?),
-            page.more,
-        )
+            .map_err(ApiError::from)?;
+        (Some(audit_records(&page.records)?), page.more)
     } else {
         (None, false)
     };
     let title = image.id.as_str().to_owned();
-    let frame = viewer.frame(&req, &title, Section::Other);
+    let frame = viewer.frame(req, &title, Section::Other);
     let content = views::image(&views::ImagePage {
         image: &image,
         etag: &etag,
@@ -277,27 +275,32 @@ async fn image(viewer: Viewer<ReadImages>, req: HttpRequest) -> Result<HttpRespo
 
 /// The audit trail, newest first, 100 a page.
 async fn trail(viewer: Viewer<ReadAudit>, req: HttpRequest) -> Result<HttpResponse, UiError> {
-    let fail = UiError::at("");
-    let params = listing::parse_query(req.query_string(), &["marker"]).map_err(&fail)?;
+    trail_page(viewer, &req).await.map_err(UiError::at(""))
+}
+
+async fn trail_page(
+    viewer: Viewer<ReadAudit>,
+    req: &HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let params = listing::parse_query(req.query_string(), &["marker"])?;
     let marker = params
         .get("marker")
         .map(|m| crate::routes::audit::parse_seq("marker", m))
-        .transpose()
-        .map_err(&fail)?;
+        .transpose()?;
     let store = viewer.0.store();
     // Before the page: a record landing in between is shown and then followed, and
     // the script leaves out a seq it has.
-    let seq = store.snapshot().await.map_err(|e| fail(e.into()))?.seq;
+    let seq = store.snapshot().await.map_err(ApiError::from)?.seq;
     let page = store
         .audit_page(AuditRange::Before(marker), None, PAGE)
         .await
-        .map_err(|e| fail(e.into()))?;
-    let records = audit_records(&page.records).map_err(&fail)?;
+        .map_err(ApiError::from)?;
+    let records = audit_records(&page.records)?;
     let next = records
         .last()
         .filter(|_| page.more)
         .map(|last| format!("audit?marker={}", last.seq));
-    let mut frame = viewer.frame(&req, "Audit trail", Section::Audit);
+    let mut frame = viewer.frame(req, "Audit trail", Section::Audit);
     if marker.is_none() {
         frame.live = Some(Live {
             kind: "audit",

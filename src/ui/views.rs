@@ -180,7 +180,7 @@ pub fn catalog(c: &Catalog) -> Markup {
         }
         nav.pager aria-label="Pages" {
             @if c.later {
-                a href=(first_page(c.provider, c.q)) { "← First page" }
+                a href=(catalog_link(c.provider, c.q, None)) { "← First page" }
             }
             @if let Some(next) = &c.next {
                 a rel="next" href=(next) { "Next page →" }
@@ -189,14 +189,17 @@ pub fn catalog(c: &Catalog) -> Markup {
     }
 }
 
-/// The first page of the same filter.
-fn first_page(provider: Option<&str>, q: &str) -> String {
+/// A page of the catalog with this filter: the first, or the one after `marker`.
+pub fn catalog_link(provider: Option<&str>, q: &str, marker: Option<&str>) -> String {
     let mut query = Vec::new();
     if let Some(p) = provider {
         query.push(format!("provider={}", component(p)));
     }
     if !q.is_empty() {
         query.push(format!("q={}", component(q)));
+    }
+    if let Some(marker) = marker {
+        query.push(format!("marker={}", component(marker)));
     }
     if query.is_empty() {
         "./".into()

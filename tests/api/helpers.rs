@@ -286,13 +286,18 @@ impl TestApp {
 
     /// The number in `/metrics` of the line that starts with `prefix`.
     pub async fn metric(&self, prefix: &str) -> Option<f64> {
-        let response = self.request(Method::GET, "/metrics").send().await.unwrap();
-        assert_eq!(response.status(), 200);
-        metric(&response.text().await.unwrap(), prefix)
+        self.anonymous().metric(prefix).await
     }
 }
 
 impl<'a> Caller<'a> {
+    /// The number in `/metrics` of the line that starts with `prefix`.
+    pub async fn metric(&self, prefix: &str) -> Option<f64> {
+        let response = self.request(Method::GET, "/metrics").send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        metric(&response.text().await.unwrap(), prefix)
+    }
+
     /// Requests without credentials to the server at `address` (`http://host:port`).
     pub fn at(address: &'a str) -> Caller<'a> {
         Caller {
@@ -467,8 +472,17 @@ pub fn seqs(records: &Value) -> Vec<u64> {
 /// Resolves once `n` requests wait on `app` (`image_catalog_waiting_requests`): what
 /// a test does next then happens while they wait.
 pub async fn until_waiting(app: &TestApp, n: f64) {
+    until_waiting_at(&app.address, n).await;
+}
+
+/// [`until_waiting`] for a server at `address` (a child process, say).
+pub async fn until_waiting_at(address: &str, n: f64) {
     within_a_minute("requests to wait", async {
-        while app.metric("image_catalog_waiting_requests ").await != Some(n) {
+        while Caller::at(address)
+            .metric("image_catalog_waiting_requests ")
+            .await
+            != Some(n)
+        {
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
     })

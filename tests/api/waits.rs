@@ -69,19 +69,12 @@ async fn a_long_poll_with_nothing_new_ends_empty_and_is_not_latency() {
             .unwrap();
         assert_eq!(response.status(), 200);
     }
-    let metrics = app
-        .request(Method::GET, "/metrics")
-        .send()
-        .await
-        .unwrap()
-        .text()
+    let sum = app
+        .metric(
+            "image_catalog_http_request_duration_seconds_sum{method=\"GET\",route=\"/v3/audit\"}",
+        )
         .await
         .unwrap();
-    let sum = crate::helpers::metric(
-        &metrics,
-        "image_catalog_http_request_duration_seconds_sum{method=\"GET\",route=\"/v3/audit\"}",
-    )
-    .unwrap();
     assert!(
         sum < 0.5,
         "the second waited is not in the histogram: {sum}"
@@ -328,21 +321,7 @@ impl OpenWaits {
             .await
             .unwrap();
         assert_eq!(stream.status(), 200);
-        within_a_minute("all three to wait", async {
-            loop {
-                let text = reqwest::get(format!("{address}/metrics"))
-                    .await
-                    .unwrap()
-                    .text()
-                    .await
-                    .unwrap();
-                if crate::helpers::metric(&text, "image_catalog_waiting_requests ") == Some(3.0) {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        })
-        .await;
+        crate::helpers::until_waiting_at(address, 3.0).await;
         OpenWaits { poll, read, stream }
     }
 

@@ -73,11 +73,7 @@ impl SledStore {
             match serde_json::from_slice::<Filtered>(&value) {
                 Ok(f) if filter.keeps_fields(f.id, f.provider, &f.name) => Some(Ok(value)),
                 Ok(_) => None,
-                // Unreadable: the error the full parse gives, which fails the listing.
-                Err(_) => match Record::from(value).image() {
-                    Err(e) => Some(Err(e)),
-                    Ok(_) => None,
-                },
+                Err(e) => Some(Err(StoreError::unreadable(e))),
             }
         })
     }

@@ -1,6 +1,8 @@
 //! Reads: one image, pages (coalesced on a request worker), the streamed listings
 //! and the audit trail, and the counters behind the page cache and `/metrics`.
 
+use std::sync::OnceLock;
+
 use super::*;
 use crate::metrics::StoreFigures;
 use crate::store::Listing;
@@ -373,16 +375,17 @@ impl Inner {
         filter: &Wanted,
         limit: i64,
     ) -> Result<Vec<(String, Bytes)>, StoreError> {
-        let (kept, mut params) = filter.sql(1);
-        let n = params.len();
-        let sql = format!(
-            "SELECT id, json FROM images WHERE {kept}id > ${} ORDER BY id LIMIT ${}",
-            n + 1,
-            n + 2
-        );
+        static SQL: [OnceLock<String>; 4] = [const { OnceLock::new() }; 4];
+        let (sql, mut params) = filter.statement(&SQL, |kept, n| {
+            format!(
+                "SELECT id, json FROM images WHERE {kept}id > ${} ORDER BY id LIMIT ${}",
+                n + 1,
+                n + 2
+            )
+        });
         params.push(Box::new(after));
         params.push(Box::new(limit));
-        let rows = self.read(&sql, params).await?;
+        let rows = self.read(sql, params).await?;
         Ok(rows
             .into_iter()
             .map(|row| {
@@ -433,18 +436,19 @@ impl Inner {
         let filtered = asks.iter().any(|ask| ask.filter.provider.is_some());
         let rows = match &asks[..] {
             [ask] => {
-                let (kept, mut params) = ask.filter.sql(1);
-                let n = params.len();
-                let sql = format!(
-                    "{}(SELECT NULL, 1, id, json FROM images \
-                      WHERE {kept}id > ${} ORDER BY id LIMIT ${})",
-                    with_generation!(""),
-                    n + 1,
-                    n + 2
-                );
+                static SQL: [OnceLock<String>; 4] = [const { OnceLock::new() }; 4];
+                let (sql, mut params) = ask.filter.statement(&SQL, |kept, n| {
+                    format!(
+                        "{}(SELECT NULL, 1, id, json FROM images \
+                          WHERE {kept}id > ${} ORDER BY id LIMIT ${})",
+                        with_generation!(""),
+                        n + 1,
+                        n + 2
+                    )
+                });
                 params.push(Box::new(ask.after.clone()));
                 params.push(Box::new(ask.limit));
-                self.read(&sql, params).await?
+                self.read(sql, params).await?
             }
             _ => {
                 let afters: Vec<String> = asks.iter().map(|a| a.after.clone()).collect();
@@ -672,27 +676,51 @@ impl From<&Filter> for Wanted {
 }
 
 impl Wanted {
-    /// `Filter::keeps` on a row of `images`: conditions each followed by ` AND `, and
-    /// their parameters, numbered from `$first`. `strpos` takes the text literally, so
-    /// `%` and `_` need no escaping. `lower` under the "C" collation folds ASCII letters
-    /// only, as `Search` does, whatever the database's locale (under another, `É`
-    /// would become `é`); `translate` would do the same at ten times the cost.
-    fn sql(&self, first: usize) -> (String, Vec<Param>) {
+    /// `Filter::keeps` on a row of `images`: conditions each followed by ` AND `, on
+    /// the parameters of [`Wanted::params`] as `$1`, `$2`. `strpos` takes the text
+    /// literally, so `%` and `_` need no escaping. `lower` under the "C" collation
+    /// folds ASCII letters only, as `Search` does, whatever the database's locale
+    /// (under another, `É` would become `é`); `translate` would do the same at ten
+    /// times the cost.
+    fn conditions(&self) -> String {
         let mut sql = String::new();
-        let mut params: Vec<Param> = Vec::new();
-        if let Some(provider) = &self.provider {
-            params.push(Box::new(provider.clone()));
-            sql.push_str(&format!("provider = ${} AND ", first + params.len() - 1));
+        let mut n = 0;
+        if self.provider.is_some() {
+            n += 1;
+            sql.push_str(&format!("provider = ${n} AND "));
         }
-        if let Some(search) = &self.search {
-            params.push(Box::new(search.clone()));
-            let n = first + params.len() - 1;
+        if self.search.is_some() {
+            n += 1;
             sql.push_str(&format!(
                 "(strpos(lower(id COLLATE \"C\"), ${n}) > 0 OR \
                  strpos(lower((convert_from(json, 'UTF8')::json ->> 'name') COLLATE \"C\"), \
                  ${n}) > 0) AND "
             ));
         }
+        sql
+    }
+
+    /// The values of [`Wanted::conditions`]' parameters, in order.
+    fn params(&self) -> Vec<Param> {
+        let values = [&self.provider, &self.search];
+        values
+            .into_iter()
+            .flatten()
+            .map(|v| Box::new(v.clone()) as Param)
+            .collect()
+    }
+
+    /// The statement `make` builds from the conditions and the number of their
+    /// parameters, made once per shape of filter (with or without a provider, a search)
+    /// and kept, as pages are read often; and the parameters.
+    fn statement(
+        &self,
+        cache: &'static [OnceLock<String>; 4],
+        make: impl FnOnce(&str, usize) -> String,
+    ) -> (&'static str, Vec<Param>) {
+        let params = self.params();
+        let shape = usize::from(self.provider.is_some()) | usize::from(self.search.is_some()) << 1;
+        let sql = cache[shape].get_or_init(|| make(&self.conditions(), params.len()));
         (sql, params)
     }
 }
