@@ -519,6 +519,8 @@ pub async fn a_search_finds_the_same_images_on_every_engine(engine: Engine) {
     let named = [
         ("ami-UBU-1", "ec2", "Ubuntu 24.04 LTS"),
         ("ami-ubu-2", "openstack", "ubuntu minimal"),
+        // Escaped in the stored JSON, as a name below: a scan must read them too.
+        ("id-\"q\"\\x", "openstack", "an id with a quote"),
         ("os-cafe", "openstack", "Café Édition"),
         ("os-percent", "static", "100% done_ok"),
         ("plain", "ec2", "percent free, underscore free"),
@@ -557,6 +559,7 @@ pub async fn a_search_finds_the_same_images_on_every_engine(engine: Engine) {
         "\\",
         " \\ b",
         "<b>",
+        "\"q\"\\",
         "ami-",
         "1",
         "nothing at all",
@@ -617,7 +620,8 @@ pub async fn a_search_finds_the_same_images_on_every_engine(engine: Engine) {
     assert_eq!(find("%"), ["os-percent"]);
     assert_eq!(find("_"), ["os-percent"]);
     assert_eq!(find("\"hi\""), ["quoted"]);
-    assert_eq!(find("\\"), ["quoted"]);
+    assert_eq!(find("\\"), ["id-\"q\"\\x", "quoted"]);
+    assert_eq!(find("\"Q\"\\"), ["id-\"q\"\\x"]);
 }
 
 /// The full listing is read in batches as it is consumed, not gathered first: an

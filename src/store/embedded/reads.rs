@@ -3,6 +3,8 @@
 
 use super::*;
 
+use std::borrow::Cow;
+
 impl SledStore {
     /// A read from sled, vouched for: a store that has failed serves nothing, and an
     /// engine error on a read (a damaged file, an I/O error) fails the store.
@@ -71,7 +73,7 @@ impl SledStore {
             }
             // Only the fields a filter reads, borrowed: a search scans the catalog.
             match serde_json::from_slice::<Filtered>(&value) {
-                Ok(f) if filter.keeps_fields(f.id, f.provider, &f.name) => Some(Ok(value)),
+                Ok(f) if filter.keeps_fields(&f.id, &f.provider, &f.name) => Some(Ok(value)),
                 Ok(_) => None,
                 Err(e) => Some(Err(StoreError::unreadable(e))),
             }
@@ -267,12 +269,15 @@ pub(super) fn take_page(
     })
 }
 
-/// The fields of a stored image that a [`Filter`] reads.
+/// The fields of a stored image that a [`Filter`] reads. Each is borrowed from the
+/// record unless its JSON escapes a character (an id or name may hold `"` or `\`),
+/// which serde can only give as an owned string.
 #[derive(Deserialize)]
 struct Filtered<'a> {
-    id: &'a str,
-    provider: &'a str,
-    /// Owned only when the JSON escapes a character in it.
+    #[serde(borrow)]
+    id: Cow<'a, str>,
+    #[serde(borrow)]
+    provider: Cow<'a, str>,
     #[serde(borrow, default)]
-    name: std::borrow::Cow<'a, str>,
+    name: Cow<'a, str>,
 }
