@@ -9,7 +9,7 @@ use futures_util::{Stream, StreamExt};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
 
 use crate::domain::filter::{Filter, Search};
-use crate::domain::image::Provider;
+use crate::domain::image::{ImageId, Provider};
 use crate::error::ApiError;
 
 pub const MAX_LIMIT: usize = 1000;
@@ -100,6 +100,17 @@ pub fn parse_filter(
             .transpose()?
             .flatten(),
     })
+}
+
+/// The `marker` of an image listing: an id that may be stored (it need not exist).
+pub fn parse_marker(params: &BTreeMap<String, String>) -> Result<Option<ImageId>, ApiError> {
+    params
+        .get("marker")
+        .map(|m| {
+            ImageId::parse_existing(m.as_str())
+                .map_err(|e| ApiError::bad_request(format!("marker: {e}")))
+        })
+        .transpose()
 }
 
 /// `Link` to the next page: the same query with `marker` set to `marker`.

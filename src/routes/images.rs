@@ -115,13 +115,7 @@ pub(crate) async fn list(
 ) -> Result<HttpResponse, ApiError> {
     let params = listing::parse_query(req.query_string(), &["provider", "limit", "marker", "q"])?;
     let filter = listing::parse_filter(&params, &auth.state().providers)?;
-    let marker = params
-        .get("marker")
-        .map(|m| {
-            ImageId::parse_existing(m.as_str())
-                .map_err(|e| ApiError::bad_request(format!("marker: {e}")))
-        })
-        .transpose()?;
+    let marker = listing::parse_marker(&params)?;
     let Some(limit) = params.get("limit") else {
         // Before the listing begins: resuming the feed from it misses nothing (and
         // may repeat a change the listing shows).

@@ -24,7 +24,7 @@ use maud::Markup;
 use crate::app::AppState;
 use crate::domain::access::{Policy, ReadAudit, ReadImages};
 use crate::domain::change::AuditRecord;
-use crate::domain::image::{Image, ImageId};
+use crate::domain::image::Image;
 use crate::error::ApiError;
 use crate::http::extract::{Authorized, ClientAddress};
 use crate::http::listing;
@@ -189,23 +189,17 @@ async fn catalog_page(
     let params = listing::parse_query(req.query_string(), &["provider", "q", "marker"])?;
     let state = viewer.0.state();
     let filter = listing::parse_filter(&params, &state.providers)?;
-    let marker = params
-        .get("marker")
-        .map(|m| ImageId::parse_existing(m.as_str()))
-        .transpose()
-        .map_err(|e| ApiError::bad_request(format!("marker: {e}")))?;
+    let marker = listing::parse_marker(&params)?;
     let (snapshot, found) = viewer
         .0
         .store()
         .list_page_at(marker.as_ref(), &filter, PAGE)
-        .await
-        .map_err(ApiError::from)?;
+        .await?;
     let images = found
         .records
         .into_iter()
         .map(|json| Record::from(json).image())
-        .collect::<Result<Vec<Image>, StoreError>>()
-        .map_err(ApiError::from)?;
+        .collect::<Result<Vec<Image>, StoreError>>()?;
     let provider = filter.provider.as_ref().map(|p| p.as_str());
     let q = params.get("q").map_or("", String::as_str);
     let last = images.last().filter(|_| found.more).map(|i| i.id.as_str());
@@ -245,19 +239,18 @@ async fn image_page(
 ) -> Result<HttpResponse, ApiError> {
     let id = crate::routes::images::path_id(req)?;
     let store = viewer.0.store();
-    let Some(record) = store.get(&id).await.map_err(ApiError::from)? else {
+    let Some(record) = store.get(&id).await? else {
         return Err(ApiError::NotFound(format!(
             "no image with id '{}' (deleted, or never created)",
             id.as_str()
         )));
     };
     let etag = record.etag();
-    let image = record.image().map_err(ApiError::from)?;
+    let image = record.image()?;
     let (history, more_history) = if viewer.0.also_holds::<ReadAudit>() {
         let page = store
             .audit_page(AuditRange::Before(None), Some(&id), HISTORY)
-            .await
-            .map_err(ApiError::from)?;
+            .await?;
         (Some(audit_records(&page.records)?), page.more)
     } else {
         (None, false)
@@ -290,11 +283,10 @@ async fn trail_page(
     let store = viewer.0.store();
     // Before the page: a record landing in between is shown and then followed, and
     // the script leaves out a seq it has.
-    let seq = store.snapshot().await.map_err(ApiError::from)?.seq;
+    let seq = store.snapshot().await?.seq;
     let page = store
         .audit_page(AuditRange::Before(marker), None, PAGE)
-        .await
-        .map_err(ApiError::from)?;
+        .await?;
     let records = audit_records(&page.records)?;
     let next = records
         .last()
